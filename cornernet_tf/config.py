@@ -1,0 +1,491 @@
+"""Experiment configuration: a frozen dataclass tree, loaded from YAML with dotted overrides.
+
+Defaults equal the reference recipe of CornerNet (Law & Deng, ECCV 2018; see SPEC.md):
+Hourglass-104 at 511x511, Adam 2.5e-4, batch 49, 500k steps. The YAML files in `configs/`
+only state what differs from these defaults.
+
+    cfg = load_config("configs/quickstart.yaml", overrides=["train.steps=200"])
+    cfg.model.num_classes  # -> int
+
+This module imports no TensorFlow, so a bad config fails before any TF start-up cost.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Optional, Sequence
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration key, value or combination is invalid; the message says which and why."""
+
+
+# --------------------------------------------------------------------------------------
+# The tree. Field comments are the user documentation of each key.
+# --------------------------------------------------------------------------------------
+
+BACKBONES = ("hourglass104", "hourglass52", "squeeze")
+CORNER_POOL_IMPLS = ("auto", "scan", "doubling")
+STRATEGIES = ("auto", "mirrored", "multi_worker", "one_device", "default")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+SCHEDULES = ("step", "cosine", "constant")
+TFLITE_MODES = ("none", "fp32", "fp16", "dynamic_int8", "int8")
+ORACLES = ("none", "heatmaps", "heatmaps+offsets", "all")
+DATASETS = ("coco", "synthetic")
+EVAL_RESIZE = ("resize_pad", "pad127")
+ABLATIONS = ("none", "corner_pooling")
+
+# Preset architecture of each backbone (SPEC.md, Architecture). `None` in ModelConfig means
+# "the preset's value", so a YAML can shrink one dimension and keep the rest.
+BACKBONE_PRESETS: dict[str, dict[str, Any]] = {
+    "hourglass104": dict(
+        stacks=2, stem_channels=128, channels=(256, 256, 384, 384, 384, 512),
+        blocks=(2, 2, 2, 2, 2, 4), head_channels=256, pool_channels=128, stride=4),
+    "hourglass52": dict(
+        stacks=1, stem_channels=128, channels=(256, 256, 384, 384, 384, 512),
+        blocks=(2, 2, 2, 2, 2, 4), head_channels=256, pool_channels=128, stride=4),
+    "squeeze": dict(
+        stacks=2, stem_channels=128, channels=(256, 256, 384, 384, 512),
+        blocks=(2, 2, 2, 2, 4), head_channels=256, pool_channels=128, stride=8),
+}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = "hourglass104"  # one of BACKBONES; fixes the family and the defaults below
+    num_classes: int = 80
+    input_size: tuple[int, int] = (511, 511)  # (height, width) of the network input, pixels
+    stacks: Optional[int] = None  # hourglass modules (intermediate supervision on each)
+    stem_channels: Optional[int] = None  # channels of the stride-2 7x7 stem conv
+    channels: Optional[tuple[int, ...]] = None  # per hourglass level, outer to inner
+    blocks: Optional[tuple[int, ...]] = None  # residual/fire blocks per level, outer to inner
+    head_channels: Optional[int] = None  # width of the corner modules and heads
+    pool_channels: Optional[int] = None  # width of the two branches fed to corner pooling
+    corner_pooling: bool = True  # False: pooling replaced by identity (the paper's ablation)
+    corner_pool_impl: str = "auto"  # auto | scan | doubling (see layers/corner_pool.py)
+    sync_batchnorm: bool = False  # synchronized BN across replicas (exact replica invariance)
+
+    def resolved(self, name: str) -> Any:
+        """The value of architecture field `name`, falling back to the backbone preset."""
+        value = getattr(self, name, None)
+        return BACKBONE_PRESETS[self.backbone][name] if value is None else value
+
+    @property
+    def stride(self) -> int:
+        return BACKBONE_PRESETS[self.backbone]["stride"]
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        """(height, width) of the heads' grid: each stride-2 conv maps n -> ceil(n / 2)."""
+        steps = int(math.log2(self.stride))
+        out = []
+        for n in self.input_size:
+            for _ in range(steps):
+                n = (n + 1) // 2
+            out.append(n)
+        return tuple(out)
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    output_dir: str = "datasets/shapes"  # where the generated COCO-format dataset is cached
+    num_train: int = 2000
+    num_val: int = 200
+    image_size: tuple[int, int] = (128, 128)  # (height, width) of generated images
+    max_objects: int = 10  # per image (0 to this many)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    random_crop: bool = True  # reference square crop + rescale (SPEC.md, Training recipe)
+    crop_scales: tuple[float, ...] = (0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3)
+    crop_border: int = 128  # crop centre drawn in [b, size - b), b halved until it fits
+    flip: bool = True  # horizontal flip with p = 0.5
+    color_jitter: float = 0.4  # brightness/contrast/saturation factor 1 + U(-j, j); 0 = off
+    lighting_std: float = 0.1  # PCA lighting noise std; 0 = off
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "coco"  # coco (your files below) | synthetic (generated shapes)
+    train_annotations: str = ""  # COCO instances json
+    train_images: str = ""  # folder the json's file_name entries are relative to
+    val_annotations: str = ""
+    val_images: str = ""
+    max_objects: int = 128  # ground-truth objects kept per image (more are counted, reported)
+    strict: bool = False  # dataset problems (bad boxes, missing files) become an error
+    shuffle_buffer: int = 1000
+    deterministic: bool = False  # fixed order and augmentation (tests, reproducible runs)
+    seed: int = 0
+    eval_resize: str = "resize_pad"  # resize_pad (keep aspect, pad) | pad127 (reference test)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    focal_alpha: float = 2.0
+    focal_beta: float = 4.0
+    # 0.1 x 49 / 10: the reference sums per-image pull/push over ~4.9 images per GPU, we
+    # average over the batch; this weight keeps the reference's effective weighting.
+    pull_weight: float = 0.49
+    push_weight: float = 0.49
+    offset_weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    batch_size: int = 49  # global batch, split over replicas
+    steps: int = 500000
+    learning_rate: float = 2.5e-4
+    schedule: str = "step"  # step (x decay_factor at decay_at) | cosine | constant
+    decay_at: float = 0.9  # fraction of steps where the step schedule decays
+    decay_factor: float = 0.1
+    warmup_steps: int = 0  # linear warm-up; capped at half of train.steps for short runs
+    strategy: str = "auto"  # auto | mirrored | multi_worker | one_device | default
+    mixed_precision: str = "float32"  # float32 | mixed_float16 | mixed_bfloat16
+    checkpoint_every: int = 5000  # steps between checkpoints
+    log_every: int = 100  # steps between progress/TensorBoard updates (an epoch of fit)
+    eval_every: int = 0  # steps between COCO evaluations during training; 0 = off
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    k: int = 100  # top-k corners per corner type
+    ae_threshold: float = 0.5  # max |e_tl - e_br| of a pair
+    nms_kernel: int = 3  # max-pool NMS kernel on heatmaps
+    num_pairs: int = 1000  # pairs kept before soft-NMS
+    max_detections: int = 100  # detections per image after soft-NMS
+    soft_nms_sigma: float = 0.5  # reference convention: weight exp(-IoU^2 / sigma)
+    score_threshold: float = 0.001  # soft-NMS score floor
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    flip_test: bool = True  # merge the horizontally flipped image's detections
+    scales: tuple[float, ...] = (1.0,)  # multi-scale test: (0.5, 0.75, 1, 1.25, 1.5)
+    oracle: str = "none"  # error analysis: heatmaps | heatmaps+offsets | all
+    max_images: int = 0  # 0 = the whole split
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    name: str = "cornernet"  # <export_dir>/<name>/<version>/
+    tflite: str = "none"  # none | fp32 | fp16 | dynamic_int8 | int8
+    score_threshold: float = 0.0  # detections below are dropped in the exported graph
+    representative_images: int = 32  # int8 calibration images from the training data
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    ablation: str = "none"  # none | corner_pooling (train with and without, compare AP)
+    predict_images: int = 4  # validation images to annotate at the end of the demo
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    demo: DemoConfig = field(default_factory=DemoConfig)
+
+    def to_dict(self) -> dict:
+        return _to_plain(self)
+
+    def to_yaml(self) -> str:
+        """The full resolved config as YAML; `load_config` of it gives an equal Config."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
+
+    def replace(self, overrides: Iterable[str] = ()) -> "Config":
+        """A copy with dotted overrides (`train.steps=10`) applied and validated."""
+        return from_dict(_apply_overrides(self.to_dict(), overrides, source="override"))
+
+
+# --------------------------------------------------------------------------------------
+# Loading, conversion, validation.
+# --------------------------------------------------------------------------------------
+
+def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Config:
+    """Reads a YAML experiment file and applies dotted overrides.
+
+    Args:
+      path: YAML file (`yaml.safe_load`); keys not given keep their defaults. None: defaults.
+      overrides: strings `section.key=value`; the value is parsed as YAML (`3`, `0.5`,
+        `[1, 2]`, `true`) and converted to the field's type.
+
+    Returns:
+      A validated, frozen Config.
+
+    Raises:
+      ConfigError: unknown key, wrong type, or invalid value/combination; the message
+        names the key, the value found and what is allowed.
+    """
+    raw: dict = {}
+    if path is not None:
+        if not os.path.isfile(path):
+            raise ConfigError(f"config file not found: {path!r}")
+        with open(path, "r", encoding="utf-8") as f:
+            try:
+                raw = yaml.safe_load(f) or {}
+            except yaml.YAMLError as e:
+                raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections at the top level, "
+                              f"found {type(raw).__name__}")
+    raw = _apply_overrides(raw, overrides, source="--set")
+    return from_dict(raw, source=path or "<defaults>")
+
+
+def from_dict(raw: dict, source: str = "<dict>") -> Config:
+    """Builds and validates a Config from nested plain dicts (unknown keys are errors)."""
+    cfg = _build(Config, raw, prefix="", source=source)
+    validate(cfg)
+    return cfg
+
+
+def _apply_overrides(raw: dict, overrides: Iterable[str], source: str) -> dict:
+    raw = _deep_copy(raw)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"{source} {item!r}: expected key=value, e.g. train.steps=100")
+        key, text = item.split("=", 1)
+        key = key.strip()
+        parts = key.split(".")
+        _check_path(parts, key)
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            value = text
+        node = raw
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{source} {key}: {p!r} is not a section")
+        node[parts[-1]] = value
+    return raw
+
+
+def _check_path(parts: list[str], key: str) -> None:
+    cls: Any = Config
+    for i, p in enumerate(parts):
+        if not dataclasses.is_dataclass(cls):
+            raise ConfigError(f"unknown config key {key!r}: {'.'.join(parts[:i])} is a value, "
+                              f"not a section")
+        names = [f.name for f in dataclasses.fields(cls)]
+        if p not in names:
+            where = ".".join(parts[:i]) or "the top level"
+            raise ConfigError(f"unknown config key {key!r}: {p!r} is not in {where}; "
+                              f"valid keys: {', '.join(names)}")
+        cls = _field_types(cls)[p]
+    if dataclasses.is_dataclass(cls):
+        raise ConfigError(f"config key {key!r} is a section; set one of its keys, e.g. "
+                          f"{key}.{dataclasses.fields(cls)[0].name}=...")
+
+
+def _field_types(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _build(cls, raw: Any, prefix: str, source: str):
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: {prefix.rstrip('.') or 'top level'} must be a mapping, "
+                          f"found {raw!r}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ConfigError(f"{source}: unknown config key {prefix + str(unknown[0])!r}; valid "
+                          f"keys in {prefix.rstrip('.') or 'the top level'}: "
+                          f"{', '.join(sorted(names))}")
+    types_ = _field_types(cls)
+    kwargs = {}
+    for name in names & set(raw):
+        tp = types_[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, raw[name], prefix + name + ".", source)
+        else:
+            kwargs[name] = _convert(raw[name], tp, prefix + name)
+    return cls(**kwargs)
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """Converts a YAML value to the annotated type, or raises ConfigError naming the key."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(value, inner[0], key)
+    if origin is tuple:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and \
+                len(args) == 2 and args[1] is not Ellipsis:
+            value = [value, value]  # `input_size: 511` means a square
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key {key!r}: expected a list, found {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(v, args[0], key) for v in value)
+        if len(value) != len(args):
+            raise ConfigError(f"config key {key!r}: expected {len(args)} values, "
+                              f"found {len(value)}: {value!r}")
+        return tuple(_convert(v, a, key) for v, a in zip(value, args))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key {key!r}: expected true or false, found {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                (isinstance(value, float) and not value.is_integer()):
+            raise ConfigError(f"config key {key!r}: expected an integer, found {value!r}")
+        return int(value)
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key {key!r}: expected a number, found {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"config key {key!r}: expected a string, found {value!r}")
+        return value
+    raise ConfigError(f"config key {key!r}: unsupported type {tp}")
+
+
+def _choice(key: str, value: str, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"config key {key!r}: {value!r} is not one of {', '.join(allowed)}")
+
+
+def _positive(key: str, value, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"config key {key!r}: expected a {'non-negative' if allow_zero else 'positive'}"
+                          f" value, found {value!r}")
+
+
+def validate(cfg: Config) -> None:
+    """Checks values and combinations; raises ConfigError naming the key and the rule."""
+    m = cfg.model
+    _choice("model.backbone", m.backbone, BACKBONES)
+    _choice("model.corner_pool_impl", m.corner_pool_impl, CORNER_POOL_IMPLS)
+    _positive("model.num_classes", m.num_classes)
+    for name in ("stacks", "stem_channels", "head_channels", "pool_channels"):
+        _positive(f"model.{name}", m.resolved(name))
+    channels, blocks = m.resolved("channels"), m.resolved("blocks")
+    if len(channels) < 2:
+        raise ConfigError(f"config key 'model.channels': at least 2 levels needed, found {channels}")
+    if len(blocks) != len(channels):
+        raise ConfigError(f"config keys 'model.channels' and 'model.blocks' must have the same "
+                          f"length (one entry per hourglass level); found {len(channels)} and "
+                          f"{len(blocks)}")
+    for c in channels:
+        _positive("model.channels", c)
+    for b in blocks:
+        _positive("model.blocks", b)
+    for n in m.input_size:
+        _positive("model.input_size", n)
+    levels = len(channels) - 1
+    out_h, out_w = m.output_size
+    if out_h % (2 ** levels) or out_w % (2 ** levels):
+        raise ConfigError(
+            f"config key 'model.input_size': {list(m.input_size)} gives a {out_h}x{out_w} output "
+            f"grid for backbone {m.backbone!r} (stride {m.stride}), which an hourglass of "
+            f"{levels} down-sampling levels cannot halve {levels} times; the output grid must be "
+            f"a multiple of {2 ** levels} (e.g. input 511 -> 128 for stride 4)")
+
+    d = cfg.data
+    _choice("data.dataset", d.dataset, DATASETS)
+    _choice("data.eval_resize", d.eval_resize, EVAL_RESIZE)
+    _positive("data.max_objects", d.max_objects)
+    _positive("data.shuffle_buffer", d.shuffle_buffer)
+    s = d.synthetic
+    _positive("data.synthetic.num_train", s.num_train)
+    _positive("data.synthetic.num_val", s.num_val)
+    _positive("data.synthetic.max_objects", s.max_objects, allow_zero=True)
+    for n in s.image_size:
+        if n < 32:
+            raise ConfigError(f"config key 'data.synthetic.image_size': at least 32, found {n}")
+    a = d.augment
+    if not a.crop_scales or any(x <= 0 for x in a.crop_scales):
+        raise ConfigError(f"config key 'data.augment.crop_scales': positive scales expected, "
+                          f"found {list(a.crop_scales)}")
+    _positive("data.augment.crop_border", a.crop_border)
+    if not 0 <= a.color_jitter < 1:
+        raise ConfigError(f"config key 'data.augment.color_jitter': expected 0 <= value < 1, "
+                          f"found {a.color_jitter}")
+    _positive("data.augment.lighting_std", a.lighting_std, allow_zero=True)
+
+    for name in ("focal_alpha", "focal_beta", "pull_weight", "push_weight", "offset_weight"):
+        _positive(f"loss.{name}", getattr(cfg.loss, name), allow_zero=True)
+
+    t = cfg.train
+    _choice("train.strategy", t.strategy, STRATEGIES)
+    _choice("train.mixed_precision", t.mixed_precision, PRECISIONS)
+    _choice("train.schedule", t.schedule, SCHEDULES)
+    for name in ("batch_size", "steps", "learning_rate", "checkpoint_every", "log_every"):
+        _positive(f"train.{name}", getattr(t, name))
+    _positive("train.warmup_steps", t.warmup_steps, allow_zero=True)
+    _positive("train.eval_every", t.eval_every, allow_zero=True)
+    if not 0 < t.decay_at <= 1:
+        raise ConfigError(f"config key 'train.decay_at': expected 0 < value <= 1, found {t.decay_at}")
+
+    k = cfg.decode
+    for name in ("k", "nms_kernel", "num_pairs", "max_detections", "soft_nms_sigma"):
+        _positive(f"decode.{name}", getattr(k, name))
+    if k.nms_kernel % 2 != 1:
+        raise ConfigError(f"config key 'decode.nms_kernel': must be odd, found {k.nms_kernel}")
+    if k.num_pairs > k.k * k.k:
+        raise ConfigError(f"config key 'decode.num_pairs': {k.num_pairs} exceeds the "
+                          f"k x k = {k.k * k.k} candidate pairs of decode.k={k.k}")
+    if k.max_detections > k.num_pairs:
+        raise ConfigError(f"config key 'decode.max_detections': {k.max_detections} exceeds "
+                          f"decode.num_pairs ({k.num_pairs})")
+    _positive("decode.score_threshold", k.score_threshold, allow_zero=True)
+
+    e = cfg.evaluate
+    _choice("evaluate.oracle", e.oracle, ORACLES)
+    if not e.scales or any(x <= 0 for x in e.scales):
+        raise ConfigError(f"config key 'evaluate.scales': positive scales expected, "
+                          f"found {list(e.scales)}")
+    _positive("evaluate.max_images", e.max_images, allow_zero=True)
+
+    x = cfg.export
+    _choice("export.tflite", x.tflite, TFLITE_MODES)
+    if not x.name or "/" in x.name or x.name in (".", ".."):
+        raise ConfigError(f"config key 'export.name': a plain folder name expected, found {x.name!r}")
+    _positive("export.representative_images", x.representative_images)
+
+    _choice("demo.ablation", cfg.demo.ablation, ABLATIONS)
+    _positive("demo.predict_images", cfg.demo.predict_images, allow_zero=True)
+
+
+def _to_plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, tuple):
+        return [_to_plain(v) for v in obj]
+    return obj
+
+
+def _deep_copy(raw: Any) -> Any:
+    if isinstance(raw, dict):
+        return {k: _deep_copy(v) for k, v in raw.items()}
+    if isinstance(raw, list):
+        return [_deep_copy(v) for v in raw]
+    return raw

@@ -1,0 +1,1 @@
+"""Datasets: COCO-format reading, the synthetic shapes default, augmentation, targets, tf.data."""

@@ -1,0 +1,1 @@
+"""Export: the serving module, SavedModel (TF Serving layout) and TFLite conversion."""

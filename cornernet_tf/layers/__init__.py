@@ -1,0 +1,1 @@
+"""Keras layers: corner pooling and the corner prediction modules."""

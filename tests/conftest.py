@@ -1,0 +1,6 @@
+"""Shared pytest set-up: quiet TensorFlow logs, a fixed seed, and the `slow` marker."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")

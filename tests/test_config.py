@@ -1,0 +1,122 @@
+"""Config system: every YAML loads and round-trips, overrides apply with types, bad input
+raises a ConfigError that names the key, the value and what is allowed."""
+
+import glob
+import os
+
+import pytest
+import yaml
+
+from cornernet_tf.config import Config, ConfigError, from_dict, load_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "*.yaml")))
+
+
+def test_the_three_configs_exist():
+    names = {os.path.basename(p) for p in CONFIGS}
+    assert {"quickstart.yaml", "hourglass104_coco.yaml", "squeeze_coco.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
+def test_config_loads_and_round_trips(path):
+    cfg = load_config(path)
+    assert isinstance(cfg, Config)
+    again = from_dict(yaml.safe_load(cfg.to_yaml()))
+    assert again == cfg
+    # each file starts with a comment header saying what it is for
+    with open(path) as f:
+        assert f.readline().startswith("#")
+
+
+def test_defaults_equal_spec():
+    cfg = Config()
+    # SPEC.md: Hourglass-104 at 511 gives a 128x128 grid; Adam 2.5e-4, batch 49, 500k steps,
+    # decay x0.1 at 450k; pull/push 0.1 x 49 / 10 = 0.49; decode K=100, 1000 pairs, 100 dets.
+    assert cfg.model.input_size == (511, 511) and cfg.model.output_size == (128, 128)
+    assert cfg.model.resolved("channels") == (256, 256, 384, 384, 384, 512)
+    assert cfg.model.resolved("stacks") == 2
+    assert (cfg.train.learning_rate, cfg.train.batch_size, cfg.train.steps) == (2.5e-4, 49, 500000)
+    assert cfg.train.decay_at * cfg.train.steps == pytest.approx(450000)
+    assert cfg.loss.pull_weight == pytest.approx(0.1 * 49 / 10)
+    assert (cfg.loss.focal_alpha, cfg.loss.focal_beta, cfg.loss.offset_weight) == (2, 4, 1)
+    d = cfg.decode
+    assert (d.k, d.ae_threshold, d.nms_kernel, d.num_pairs, d.max_detections, d.soft_nms_sigma) \
+        == (100, 0.5, 3, 1000, 100, 0.5)
+
+
+def test_squeeze_grid_is_stride_8():
+    cfg = load_config(os.path.join(REPO, "configs", "squeeze_coco.yaml"))
+    assert cfg.model.output_size == (64, 64)  # SPEC.md: 511 -> 64
+
+
+def test_overrides_apply_with_types():
+    cfg = load_config(None, ["train.steps=200", "model.num_classes=3", "train.learning_rate=1e-3",
+                             "model.input_size=[255, 383]", "evaluate.flip_test=false",
+                             "export.tflite=int8", "model.channels=[32, 32, 48]",
+                             "model.blocks=[1, 1, 1]", "evaluate.scales=[0.5, 1]"])
+    assert cfg.train.steps == 200 and isinstance(cfg.train.steps, int)
+    assert cfg.model.num_classes == 3
+    assert cfg.train.learning_rate == 1e-3 and isinstance(cfg.train.learning_rate, float)
+    assert cfg.model.input_size == (255, 383)
+    assert cfg.model.output_size == (64, 96)  # ceil(ceil(n/2)/2)
+    assert cfg.evaluate.flip_test is False
+    assert cfg.export.tflite == "int8"
+    assert cfg.evaluate.scales == (0.5, 1.0)
+
+
+def test_scalar_input_size_means_square():
+    assert load_config(None, ["model.input_size=511"]).model.input_size == (511, 511)
+
+
+def test_replace_returns_a_new_validated_config():
+    cfg = Config()
+    new = cfg.replace(["train.steps=10"])
+    assert new.train.steps == 10 and cfg.train.steps == 500000
+
+
+@pytest.mark.parametrize("override, words", [
+    (["model.foo=1"], ["model.foo", "valid keys", "num_classes"]),
+    (["foo.bar=1"], ["foo", "valid keys", "model"]),
+    (["train=3"], ["train", "is a section"]),
+    (["train.steps=1.5"], ["train.steps", "integer", "1.5"]),
+    (["train.steps=abc"], ["train.steps", "integer", "abc"]),
+    (["train.learning_rate=fast"], ["train.learning_rate", "number", "fast"]),
+    (["evaluate.flip_test=3"], ["evaluate.flip_test", "true or false", "3"]),
+    (["model.backbone=resnet"], ["model.backbone", "resnet", "hourglass104"]),
+    (["train.strategy=tpu"], ["train.strategy", "tpu", "mirrored"]),
+    (["model.input_size=500"], ["model.input_size", "500", "multiple of 32"]),
+    (["model.input_size=[1, 2, 3]"], ["model.input_size", "expected 2 values"]),
+    (["model.channels=[32, 32]", "model.blocks=[1, 1, 1]"], ["model.blocks", "same length"]),
+    (["train.batch_size=0"], ["train.batch_size", "positive", "0"]),
+    (["decode.num_pairs=20000"], ["decode.num_pairs", "k x k"]),
+    (["decode.nms_kernel=4"], ["decode.nms_kernel", "odd"]),
+    (["steps=3"], ["steps", "valid keys"]),
+    (["train.steps"], ["key=value"]),
+])
+def test_bad_input_names_key_and_value(override, words):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, override)
+    for w in words:
+        assert w in str(e.value), (w, str(e.value))
+
+
+def test_bad_yaml_file_names_the_file(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("model:\n  num_clases: 3\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(str(p))
+    assert "bad.yaml" in str(e.value) and "model.num_clases" in str(e.value)
+    p.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(str(p))
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(str(tmp_path / "missing.yaml"))
+
+
+def test_config_module_does_not_import_tensorflow():
+    import subprocess
+    import sys
+    code = "import sys, cornernet_tf.config; print('tensorflow' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert out.stdout.strip() == "False", out.stderr
