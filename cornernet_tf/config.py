@@ -442,6 +442,14 @@ def validate(cfg: Config) -> None:
         _positive(f"train.{name}", getattr(t, name))
     _positive("train.warmup_steps", t.warmup_steps, allow_zero=True)
     _positive("train.eval_every", t.eval_every, allow_zero=True)
+    log_every = min(t.log_every, t.steps)
+    if t.steps % log_every:
+        raise ConfigError(f"config key 'train.steps': {t.steps} is not a multiple of "
+                          f"train.log_every ({t.log_every}); fit runs whole logging intervals")
+    if t.checkpoint_every % log_every and t.checkpoint_every < t.steps:
+        raise ConfigError(f"config key 'train.checkpoint_every': {t.checkpoint_every} is not a "
+                          f"multiple of train.log_every ({log_every}); checkpoints are taken at "
+                          f"interval ends so that a resumed run continues at the exact step")
     if not 0 < t.decay_at <= 1:
         raise ConfigError(f"config key 'train.decay_at': expected 0 < value <= 1, found {t.decay_at}")
 

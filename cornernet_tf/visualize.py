@@ -1,0 +1,81 @@
+"""Pictures: detections drawn on images, and corner heatmaps laid over images (PNG).
+
+Host-side numpy + Pillow; nothing here runs inside a TF graph.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+# A fixed, readable palette (class id modulo its length).
+PALETTE = ((230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
+           (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212),
+           (0, 128, 128), (220, 190, 255), (170, 110, 40), (255, 250, 200), (128, 0, 0))
+
+
+def heatmap_overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.6) -> np.ndarray:
+    """Lays a corner heatmap over an image (the picture of the paper's Figure 1).
+
+    Args:
+      image: [H, W, 3] uint8 RGB.
+      heatmap: [h, w, C] or [h, w] float probabilities in [0, 1] (the max over classes is
+        shown), on the output grid; it is resized to the image with nearest neighbours.
+      alpha: opacity of the heat colour at probability 1.
+
+    Returns:
+      [H, W, 3] uint8 RGB.
+    """
+    heat = np.asarray(heatmap, np.float32)
+    if heat.ndim == 3:
+        heat = heat.max(axis=-1)
+    height, width = image.shape[:2]
+    ys = np.minimum((np.arange(height) * heat.shape[0] / height).astype(int), heat.shape[0] - 1)
+    xs = np.minimum((np.arange(width) * heat.shape[1] / width).astype(int), heat.shape[1] - 1)
+    heat = np.clip(heat[ys][:, xs], 0.0, 1.0)[..., None]
+    # black -> red -> yellow ramp
+    colour = np.concatenate([np.minimum(2 * heat, 1), np.clip(2 * heat - 1, 0, 1),
+                             np.zeros_like(heat)], axis=-1) * 255.0
+    weight = alpha * heat
+    out = image.astype(np.float32) * (1 - weight) + colour * weight
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def draw_detections(image: np.ndarray, boxes: np.ndarray, classes: np.ndarray,
+                    scores: np.ndarray, names: Optional[Sequence[str]] = None,
+                    min_score: float = 0.0) -> np.ndarray:
+    """Draws boxes with "name score" labels.
+
+    Args:
+      image: [H, W, 3] uint8 RGB.
+      boxes: [N, 4] float xyxy in pixels of `image`.
+      classes: [N] int, 0-based contiguous class ids (index into `names`).
+      scores: [N] float.
+      names: class names; the id is shown when missing.
+      min_score: detections below are not drawn.
+
+    Returns:
+      [H, W, 3] uint8 RGB with the boxes drawn.
+    """
+    picture = Image.fromarray(np.asarray(image, np.uint8))
+    draw = ImageDraw.Draw(picture)
+    for box, cls, score in zip(np.asarray(boxes), np.asarray(classes), np.asarray(scores)):
+        if score < min_score:
+            continue
+        colour = PALETTE[int(cls) % len(PALETTE)]
+        x1, y1, x2, y2 = [float(v) for v in box]
+        draw.rectangle([x1, y1, x2, y2], outline=colour, width=2)
+        name = names[int(cls)] if names is not None and 0 <= int(cls) < len(names) else str(int(cls))
+        label = f"{name} {score:.2f}"
+        tx, ty = x1, max(0.0, y1 - 11)
+        bbox = draw.textbbox((tx, ty), label)
+        draw.rectangle(bbox, fill=colour)
+        draw.text((tx, ty), label, fill=(0, 0, 0))
+    return np.asarray(picture)
+
+
+def save_png(image: np.ndarray, path: str) -> None:
+    """Writes [H, W, 3] uint8 RGB to a PNG file."""
+    Image.fromarray(np.asarray(image, np.uint8)).save(path, format="PNG")
