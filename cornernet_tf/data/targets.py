@@ -1,0 +1,257 @@
+"""Ground truth of CornerNet for one image: corner heatmaps, offsets, embedding indices, mask.
+
+Numerics follow SPEC.md (Ground truth), which restates the reference implementation
+(princeton-vl/CornerNet `sample/coco.py`) with the corrected Gaussian radius:
+
+* ratio `r = output / input` per axis (128 / 511 for CornerNet511, not 1/4);
+* boxes clipped to `[0, input - 1]`, boxes with width or height <= 0 after clipping dropped;
+* corner cell `floor(x * r)`, offset `x * r - floor(x * r)` for both TL and BR;
+* embedding index `iy * W + ix` (row-major over the output grid);
+* an unnormalised Gaussian of radius `R = max(0, int(gaussian_radius(h, w, 0.3)))`, with
+  `h, w` the box size in output cells rounded up, sigma `(2R + 1) / 6`, written into the
+  class channel with an element-wise maximum (two same-class objects both keep their 1.0).
+
+`encode_targets` is pure TensorFlow with fixed output shapes, so it runs inside
+`tf.data.Dataset.map` and under `tf.function`. Per-box scalar arithmetic (ratios, floors,
+ceilings, radii) is done in float64 like the reference's NumPy code, so cells and radii
+agree with it bit for bit; the heatmaps themselves are float32.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence, Union
+
+import numpy as np
+import tensorflow as tf
+
+# Output keys of `encode_targets`, defined once (STYLE.md principle 7).
+TL_HEATMAP = "tl_heatmap"
+BR_HEATMAP = "br_heatmap"
+TL_INDEX = "tl_index"
+BR_INDEX = "br_index"
+TL_OFFSET = "tl_offset"
+BR_OFFSET = "br_offset"
+MASK = "mask"
+NUM_OBJECTS = "num_objects"
+TARGET_KEYS = (TL_HEATMAP, BR_HEATMAP, TL_INDEX, BR_INDEX, TL_OFFSET, BR_OFFSET, MASK,
+               NUM_OBJECTS)
+
+# The reference zeroes Gaussian values below eps * max. For a (2R+1)^2 kernel with
+# sigma = (2R+1)/6 the smallest value is exp(-36 R^2 / (2 (2R+1)^2)) >= exp(-9), so the
+# rule never fires; it is kept so the kernel is the reference's by construction.
+_GAUSSIAN_EPS = float(np.finfo(np.float32).eps)
+
+SizeLike = Union[int, Sequence[int]]
+
+
+def gaussian_radius(height, width, min_overlap: float = 0.3):
+    """Largest corner displacement keeping IoU >= `min_overlap` with the true box.
+
+    The minimum of the three cases of the CornerNet paper (both corners inside, both
+    outside, one of each), with the corrected quadratic roots (SPEC.md, Ground truth). The
+    formula is symmetric in height and width. The caller truncates: `R = max(0, int(r))`.
+    Sample values (h x w -> int(r)): 8x8 -> 1, 16x16 -> 3, 32x32 -> 7, 64x64 -> 14,
+    128x128 -> 28, 16x64 -> 5.
+
+    Args:
+      height: box height in output-grid cells (python number, or a float tensor of any
+        shape; tensors are dispatched to `gaussian_radius_tf`).
+      width: box width in output-grid cells, same kind and shape as `height`.
+      min_overlap: IoU threshold t, 0 < t < 1.
+
+    Returns:
+      The untruncated radius: a python float, or a tensor shaped like the inputs.
+
+    Raises:
+      ValueError: `min_overlap` outside (0, 1) or a negative python size.
+    """
+    if tf.is_tensor(height) or tf.is_tensor(width) or tf.is_tensor(min_overlap):
+        return gaussian_radius_tf(height, width, min_overlap)
+    t = _check_overlap(min_overlap)
+    h, w = float(height), float(width)
+    if h < 0 or w < 0 or not (math.isfinite(h) and math.isfinite(w)):
+        raise ValueError(f"gaussian_radius: expected finite non-negative height and width, "
+                         f"found height={height!r}, width={width!r}")
+    b = h + w
+    r1 = (b - math.sqrt(b * b - 4.0 * w * h * (1.0 - t) / (1.0 + t))) / 2.0
+    r2 = (2.0 * b - math.sqrt(4.0 * b * b - 16.0 * (1.0 - t) * w * h)) / 8.0
+    r3 = (-2.0 * t * b + math.sqrt(4.0 * t * t * b * b + 16.0 * t * (1.0 - t) * w * h)) / (8.0 * t)
+    return min(r1, r2, r3)
+
+
+def gaussian_radius_tf(height: tf.Tensor, width: tf.Tensor, min_overlap: float = 0.3) -> tf.Tensor:
+    """Graph version of `gaussian_radius` (same formula, element-wise).
+
+    Args:
+      height: [...] float tensor, box heights in output-grid cells (float64 recommended:
+        the reference computes radii in float64 and truncates them).
+      width: [...] float tensor of the same shape and dtype.
+      min_overlap: python float IoU threshold, 0 < t < 1.
+
+    Returns:
+      [...] untruncated radii, dtype of `height`.
+    """
+    t = _check_overlap(min_overlap)
+    h = tf.convert_to_tensor(height)
+    if not h.dtype.is_floating:
+        h = tf.cast(h, tf.float64)
+    w = tf.cast(width, h.dtype)
+    b = h + w
+    r1 = (b - tf.sqrt(b * b - 4.0 * w * h * (1.0 - t) / (1.0 + t))) / 2.0
+    # Both discriminants below are >= 0 mathematically; the max guards rounding.
+    r2 = (2.0 * b - tf.sqrt(tf.maximum(4.0 * b * b - 16.0 * (1.0 - t) * w * h, 0.0))) / 8.0
+    r3 = (-2.0 * t * b + tf.sqrt(4.0 * t * t * b * b + 16.0 * t * (1.0 - t) * w * h)) / (8.0 * t)
+    return tf.minimum(tf.minimum(r1, r2), r3)
+
+
+def encode_targets(boxes: tf.Tensor, classes: tf.Tensor, num_classes: int, input_size: SizeLike,
+                   output_size: SizeLike, max_objects: int = 128) -> dict[str, tf.Tensor]:
+    """Builds the CornerNet training targets of one image.
+
+    Args:
+      boxes: [N, 4] float32 `[x1, y1, x2, y2]` in network-input pixels; N may be 0 and
+        dynamic. Rows with class < 0, x2 <= x1 or y2 <= y1 (e.g. `-1` padding) are ignored.
+      classes: [N] int 0-based class ids; -1 marks padding.
+      num_classes: C, channels of the heatmaps.
+      input_size: (height, width) of the network input, or one int for a square.
+      output_size: (h, w) of the heads' grid, or one int for a square.
+      max_objects: M, slots of the index/offset/mask targets; the first M valid objects
+        (in input order) are kept, the others are counted in `num_objects` only.
+
+    Returns:
+      Dict with
+        tl_heatmap, br_heatmap: [h, w, C] float32 Gaussian targets in [0, 1], 1 at corners;
+        tl_index, br_index: [M] int32 corner cell `iy * w + ix` (0 in empty slots);
+        tl_offset, br_offset: [M, 2] float32 `(x, y)` sub-cell offsets in [0, 1);
+        mask: [M] float32, 1 for the slots holding an object;
+        num_objects: [] int32 valid objects before truncation to M.
+
+    Raises:
+      ValueError: bad python arguments or statically wrong tensor ranks.
+      tf.errors.InvalidArgumentError (at run time): boxes and classes disagree in length,
+        or a valid box has a class id >= num_classes.
+    """
+    in_h, in_w = _size_pair(input_size, "input_size")
+    out_h, out_w = _size_pair(output_size, "output_size")
+    if not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
+        raise ValueError(f"encode_targets: num_classes must be a positive int, "
+                         f"found {num_classes!r}")
+    if not isinstance(max_objects, (int, np.integer)) or max_objects < 1:
+        raise ValueError(f"encode_targets: max_objects must be a positive int, "
+                         f"found {max_objects!r}")
+    num_classes, max_objects = int(num_classes), int(max_objects)
+
+    boxes = tf.convert_to_tensor(boxes)
+    classes = tf.convert_to_tensor(classes)
+    if boxes.shape.rank != 2 or (boxes.shape[-1] is not None and boxes.shape[-1] != 4):
+        raise ValueError(f"encode_targets: boxes must be [N, 4] (x1, y1, x2, y2), found shape "
+                         f"{boxes.shape}")
+    if classes.shape.rank != 1:
+        raise ValueError(f"encode_targets: classes must be [N], found shape {classes.shape}")
+    classes = tf.cast(classes, tf.int32)
+    checks = [tf.debugging.assert_equal(
+        tf.shape(boxes)[0], tf.shape(classes)[0],
+        message="encode_targets: boxes [N, 4] and classes [N] must have the same N")]
+
+    with tf.control_dependencies(checks):
+        b = tf.cast(boxes, tf.float64)  # [N, 4]
+    x1 = tf.clip_by_value(b[:, 0], 0.0, in_w - 1.0)
+    y1 = tf.clip_by_value(b[:, 1], 0.0, in_h - 1.0)
+    x2 = tf.clip_by_value(b[:, 2], 0.0, in_w - 1.0)
+    y2 = tf.clip_by_value(b[:, 3], 0.0, in_h - 1.0)
+    valid = (classes >= 0) & (x2 > x1) & (y2 > y1)  # [N]
+    class_check = tf.debugging.assert_less(
+        tf.where(valid, classes, 0), num_classes,
+        message=f"encode_targets: a box has a class id >= num_classes ({num_classes}); "
+                f"classes must be 0-based contiguous ids (or -1 for padding)")
+    with tf.control_dependencies([class_check]):
+        num_objects = tf.reduce_sum(tf.cast(valid, tf.int32))
+
+    # Compact the first M valid rows, in order, into fixed slots; the rest go to a dummy
+    # slot M that is sliced away.
+    rank = tf.cumsum(tf.cast(valid, tf.int32)) - 1  # [N]
+    keep = valid & (rank < max_objects)
+    slot = tf.where(keep, rank, max_objects)[:, None]  # [N, 1]
+
+    def compact(values: tf.Tensor) -> tf.Tensor:
+        return tf.scatter_nd(slot, values, [max_objects + 1])[:max_objects]
+
+    x1, y1, x2, y2 = compact(x1), compact(y1), compact(x2), compact(y2)  # [M] float64
+    slot_class = compact(classes)  # [M]
+    mask = compact(tf.cast(keep, tf.int32)) > 0  # [M] bool
+
+    ratio_x, ratio_y = out_w / in_w, out_h / in_h
+    # Box size in output cells, rounded up, sets the radius (reference: math.ceil).
+    box_w = tf.math.ceil((x2 - x1) * ratio_x)
+    box_h = tf.math.ceil((y2 - y1) * ratio_y)
+    radius = tf.maximum(tf.floor(gaussian_radius_tf(box_h, box_w)), 0.0)  # [M] float64
+    radius = tf.where(mask, radius, 0.0)
+
+    outputs = {MASK: tf.cast(mask, tf.float32), NUM_OBJECTS: num_objects}
+    for prefix, x, y in (("tl", x1, y1), ("br", x2, y2)):
+        fx, fy = x * ratio_x, y * ratio_y  # [M] float64, output-grid units
+        cx, cy = tf.floor(fx), tf.floor(fy)
+        offset = tf.stack([fx - cx, fy - cy], axis=-1)  # [M, 2]
+        ix, iy = tf.cast(cx, tf.int32), tf.cast(cy, tf.int32)
+        outputs[f"{prefix}_index"] = tf.where(mask, iy * out_w + ix, 0)
+        outputs[f"{prefix}_offset"] = tf.where(mask[:, None], tf.cast(offset, tf.float32), 0.0)
+        outputs[f"{prefix}_heatmap"] = _draw_heatmap(
+            tf.cast(cx, tf.float32), tf.cast(cy, tf.float32), tf.cast(radius, tf.float32),
+            slot_class, mask, num_classes, out_h, out_w)
+    return outputs
+
+
+def _draw_heatmap(cx: tf.Tensor, cy: tf.Tensor, radius: tf.Tensor, classes: tf.Tensor,
+                  mask: tf.Tensor, num_classes: int, out_h: int, out_w: int) -> tf.Tensor:
+    """Max-combines one Gaussian per object into its class channel.
+
+    Args:
+      cx, cy: [M] float32 corner cells (integral values) on the output grid.
+      radius: [M] float32 integral radii R >= 0.
+      classes: [M] int32 class of each slot.
+      mask: [M] bool, slots holding an object.
+      num_classes: C.
+      out_h, out_w: grid size.
+
+    Returns:
+      [out_h, out_w, C] float32 heatmap.
+    """
+    sigma = (2.0 * radius + 1.0) / 6.0  # [M]
+    two_sigma2 = (2.0 * sigma * sigma)[:, None]  # [M, 1]
+    # The kernel is separable: exp(-(dx^2 + dy^2) / 2s^2) = gx(dx) * gy(dy), and the
+    # (2R+1)^2 square is |dx| <= R and |dy| <= R; cells off the grid simply do not exist.
+    dx = tf.range(out_w, dtype=tf.float32)[None, :] - cx[:, None]  # [M, w]
+    dy = tf.range(out_h, dtype=tf.float32)[None, :] - cy[:, None]  # [M, h]
+    gx = tf.where(tf.abs(dx) <= radius[:, None], tf.exp(-dx * dx / two_sigma2), 0.0)
+    gy = tf.where(tf.abs(dy) <= radius[:, None], tf.exp(-dy * dy / two_sigma2), 0.0)
+    gaussians = gy[:, :, None] * gx[:, None, :]  # [M, h, w], peak exactly 1 at the corner
+    gaussians = tf.where(gaussians < _GAUSSIAN_EPS, 0.0, gaussians)
+    # Empty slots go to an extra segment C that is dropped.
+    segments = tf.where(mask, classes, num_classes)  # [M]
+    per_class = tf.math.unsorted_segment_max(gaussians, segments, num_classes + 1)
+    # Classes without objects come back as the lowest float; the background is 0.
+    per_class = tf.maximum(per_class[:num_classes], 0.0)  # [C, h, w]
+    return tf.transpose(per_class, [1, 2, 0])
+
+
+def _check_overlap(min_overlap) -> float:
+    t = float(min_overlap)
+    if not 0.0 < t < 1.0:
+        raise ValueError(f"gaussian_radius: min_overlap must be in (0, 1), found {min_overlap!r}")
+    return t
+
+
+def _size_pair(size: SizeLike, name: str) -> tuple[int, int]:
+    """(height, width) from an int or a pair of ints, validated."""
+    if isinstance(size, (int, np.integer)):
+        pair = (int(size), int(size))
+    else:
+        try:
+            pair = tuple(int(s) for s in size)
+        except TypeError:
+            raise ValueError(f"encode_targets: {name} must be an int or (height, width), "
+                             f"found {size!r}") from None
+    if len(pair) != 2 or min(pair) < 1:
+        raise ValueError(f"encode_targets: {name} must be positive (height, width), found {size!r}")
+    return pair
