@@ -1,0 +1,424 @@
+"""COCO-format reading and validation: an instances json + an image folder -> image records.
+
+This is one of the two edges of the package where COCO category ids appear (the other is
+`evaluation.py`): `LabelMap` maps them to the contiguous 0-based `classes` used everywhere
+else, in increasing category-id order.
+
+    records, label_map, report = load_coco("annotations/instances_val2017.json", "val2017")
+    records[0].boxes    # [N, 4] float32, [x1, y1, x2, y2] in original image pixels
+    records[0].classes  # [N] int32, 0-based
+
+Nothing is dropped silently: every problem is counted and listed in a `DatasetReport`
+(file, image id, annotation id, what was found); `strict=True` turns problems into a
+`DatasetError`. The json is parsed here rather than by `pycocotools.coco.COCO`, which
+overwrites duplicate ids without a word and stops at the first malformed entry; pycocotools
+stays the reference for evaluation (`evaluation.py`). Crowd annotations (iscrowd=1) are
+ignored and counted, as in mmdetection (SPEC.md, Ground truth); images without annotations
+are kept as negatives.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import math
+import os
+from typing import Any, Optional, Sequence
+
+import numpy as np
+from absl import logging
+
+# Problem kinds. Those in `_KEPT_KINDS` keep the object (repaired); all others drop the
+# image or the annotation they name.
+MISSING_FILE = "missing_file"
+UNSAFE_FILE_NAME = "unsafe_file_name"
+BAD_IMAGE_ENTRY = "bad_image_entry"
+BAD_IMAGE_SIZE = "bad_image_size"
+UNREADABLE_IMAGE = "unreadable_image"
+IMAGE_SIZE_MISMATCH = "image_size_mismatch"
+DUPLICATE_IMAGE_ID = "duplicate_image_id"
+DUPLICATE_ANNOTATION_ID = "duplicate_annotation_id"
+UNKNOWN_IMAGE_ID = "unknown_image_id"
+UNKNOWN_CATEGORY = "unknown_category"
+BAD_BOX = "bad_box"
+BOX_OUTSIDE_IMAGE = "box_outside_image"
+BOX_CLIPPED = "box_clipped"
+_KEPT_KINDS = frozenset({BOX_CLIPPED})
+
+CHECK_IMAGES = ("none", "header", "decode")
+
+
+class DatasetError(ValueError):
+    """A dataset has problems and strict mode is on; the message lists them."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """One dataset problem: what kind, where, and what was found."""
+
+    kind: str
+    file: str
+    detail: str
+    image_id: Optional[Any] = None
+    annotation_id: Optional[Any] = None
+
+    def __str__(self) -> str:
+        where = [self.file]
+        if self.image_id is not None:
+            where.append(f"image id {self.image_id}")
+        if self.annotation_id is not None:
+            where.append(f"annotation id {self.annotation_id}")
+        return f"{', '.join(where)}: {self.kind}: {self.detail}"
+
+
+@dataclasses.dataclass
+class DatasetReport:
+    """What loading a dataset found: counts of kept things and every problem."""
+
+    source: str
+    num_images: int = 0  # images kept
+    num_objects: int = 0  # boxes kept
+    num_negative_images: int = 0  # kept images without any box
+    num_crowd_ignored: int = 0  # iscrowd=1 annotations (ignored by design, not a problem)
+    problems: list = dataclasses.field(default_factory=list)
+
+    def add(self, kind: str, detail: str, image_id: Any = None,
+            annotation_id: Any = None, file: Optional[str] = None) -> None:
+        """Records one problem."""
+        self.problems.append(Problem(kind, file or self.source, detail, image_id,
+                                     annotation_id))
+
+    def counts(self) -> dict:
+        """{problem kind: count}, in first-seen order."""
+        return dict(collections.Counter(p.kind for p in self.problems))
+
+    def dropping_problems(self) -> list:
+        """Problems that removed an image or an object (all but repaired ones)."""
+        return [p for p in self.problems if p.kind not in _KEPT_KINDS]
+
+    def summary(self) -> str:
+        """One line: what was kept, what was ignored, and problem counts by kind."""
+        text = (f"{self.source}: {self.num_images} images ({self.num_negative_images} without "
+                f"objects), {self.num_objects} objects, {self.num_crowd_ignored} crowd "
+                f"annotations ignored")
+        counts = self.counts()
+        if counts:
+            text += "; problems: " + ", ".join(f"{k}={v}" for k, v in counts.items())
+        else:
+            text += "; no problems"
+        return text
+
+    def details(self, limit: int = 20) -> str:
+        """The summary, then the first `limit` problems one per line, then how many more."""
+        lines = [self.summary()]
+        lines += [f"  {p}" for p in self.problems[:limit]]
+        if len(self.problems) > limit:
+            lines.append(f"  ... and {len(self.problems) - limit} more problems")
+        return "\n".join(lines)
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageRecord:
+    """One image and its ground truth.
+
+    Attributes:
+      image_id: the dataset's image id (int for COCO).
+      path: absolute path of the image file.
+      width, height: image size in pixels, from the json (checked against the file when
+        `check_images` is not "none").
+      boxes: [N, 4] float32, [x1, y1, x2, y2] in image pixels, clipped to the image.
+      classes: [N] int32, 0-based contiguous classes (see `LabelMap`).
+    """
+
+    image_id: Any
+    path: str
+    width: int
+    height: int
+    boxes: np.ndarray
+    classes: np.ndarray
+
+
+class LabelMap:
+    """COCO category ids <-> contiguous 0-based classes, with names.
+
+    Classes are assigned in increasing category-id order, so COCO's ids 1..90 (with gaps)
+    map to 0..79. Written beside exports as `labels.json`.
+    """
+
+    def __init__(self, category_ids: Sequence[int], names: Sequence[str]):
+        if len(category_ids) != len(names):
+            raise ValueError(f"LabelMap: {len(category_ids)} category ids but {len(names)} names")
+        if len(set(category_ids)) != len(category_ids):
+            raise ValueError(f"LabelMap: duplicate category ids in {list(category_ids)}")
+        order = sorted(range(len(category_ids)), key=lambda i: category_ids[i])
+        self.category_ids = tuple(int(category_ids[i]) for i in order)
+        self.names = tuple(str(names[i]) for i in order)
+        self._class_of = {c: i for i, c in enumerate(self.category_ids)}
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.category_ids)
+
+    def to_class(self, category_id: int) -> int:
+        """The 0-based class of a category id; KeyError if unknown."""
+        return self._class_of[int(category_id)]
+
+    def has_category(self, category_id: Any) -> bool:
+        return (isinstance(category_id, (int, np.integer)) and not isinstance(category_id, bool)
+                and int(category_id) in self._class_of)
+
+    def to_category_id(self, cls: int) -> int:
+        """The dataset category id of a 0-based class."""
+        return self.category_ids[int(cls)]
+
+    def to_json(self) -> str:
+        """`{"classes": [{"class": 0, "category_id": 1, "name": "person"}, ...]}`."""
+        entries = [{"class": i, "category_id": c, "name": n}
+                   for i, (c, n) in enumerate(zip(self.category_ids, self.names))]
+        return json.dumps({"classes": entries}, indent=1)
+
+    def write(self, path: str) -> str:
+        """Writes `to_json()` to `path` (e.g. `<export>/labels.json`); returns the path."""
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(self.to_json() + "\n")
+        return path
+
+    @classmethod
+    def from_json(cls, text_or_path: str) -> "LabelMap":
+        """Reads what `to_json`/`write` produced (a json string or a file path)."""
+        text = text_or_path
+        if not text_or_path.lstrip().startswith("{"):
+            with open(text_or_path, "r", encoding="utf-8") as f:
+                text = f.read()
+        entries = json.loads(text)["classes"]
+        return cls([e["category_id"] for e in entries], [e["name"] for e in entries])
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, LabelMap) and (self.category_ids, self.names) == (
+            other.category_ids, other.names)
+
+    def __repr__(self) -> str:
+        return f"LabelMap({dict(zip(self.category_ids, self.names))})"
+
+
+def load_coco(annotation_path: str, image_dir: str, strict: bool = False,
+              check_images: str = "header"):
+    """Loads and validates a COCO instances json and its image folder.
+
+    Args:
+      annotation_path: COCO instances json (`images`, `annotations`, `categories`).
+      image_dir: folder that each image's `file_name` is relative to; names that leave it
+        (`../x.jpg`, absolute paths) are rejected.
+      strict: raise `DatasetError` when any problem dropped an image or an annotation
+        (clipped boxes are repaired and only reported).
+      check_images: "none" (only that the file exists), "header" (PIL reads the header and
+        verifies the file; size must match the json), or "decode" (full PIL decode).
+
+    Returns:
+      (records, label_map, report): list of `ImageRecord` sorted by image id, the
+      `LabelMap`, and the `DatasetReport`. The report's one-line summary is logged.
+
+    Raises:
+      FileNotFoundError: the json or the image folder does not exist.
+      DatasetError: the json is not a COCO instances file, or strict and problems found.
+    """
+    if check_images not in CHECK_IMAGES:
+        raise ValueError(f"check_images: expected one of {CHECK_IMAGES}, found {check_images!r}")
+    if not os.path.isfile(annotation_path):
+        raise FileNotFoundError(f"COCO annotation file not found: {annotation_path!r}")
+    if not os.path.isdir(image_dir):
+        raise FileNotFoundError(f"image folder not found: {image_dir!r} (for {annotation_path})")
+    with open(annotation_path, "r", encoding="utf-8") as f:
+        try:
+            data = json.load(f)
+        except json.JSONDecodeError as e:
+            raise DatasetError(f"{annotation_path}: not valid json: {e}") from None
+    found = sorted(data) if isinstance(data, dict) else type(data).__name__
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data, dict) or not isinstance(data.get(key), list):
+            raise DatasetError(f"{annotation_path}: expected a COCO instances json with a "
+                               f"list {key!r}; found {found}")
+    report = DatasetReport(source=annotation_path)
+    label_map = _label_map(data["categories"], annotation_path)
+    images = _read_images(data["images"], os.path.abspath(image_dir), check_images, report)
+    per_image = _read_annotations(data["annotations"], images, label_map, report)
+
+    records = []
+    for image_id in sorted(images, key=_sort_key):
+        if images[image_id] is None:
+            continue
+        path, width, height = images[image_id]
+        objects = per_image.get(image_id, [])
+        boxes = np.array([b for b, _ in objects], np.float32).reshape(-1, 4)
+        classes = np.array([c for _, c in objects], np.int32)
+        records.append(ImageRecord(image_id, path, width, height, boxes, classes))
+        report.num_objects += len(objects)
+        report.num_negative_images += not objects
+    report.num_images = len(records)
+
+    if report.problems:
+        logging.warning("%s", report.details(limit=5))
+    else:
+        logging.info("%s", report.summary())
+    if strict and report.dropping_problems():
+        raise DatasetError("strict mode: dataset problems found (set data.strict=false to "
+                           "drop the bad records and continue)\n" + report.details(limit=20))
+    return records, label_map, report
+
+
+def _sort_key(image_id: Any):
+    return (0, image_id, "") if isinstance(image_id, (int, np.integer)) else (1, 0, str(image_id))
+
+
+def _label_map(categories: list, source: str) -> LabelMap:
+    ids, names = [], []
+    for cat in categories:
+        if not isinstance(cat, dict) or not isinstance(cat.get("id"), int):
+            raise DatasetError(f"{source}: a category needs an integer 'id'; found {cat!r}")
+        if cat["id"] in ids:
+            raise DatasetError(f"{source}: duplicate category id {cat['id']}")
+        ids.append(cat["id"])
+        names.append(str(cat.get("name", cat["id"])))
+    return LabelMap(ids, names)
+
+
+def _safe_join(image_dir: str, file_name: Any) -> Optional[str]:
+    """Absolute path of file_name inside image_dir, or None when it escapes the folder."""
+    if not isinstance(file_name, str) or not file_name or os.path.isabs(file_name) \
+            or "\\" in file_name or "\x00" in file_name:
+        return None
+    parts = file_name.split("/")
+    if any(p == ".." for p in parts):
+        return None
+    path = os.path.normpath(os.path.join(image_dir, file_name))
+    real_dir = os.path.realpath(image_dir)
+    if os.path.commonpath([os.path.realpath(path), real_dir]) != real_dir:
+        return None  # a symlink inside the folder that points out of it
+    return path
+
+
+def _read_images(entries: list, image_dir: str, check_images: str,
+                 report: DatasetReport) -> dict:
+    """{image_id: (path, width, height)} of the usable images; problems reported."""
+    images: dict = {}
+    for entry in entries:
+        image_id = entry.get("id") if isinstance(entry, dict) else None
+        if image_id is None or isinstance(image_id, (float, bool, list, dict)):
+            report.add(BAD_IMAGE_ENTRY, f"image entry without a usable 'id': {entry!r}"[:200])
+            continue
+        if image_id in images:
+            report.add(DUPLICATE_IMAGE_ID, "image id used twice; the later entry "
+                       f"({entry.get('file_name')!r}) is dropped", image_id)
+            continue
+        file_name = entry.get("file_name")
+        path = _safe_join(image_dir, file_name)
+        if path is None:
+            report.add(UNSAFE_FILE_NAME, f"file_name {file_name!r} is not a relative path "
+                       f"inside {image_dir}; image dropped", image_id)
+            images[image_id] = None
+            continue
+        width, height = entry.get("width"), entry.get("height")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and
+                   math.isfinite(v) and v > 0 for v in (width, height)):
+            report.add(BAD_IMAGE_SIZE, f"width/height must be positive numbers, found "
+                       f"width={width!r} height={height!r}; image dropped", image_id)
+            images[image_id] = None
+            continue
+        if not os.path.isfile(path):
+            report.add(MISSING_FILE, f"image file not found: {path}; image dropped", image_id)
+            images[image_id] = None
+            continue
+        if check_images != "none" and not _check_image(path, int(width), int(height),
+                                                       check_images, image_id, report):
+            images[image_id] = None
+            continue
+        images[image_id] = (path, int(width), int(height))
+    # None marks ids that exist but were dropped: their annotations go without a second report.
+    return images
+
+
+def _check_image(path: str, width: int, height: int, mode: str, image_id: Any,
+                 report: DatasetReport) -> bool:
+    from PIL import Image  # pylint: disable=import-outside-toplevel
+    try:
+        with Image.open(path) as img:
+            size = img.size
+            if mode == "decode":
+                img.load()
+            else:
+                img.verify()
+    except Exception as e:  # pylint: disable=broad-except  # PIL raises many types
+        report.add(UNREADABLE_IMAGE, f"cannot read {path}: {type(e).__name__}: {e}; "
+                   "image dropped", image_id)
+        return False
+    if size != (width, height):
+        report.add(IMAGE_SIZE_MISMATCH, f"{path} is {size[0]}x{size[1]} (width x height) but "
+                   f"the json says {width}x{height}; image dropped", image_id)
+        return False
+    return True
+
+
+def _read_annotations(entries: list, images: dict, label_map: LabelMap,
+                      report: DatasetReport) -> dict:
+    """{image_id: [(box xyxy, class)]} of the usable annotations; problems reported."""
+    per_image: dict = collections.defaultdict(list)
+    seen_ids: set = set()
+    for ann in entries:
+        if not isinstance(ann, dict):
+            report.add(BAD_BOX, f"annotation is not an object: {ann!r}"[:200])
+            continue
+        ann_id, image_id = ann.get("id"), ann.get("image_id")
+        if ann_id is not None:
+            key = ann_id if not isinstance(ann_id, list) else str(ann_id)
+            if key in seen_ids:
+                report.add(DUPLICATE_ANNOTATION_ID, "annotation id used twice; the later one "
+                           "is dropped", image_id, ann_id)
+                continue
+            seen_ids.add(key)
+        hashable = not isinstance(image_id, (list, dict))
+        if not hashable or image_id not in images:
+            report.add(UNKNOWN_IMAGE_ID, f"image_id {image_id!r} is not in 'images'; "
+                       "annotation dropped", image_id, ann_id)
+            continue
+        if images[image_id] is None:
+            continue  # the image itself was dropped and reported
+        if ann.get("iscrowd", 0):
+            report.num_crowd_ignored += 1
+            continue
+        category_id = ann.get("category_id")
+        if not label_map.has_category(category_id):
+            report.add(UNKNOWN_CATEGORY, f"category_id {category_id!r} is not in 'categories' "
+                       f"({list(label_map.category_ids)}); annotation dropped", image_id, ann_id)
+            continue
+        box = _valid_box(ann.get("bbox"), images[image_id], image_id, ann_id, report)
+        if box is not None:
+            per_image[image_id].append((box, label_map.to_class(category_id)))
+    return per_image
+
+
+def _valid_box(bbox: Any, image: tuple, image_id: Any, ann_id: Any,
+               report: DatasetReport) -> Optional[list]:
+    """COCO [x, y, w, h] -> clipped [x1, y1, x2, y2], or None (reported) when unusable."""
+    _, width, height = image
+    if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox)):
+        report.add(BAD_BOX, f"bbox must be 4 numbers [x, y, w, h], found {bbox!r}; "
+                   "annotation dropped", image_id, ann_id)
+        return None
+    x, y, w, h = (float(v) for v in bbox)
+    if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
+        report.add(BAD_BOX, f"bbox {list(bbox)} has a non-finite value or a non-positive "
+                   "size; annotation dropped", image_id, ann_id)
+        return None
+    box = [x, y, x + w, y + h]
+    clipped = [min(max(box[0], 0.0), width), min(max(box[1], 0.0), height),
+               min(max(box[2], 0.0), width), min(max(box[3], 0.0), height)]
+    if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
+        report.add(BOX_OUTSIDE_IMAGE, f"bbox {list(bbox)} lies outside the {width}x{height} "
+                   "image; annotation dropped", image_id, ann_id)
+        return None
+    if clipped != box:
+        report.add(BOX_CLIPPED, f"bbox {list(bbox)} exceeds the {width}x{height} image; "
+                   f"clipped to xyxy {[round(v, 2) for v in clipped]}", image_id, ann_id)
+    return clipped

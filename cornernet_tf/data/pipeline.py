@@ -1,0 +1,260 @@
+"""tf.data input pipelines for training and evaluation.
+
+    ds = build_dataset(cfg.data, cfg.model, "train", training=True, batch_size=16)
+    images, targets = next(iter(ds))   # [16, H, W, 3] float32 0..255, dict of targets
+
+Records come from `data/coco.py` (the synthetic dataset is generated first when
+`data.dataset` is "synthetic"); all per-element work is TensorFlow ops (no Python in
+the map functions), so it runs in parallel and in the graph.
+
+Unreadable images are handled twice:
+1. at record loading, `coco.load_coco(check_images="header")` opens every file with PIL
+   (header + `verify()`, cheap) and drops, counts and lists the ones that fail, each with its
+   path and image id (strict mode: an error);
+2. a file that passes that check but fails to decode later (e.g. truncated pixel data) is
+   skipped by `Dataset.ignore_errors(log_warning=True)` applied right after decoding, which
+   logs each skipped element; it wraps only the read/decode step, so errors in augmentation
+   or target encoding (bugs, bad classes) still stop the run.
+
+Images with more than `data.max_objects` objects keep the first `max_objects` (annotation
+order); how many images and objects this cut is logged once per split at loading time.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from cornernet_tf.data import coco
+from cornernet_tf.data.augment import eval_resize, train_augment
+from cornernet_tf.data.synthetic import ensure_synthetic
+from cornernet_tf.data.targets import encode_targets
+
+TARGET_KEYS = ("tl_heatmap", "br_heatmap", "tl_index", "br_index", "tl_offset", "br_offset",
+               "mask")
+SPLITS = ("train", "val")
+
+
+def split_files(data_config, split: str) -> tuple[str, str]:
+    """(annotation json, image folder) of a split; generates the synthetic data if needed.
+
+    Raises:
+      ValueError: unknown split, or the config has no files for it.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split: expected one of {SPLITS}, found {split!r}")
+    if data_config.dataset == "synthetic":
+        ensure_synthetic(data_config)
+    annotations = getattr(data_config, f"{split}_annotations")
+    images = getattr(data_config, f"{split}_images")
+    if not annotations or not images:
+        raise ValueError(f"data.{split}_annotations and data.{split}_images must be set for "
+                         f"the {split!r} split of dataset {data_config.dataset!r}; found "
+                         f"{annotations!r} and {images!r}")
+    return annotations, images
+
+
+def load_split(data_config, split: str, check_images: str = "header"):
+    """Loads and validates a split's records and reports objects beyond max_objects.
+
+    Args:
+      data_config: DataConfig (paths, strict, max_objects).
+      split: "train" or "val".
+      check_images: see `coco.load_coco` ("none", "header", "decode").
+
+    Returns:
+      (records, label_map, report) as from `coco.load_coco`.
+    """
+    annotations, images = split_files(data_config, split)
+    records, label_map, report = coco.load_coco(annotations, images, strict=data_config.strict,
+                                                check_images=check_images)
+    counts = np.array([len(r.classes) for r in records], np.int64)
+    over = counts > data_config.max_objects
+    if over.any():
+        worst = records[int(np.argmax(counts))]
+        logging.warning("%s: %d images have more than data.max_objects=%d objects; %d objects "
+                        "beyond the limit are not used (most: %d in image id %s)", annotations,
+                        int(over.sum()), data_config.max_objects,
+                        int((counts[over] - data_config.max_objects).sum()), int(counts.max()),
+                        worst.image_id)
+    return records, label_map, report
+
+
+def _record_slices(records: list, max_objects: int) -> dict:
+    """Per-image tensors for `from_tensor_slices`; boxes/classes ragged, cut to max_objects."""
+    for r in records:
+        if not isinstance(r.image_id, (int, np.integer)):
+            raise ValueError(f"image ids must be integers (COCO); found {r.image_id!r} for "
+                             f"{r.path}")
+    boxes = [r.boxes[:max_objects] for r in records]
+    lengths = [len(b) for b in boxes]
+    flat_boxes = np.concatenate(boxes, 0) if boxes else np.zeros((0, 4), np.float32)
+    flat_classes = (np.concatenate([r.classes[:max_objects] for r in records], 0)
+                    if records else np.zeros((0,), np.int32))
+    return {
+        "path": tf.constant([r.path for r in records], tf.string, shape=[len(records)]),
+        "image_id": tf.constant([int(r.image_id) for r in records], tf.int64,
+                                shape=[len(records)]),
+        "boxes": tf.RaggedTensor.from_row_lengths(flat_boxes.astype(np.float32), lengths),
+        "classes": tf.RaggedTensor.from_row_lengths(flat_classes.astype(np.int32), lengths),
+    }
+
+
+def decode_image(path: tf.Tensor) -> tf.Tensor:
+    """Reads and decodes one image file to RGB uint8.
+
+    Args:
+      path: [] string, a JPEG, PNG, GIF (first frame), BMP or WebP file.
+
+    Returns:
+      [H, W, 3] uint8 RGB: grayscale is replicated to 3 channels, an alpha channel is
+      dropped, 16-bit PNG samples are scaled to 8 bits.
+    """
+    image = tf.io.decode_image(tf.io.read_file(path), channels=3, dtype=tf.uint8,
+                               expand_animations=False)
+    image.set_shape([None, None, 3])
+    return image
+
+
+def _pad_objects(boxes: tf.Tensor, classes: tf.Tensor, max_objects: int):
+    """[n, 4], [n] (n <= M) -> [M, 4] float32 and [M] int32 padded with -1."""
+    pad = max_objects - tf.shape(classes)[0]
+    boxes = tf.pad(boxes, [[0, pad], [0, 0]], constant_values=-1.0)
+    classes = tf.pad(classes, [[0, pad]], constant_values=-1)
+    return tf.ensure_shape(boxes, [max_objects, 4]), tf.ensure_shape(classes, [max_objects])
+
+
+def build_dataset(data_config, model_config, split: str, training: bool,
+                  batch_size: Optional[int] = None, check_images: str = "header",
+                  records: Optional[list] = None) -> tf.data.Dataset:
+    """The tf.data pipeline of one split.
+
+    Training (`training=True`): shuffled, repeated forever, augmented (`train_augment` with
+    `data.augment`), targets encoded, batched with `drop_remainder=True`, prefetched. Yields
+      images: [B, H, W, 3] float32 RGB 0..255, (H, W) = model_config.input_size;
+      targets: {tl_heatmap, br_heatmap: [B, h, w, C] float32; tl_index, br_index: [B, M]
+        int32; tl_offset, br_offset: [B, M, 2] float32; mask: [B, M] float32}
+      with (h, w) = model_config.output_size, C = num_classes, M = data.max_objects.
+    With `data.deterministic` the order (shuffle seeded by `data.seed`) and the augmentation
+    (stateless seed [data.seed, element number] per element) are the same on every run.
+
+    Evaluation (`training=False`): each image once in record order (image id), resized by
+    `eval_resize(mode=data.eval_resize)`, no augmentation, last batch kept. Yields
+      images: [B, H, W, 3] float32 RGB 0..255 ((H, W) = input_size for resize_pad; for
+        pad127 the per-image sizes vary and a batch is zero-padded bottom/right to its
+        largest image, which leaves each transform valid);
+      meta: {image_id: [B] int64, transform: [B, 4] float32 (scale_y, scale_x, offset_y,
+        offset_x), network_xy = original_xy * scale + offset; original_size: [B, 2] int32
+        (height, width)}.
+
+    Args:
+      data_config: DataConfig.
+      model_config: ModelConfig (input_size, output_size, num_classes).
+      split: "train" or "val".
+      training: training or evaluation pipeline (independent of the split).
+      batch_size: images per batch; None yields single images without the batch axis.
+      check_images: how records are checked at loading (see `coco.load_coco`).
+      records: already loaded `ImageRecord`s to use instead of reading the split.
+
+    Returns:
+      The tf.data.Dataset.
+
+    Raises:
+      ValueError: bad split or batch size, non-integer image ids.
+      coco.DatasetError: strict mode and dataset problems.
+    """
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size: expected a positive int or None, found {batch_size!r}")
+    if records is None:
+        records, _, _ = load_split(data_config, split, check_images)
+    if training and not records:
+        raise ValueError(f"the {split!r} split has no usable images to train on")
+    max_objects = data_config.max_objects
+    ds = tf.data.Dataset.from_tensor_slices(_record_slices(records, max_objects))
+    deterministic = bool(data_config.deterministic)
+    options = tf.data.Options()
+    options.deterministic = deterministic
+    ds = ds.with_options(options)
+    parallel = tf.data.AUTOTUNE
+
+    if training:
+        ds = ds.shuffle(min(len(records), data_config.shuffle_buffer),
+                        seed=data_config.seed if deterministic else None,
+                        reshuffle_each_iteration=True).repeat()
+        ds = ds.enumerate()  # element number: the stateless augmentation seed
+        ds = ds.map(lambda i, r: (i, decode_image(r["path"]), r["boxes"], r["classes"]),
+                    num_parallel_calls=parallel, deterministic=deterministic)
+        ds = ds.ignore_errors(log_warning=True)
+        ds = ds.map(_train_fn(data_config, model_config), num_parallel_calls=parallel,
+                    deterministic=deterministic)
+        if batch_size is not None:
+            ds = ds.batch(batch_size, drop_remainder=True)
+    else:
+        ds = ds.map(lambda r: (decode_image(r["path"]), r["image_id"]),
+                    num_parallel_calls=parallel, deterministic=True)
+        ds = ds.ignore_errors(log_warning=True)
+        ds = ds.map(_eval_fn(data_config, model_config), num_parallel_calls=parallel,
+                    deterministic=True)
+        if batch_size is not None:
+            ds = ds.padded_batch(batch_size, drop_remainder=False)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _train_fn(data_config, model_config):
+    aug = data_config.augment
+    input_size = tuple(model_config.input_size)
+    max_objects = data_config.max_objects
+    seed = int(data_config.seed)
+
+    def fn(index, image, boxes, classes):
+        boxes, classes = _pad_objects(boxes, classes, max_objects)
+        element_seed = (tf.stack([tf.constant(seed, tf.int64), index])
+                        if data_config.deterministic else None)
+        image, boxes, classes = train_augment(
+            image, boxes, classes, input_size, random_crop=aug.random_crop,
+            crop_scales=aug.crop_scales, crop_border=aug.crop_border, flip=aug.flip,
+            color_jitter=aug.color_jitter, lighting_std=aug.lighting_std, seed=element_seed)
+        image = tf.ensure_shape(tf.cast(image, tf.float32), [*input_size, 3])
+        targets = encode_targets(boxes, classes, model_config.num_classes, input_size,
+                                 model_config.output_size, max_objects=max_objects)
+        return image, {key: targets[key] for key in TARGET_KEYS}
+
+    return fn
+
+
+def _eval_fn(data_config, model_config):
+    input_size = tuple(model_config.input_size)
+
+    def fn(image, image_id):
+        original_size = tf.shape(image)[:2]
+        resized, transform = eval_resize(image, input_size, mode=data_config.eval_resize)
+        meta = {"image_id": image_id, "transform": tf.cast(transform, tf.float32),
+                "original_size": tf.cast(original_size, tf.int32)}
+        return tf.cast(resized, tf.float32), meta
+
+    return fn
+
+
+def measure_throughput(dataset: tf.data.Dataset, num_batches: int, warmup: int = 2) -> float:
+    """Images per second that iterating `dataset` delivers (no model).
+
+    Args:
+      dataset: yields (images [B, ...], ...) batches.
+      num_batches: batches timed after the warm-up.
+      warmup: batches consumed first (pipeline start-up, buffers filling).
+
+    Returns:
+      Images per second over the timed batches.
+    """
+    iterator = iter(dataset)
+    for _ in range(warmup):
+        next(iterator)
+    images, start = 0, time.perf_counter()
+    for _ in range(num_batches):
+        batch = next(iterator)
+        images += int(tf.shape(batch[0])[0])
+    return images / (time.perf_counter() - start)

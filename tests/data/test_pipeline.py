@@ -1,0 +1,196 @@
+"""tf.data pipelines: keys/shapes/dtypes, golden targets, determinism, bad images, decoding."""
+
+import io
+import json
+import logging
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from cornernet_tf.config import load_config
+from cornernet_tf.data import coco, pipeline
+
+NUM_CLASSES, MAX_OBJECTS = 3, 4
+
+
+def _dataset(tmp_path, num_images=5, objects_per_image=1):
+    """COCO files: 128x128 PNGs; image k has `objects_per_image` copies of a known box."""
+    image_dir = tmp_path / "images"
+    image_dir.mkdir()
+    rng = np.random.default_rng(0)
+    images, annotations = [], []
+    for k in range(1, num_images + 1):
+        Image.fromarray(rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)).save(
+            image_dir / f"{k}.png")
+        images.append({"id": k, "file_name": f"{k}.png", "width": 128, "height": 128})
+        for _ in range(objects_per_image):
+            annotations.append({"id": len(annotations) + 1, "image_id": k, "category_id": 7,
+                                "bbox": [8, 16, 32, 32], "iscrowd": 0})
+    path = tmp_path / "instances.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": [
+        {"id": 2, "name": "x"}, {"id": 7, "name": "y"}, {"id": 9, "name": "z"}]}))
+    return str(path), str(image_dir)
+
+
+def _config(ann, image_dir, extra=()):
+    overrides = ["model.backbone=hourglass52", "model.input_size=64",
+                 f"model.num_classes={NUM_CLASSES}", "model.channels=[16,16,16]",
+                 "model.blocks=[1,1,1]", f"data.max_objects={MAX_OBJECTS}",
+                 f"data.train_annotations={ann}", f"data.train_images={image_dir}",
+                 f"data.val_annotations={ann}", f"data.val_images={image_dir}",
+                 "data.shuffle_buffer=8", *extra]
+    return load_config(None, overrides)
+
+
+NO_AUGMENT = ["data.augment.random_crop=false", "data.augment.flip=false",
+              "data.augment.color_jitter=0", "data.augment.lighting_std=0"]
+
+
+def test_train_batch_keys_shapes_and_golden_targets(tmp_path):
+    cfg = _config(*_dataset(tmp_path), extra=NO_AUGMENT)
+    ds = pipeline.build_dataset(cfg.data, cfg.model, "train", training=True, batch_size=2)
+    images, targets = next(iter(ds))
+    assert images.shape == (2, 64, 64, 3) and images.dtype == tf.float32
+    assert sorted(targets) == sorted(pipeline.TARGET_KEYS)
+    expected = {"tl_heatmap": ((2, 16, 16, 3), tf.float32),
+                "br_heatmap": ((2, 16, 16, 3), tf.float32),
+                "tl_index": ((2, 4), tf.int32), "br_index": ((2, 4), tf.int32),
+                "tl_offset": ((2, 4, 2), tf.float32), "br_offset": ((2, 4, 2), tf.float32),
+                "mask": ((2, 4), tf.float32)}
+    for key, (shape, dtype) in expected.items():
+        assert tuple(targets[key].shape) == shape and targets[key].dtype == dtype, key
+    # Hand-worked: COCO box [8, 16, 32, 32] -> xyxy [8, 16, 40, 48] in the 128 image; no crop
+    # resizes 128 -> 64: [4, 8, 20, 24]; output grid 16 (ratio 16/64): TL (1, 2) -> index
+    # 2 * 16 + 1 = 33, BR (5, 6) -> 6 * 16 + 5 = 101, offsets 0. Category 7 -> class 1.
+    np.testing.assert_array_equal(targets["mask"].numpy(), [[1, 0, 0, 0]] * 2)
+    np.testing.assert_array_equal(targets["tl_index"].numpy()[:, 0], [33, 33])
+    np.testing.assert_array_equal(targets["br_index"].numpy()[:, 0], [101, 101])
+    np.testing.assert_allclose(targets["tl_offset"].numpy()[:, 0], 0.0, atol=1e-6)
+    assert (targets["tl_heatmap"].numpy()[:, 2, 1, 1] == 1.0).all()
+    assert (targets["br_heatmap"].numpy()[:, 6, 5, 1] == 1.0).all()
+    assert targets["tl_heatmap"].numpy()[:, :, :, [0, 2]].max() == 0.0
+    # Pixel values stay in the documented 0..255 range.
+    assert 0.0 <= float(tf.reduce_min(images)) and float(tf.reduce_max(images)) <= 255.0
+
+
+def test_train_repeats_and_drops_remainder(tmp_path):
+    cfg = _config(*_dataset(tmp_path, num_images=3))
+    ds = pipeline.build_dataset(cfg.data, cfg.model, "train", training=True, batch_size=2)
+    assert ds.element_spec[0].shape.as_list() == [2, 64, 64, 3]  # static batch dimension
+    assert len(list(ds.take(4))) == 4  # 8 images from 3: repeated
+
+
+def test_deterministic_mode_reproducible(tmp_path):
+    cfg = _config(*_dataset(tmp_path), extra=["data.deterministic=true", "data.seed=5"])
+    runs = []
+    for _ in range(2):
+        ds = pipeline.build_dataset(cfg.data, cfg.model, "train", training=True, batch_size=2)
+        runs.append([(images.numpy(), targets["tl_index"].numpy())
+                     for images, targets in ds.take(3)])
+    for (a_img, a_idx), (b_img, b_idx) in zip(*runs):
+        np.testing.assert_array_equal(a_img, b_img)
+        np.testing.assert_array_equal(a_idx, b_idx)
+    # The augmentation differs between elements (per-element seeds).
+    assert not np.array_equal(runs[0][0][0][0], runs[0][0][0][1])
+
+
+def test_eval_batches(tmp_path):
+    cfg = _config(*_dataset(tmp_path))
+    ds = pipeline.build_dataset(cfg.data, cfg.model, "val", training=False, batch_size=2)
+    batches = list(ds)
+    assert [int(b[0].shape[0]) for b in batches] == [2, 2, 1]  # no repeat, remainder kept
+    images, meta = batches[0]
+    assert images.shape == (2, 64, 64, 3) and images.dtype == tf.float32
+    assert sorted(meta) == ["image_id", "original_size", "transform"]
+    assert meta["image_id"].dtype == tf.int64 and meta["original_size"].dtype == tf.int32
+    ids = np.concatenate([b[1]["image_id"].numpy() for b in batches])
+    np.testing.assert_array_equal(ids, [1, 2, 3, 4, 5])
+    np.testing.assert_array_equal(meta["original_size"].numpy(), [[128, 128]] * 2)
+    # resize_pad of 128x128 into 64x64: scale 0.5 both ways, no offset.
+    np.testing.assert_allclose(meta["transform"].numpy(), [[0.5, 0.5, 0, 0]] * 2)
+
+
+def test_corrupt_image_reported_and_skipped(tmp_path):
+    ann, image_dir = _dataset(tmp_path)
+    bad_path = os.path.join(image_dir, "3.png")
+    with open(bad_path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\ngarbage")
+    cfg = _config(ann, image_dir)
+    records, _, report = pipeline.load_split(cfg.data, "val")
+    assert [(p.kind, p.image_id) for p in report.problems] == [(coco.UNREADABLE_IMAGE, 3)]
+    assert bad_path in str(report.problems[0])
+    ds = pipeline.build_dataset(cfg.data, cfg.model, "val", training=False, batch_size=2)
+    ids = np.concatenate([m["image_id"].numpy() for _, m in ds])
+    np.testing.assert_array_equal(ids, [1, 2, 4, 5])
+
+
+def test_undecodable_at_run_time_skipped(tmp_path):
+    # Without the load-time check the bad file reaches the pipeline; the decode step's
+    # ignore_errors skips it instead of ending the epoch.
+    ann, image_dir = _dataset(tmp_path)
+    with open(os.path.join(image_dir, "2.png"), "wb") as f:
+        f.write(b"not an image")
+    cfg = _config(ann, image_dir)
+    ds = pipeline.build_dataset(cfg.data, cfg.model, "val", training=False, batch_size=2,
+                                check_images="none")
+    ids = np.concatenate([m["image_id"].numpy() for _, m in ds])
+    np.testing.assert_array_equal(ids, [1, 3, 4, 5])
+    train = pipeline.build_dataset(cfg.data, cfg.model, "train", training=True, batch_size=4,
+                                   check_images="none")
+    assert len(list(train.take(3))) == 3
+
+
+def test_objects_beyond_max_objects_reported(tmp_path, caplog):
+    cfg = _config(*_dataset(tmp_path, num_images=2, objects_per_image=6))
+    with caplog.at_level(logging.WARNING):
+        pipeline.load_split(cfg.data, "train")
+    text = caplog.text
+    assert "2 images have more than data.max_objects=4" in text and "4 objects beyond" in text
+    ds = pipeline.build_dataset(cfg.data, cfg.model, "train", training=True, batch_size=2)
+    _, targets = next(iter(ds))
+    assert targets["mask"].shape == (2, MAX_OBJECTS)
+
+
+def _png_bytes(array, mode=None):
+    buffer = io.BytesIO()
+    Image.fromarray(array, mode).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_decode_grayscale_rgba_16bit(tmp_path):
+    rng = np.random.default_rng(1)
+    gray = rng.integers(0, 256, (5, 7), dtype=np.uint8)
+    rgba = rng.integers(0, 256, (5, 7, 4), dtype=np.uint8)
+    gray16 = rng.integers(0, 65536, (5, 7), dtype=np.uint16)
+    rgb16 = rng.integers(0, 65536, (5, 7, 3), dtype=np.uint16)
+    files = {"gray.png": _png_bytes(gray), "rgba.png": _png_bytes(rgba, "RGBA"),
+             "gray16.png": _png_bytes(gray16),
+             "rgb16.png": tf.io.encode_png(rgb16).numpy()}  # PIL cannot write 16-bit RGB
+    expected = {"gray.png": np.repeat(gray[..., None], 3, -1), "rgba.png": rgba[..., :3],
+                # 16 -> 8 bits: the high byte, v * 255 / 65535 rounded down (= v >> 8 here).
+                "gray16.png": np.repeat((gray16 >> 8).astype(np.uint8)[..., None], 3, -1),
+                "rgb16.png": (rgb16 >> 8).astype(np.uint8)}
+    for name, data in files.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        image = pipeline.decode_image(tf.constant(str(path)))
+        assert image.dtype == tf.uint8 and image.shape == (5, 7, 3), name
+        np.testing.assert_allclose(image.numpy().astype(int), expected[name].astype(int),
+                                   atol=1, err_msg=name)
+
+
+def test_measure_throughput(tmp_path):
+    cfg = _config(*_dataset(tmp_path, num_images=2))
+    ds = pipeline.build_dataset(cfg.data, cfg.model, "train", training=True, batch_size=2)
+    assert pipeline.measure_throughput(ds, num_batches=2, warmup=1) > 0
+
+
+def test_bad_arguments(tmp_path):
+    cfg = _config(*_dataset(tmp_path, num_images=1))
+    with pytest.raises(ValueError, match="split"):
+        pipeline.build_dataset(cfg.data, cfg.model, "test", training=False)
+    with pytest.raises(ValueError, match="batch_size"):
+        pipeline.build_dataset(cfg.data, cfg.model, "val", training=False, batch_size=0)
