@@ -1,0 +1,217 @@
+"""The CornerNet Keras model: images in, raw heads per stack out (SPEC.md, Architecture).
+
+    model = build_model(cfg.model)            # built: variables exist
+    outputs = model(images, training=True)    # list, one dict per stack
+    outputs[-1][TL_HEATMAP]                   # [B, h, w, C] float32 logits
+
+In inference (`training=False`) only the last stack's heads run and the list has one dict.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import keras
+
+from cornernet_tf.backbones.hourglass import HourglassBackbone
+from cornernet_tf.config import BACKBONE_PRESETS, BACKBONES, ModelConfig
+from cornernet_tf.layers.heads import CornerHeads, CornerModule
+
+# Output keys, one dict per stack. Heatmaps are logits (sigmoid in loss and decode).
+TL_HEATMAP = "tl_heatmap"  # [B, h, w, C] float32 logits
+BR_HEATMAP = "br_heatmap"  # [B, h, w, C] float32 logits
+TL_EMBEDDING = "tl_embedding"  # [B, h, w, 1] float32
+BR_EMBEDDING = "br_embedding"  # [B, h, w, 1] float32
+TL_OFFSET = "tl_offset"  # [B, h, w, 2] float32, (x, y) in output-grid cells
+BR_OFFSET = "br_offset"  # [B, h, w, 2] float32, (x, y) in output-grid cells
+HEAD_KEYS = (TL_HEATMAP, BR_HEATMAP, TL_EMBEDDING, BR_EMBEDDING, TL_OFFSET, BR_OFFSET)
+
+# Per-channel RGB statistics of COCO images scaled to [0, 1] (the reference's values).
+IMAGE_MEAN = (0.47026115, 0.44719302, 0.40789654)
+IMAGE_STD = (0.27809835, 0.27408164, 0.28863828)
+
+# What each backbone family changes besides its widths (which come from BACKBONE_PRESETS):
+# block type, up-sampling, stride-2 residuals after the stem conv, heads' hidden kernel.
+FAMILIES = {
+    "hourglass104": dict(block="residual", upsample="nearest", stem_residuals=1,
+                         head_kernel_size=3),
+    "hourglass52": dict(block="residual", upsample="nearest", stem_residuals=1,
+                        head_kernel_size=3),
+    "squeeze": dict(block="fire", upsample="transpose", stem_residuals=2, head_kernel_size=1),
+}
+_WIDTHS = ("stacks", "stem_channels", "channels", "blocks", "head_channels", "pool_channels")
+
+
+@keras.saving.register_keras_serializable(package="cornernet_tf")
+class CornerNet(keras.Model):
+    """CornerNet: hourglass backbone, then per stack a TL and a BR corner module with heads.
+
+    `call(images)`: images `[B, H, W, 3]` float32 RGB in [0, 255] (normalised inside).
+    Returns a list with one dict per stack (training=True) or only the last stack
+    (training=False), keys `HEAD_KEYS`: heatmaps `[B, h, w, num_classes]` float32 logits,
+    embeddings `[B, h, w, 1]` float32, offsets `[B, h, w, 2]` float32, where h, w are H, W
+    reduced by ceil(n / 2) per stride-2 stage (stride 4, or 8 for "squeeze": 511 -> 128 / 64).
+
+    Args:
+      num_classes: object classes (heatmap channels).
+      backbone: one of `FAMILIES` ("hourglass104", "hourglass52", "squeeze"): fixes the block
+        type, up-sampling, stem depth, heads' kernel and the defaults of the widths below.
+      stacks, stem_channels, channels, blocks, head_channels, pool_channels: architecture
+        (see `cornernet_tf.config.ModelConfig`); None takes the backbone preset's value.
+      corner_pooling: False replaces corner pooling by the identity (the paper's ablation).
+      corner_pool_impl: "auto" | "scan" | "doubling", passed to `CornerPool`.
+      sync_batchnorm: synchronized BN across replicas.
+
+    Raises:
+      ValueError: unknown backbone or invalid architecture values.
+    """
+
+    def __init__(self, num_classes: int = 80, backbone: str = "hourglass104",
+                 stacks: Optional[int] = None, stem_channels: Optional[int] = None,
+                 channels: Optional[Sequence[int]] = None, blocks: Optional[Sequence[int]] = None,
+                 head_channels: Optional[int] = None, pool_channels: Optional[int] = None,
+                 corner_pooling: bool = True, corner_pool_impl: str = "auto",
+                 sync_batchnorm: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        if backbone not in FAMILIES:
+            raise ValueError(f"CornerNet: backbone must be one of {tuple(FAMILIES)}, "
+                             f"found {backbone!r}")
+        if not isinstance(num_classes, int) or num_classes <= 0:
+            raise ValueError(f"CornerNet: num_classes must be a positive integer, "
+                             f"found {num_classes!r}")
+        preset = BACKBONE_PRESETS[backbone]
+        given = dict(stacks=stacks, stem_channels=stem_channels, channels=channels,
+                     blocks=blocks, head_channels=head_channels, pool_channels=pool_channels)
+        widths = {k: preset[k] if v is None else v for k, v in given.items()}
+        self.num_classes = num_classes
+        self.backbone_name = backbone
+        self.stacks = int(widths["stacks"])
+        self.stem_channels = int(widths["stem_channels"])
+        self.channels = tuple(int(c) for c in widths["channels"])
+        self.blocks = tuple(int(b) for b in widths["blocks"])
+        self.head_channels = int(widths["head_channels"])
+        self.pool_channels = int(widths["pool_channels"])
+        self.corner_pooling = corner_pooling
+        self.corner_pool_impl = corner_pool_impl
+        self.sync_batchnorm = sync_batchnorm
+        family = FAMILIES[backbone]
+        self.backbone = HourglassBackbone(
+            stacks=self.stacks, stem_channels=self.stem_channels, channels=self.channels,
+            blocks=self.blocks, out_channels=self.head_channels, block=family["block"],
+            upsample=family["upsample"], stem_residuals=family["stem_residuals"],
+            sync_batchnorm=sync_batchnorm)
+        module = dict(channels=self.head_channels, pool_channels=self.pool_channels,
+                      corner_pooling=corner_pooling, corner_pool_impl=corner_pool_impl,
+                      sync_batchnorm=sync_batchnorm)
+        heads = dict(num_classes=num_classes, channels=self.head_channels,
+                     kernel_size=family["head_kernel_size"])
+        self.tl_modules = [CornerModule("top_left", **module) for _ in range(self.stacks)]
+        self.br_modules = [CornerModule("bottom_right", **module) for _ in range(self.stacks)]
+        self.tl_heads = [CornerHeads(**heads) for _ in range(self.stacks)]
+        self.br_heads = [CornerHeads(**heads) for _ in range(self.stacks)]
+
+    @property
+    def stride(self) -> int:
+        """Input pixels per output-grid cell (4, or 8 for "squeeze")."""
+        return self.backbone.stride
+
+    def build(self, input_shape):
+        """Creates every variable, all stacks' heads included, by a symbolic forward.
+
+        Raises:
+          ValueError: the input size gives an output grid the hourglass cannot halve
+            len(channels) - 1 times.
+        """
+        multiple = 2 ** (len(self.channels) - 1)
+        for axis, n in (("height", input_shape[1]), ("width", input_shape[2])):
+            if n is None:
+                continue
+            grid = n
+            for _ in range(self.backbone.stem_residuals + 1):
+                grid = (grid + 1) // 2
+            if grid % multiple:
+                raise ValueError(
+                    f"CornerNet: input {axis} {n} gives an output grid of {grid} cells "
+                    f"(stride {self.stride}, each stride-2 stage maps n -> ceil(n / 2)), which "
+                    f"the {len(self.channels) - 1}-level hourglass cannot halve exactly; the "
+                    f"grid must be a multiple of {multiple} (e.g. input 511 -> 128 at stride 4)")
+        self.compute_outputs(keras.KerasTensor(tuple(input_shape), dtype="float32"),
+                             all_stacks=True)
+
+    def normalize(self, images):
+        """`[B, H, W, 3]` RGB in [0, 255] -> (images / 255 - mean) / std, float32."""
+        images = keras.ops.cast(images, "float32")
+        mean = keras.ops.array([255.0 * m for m in IMAGE_MEAN], dtype="float32")
+        std = keras.ops.array([255.0 * s for s in IMAGE_STD], dtype="float32")
+        # A division, not a product with 1/std: Keras 3.15 marks KerasTensor * constant as
+        # sparse during the symbolic build.
+        return (images - mean) / std
+
+    def compute_outputs(self, images, all_stacks: bool, training=None) -> list:
+        """Raw heads of all stacks (`all_stacks=True`) or of the last one only.
+
+        Args:
+          images: `[B, H, W, 3]` float32 RGB in [0, 255].
+          all_stacks: run every stack's heads (training, intermediate supervision) or only
+            the last stack's (inference; the earlier stacks' backbone still runs).
+          training: BN mode.
+
+        Returns:
+          A list of dicts (keys `HEAD_KEYS`), one per stack run, outer to last.
+        """
+        features = self.backbone(self.normalize(images), training=training)
+        chosen = range(self.stacks) if all_stacks else [self.stacks - 1]
+        outputs = []
+        for i in chosen:
+            tl_heatmap, tl_embedding, tl_offset = self.tl_heads[i](
+                self.tl_modules[i](features[i], training=training))
+            br_heatmap, br_embedding, br_offset = self.br_heads[i](
+                self.br_modules[i](features[i], training=training))
+            outputs.append({TL_HEATMAP: tl_heatmap, BR_HEATMAP: br_heatmap,
+                            TL_EMBEDDING: tl_embedding, BR_EMBEDDING: br_embedding,
+                            TL_OFFSET: tl_offset, BR_OFFSET: br_offset})
+        return outputs
+
+    def call(self, images, training=False):
+        return self.compute_outputs(images, all_stacks=bool(training), training=training)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(num_classes=self.num_classes, backbone=self.backbone_name,
+                      stacks=self.stacks, stem_channels=self.stem_channels,
+                      channels=list(self.channels), blocks=list(self.blocks),
+                      head_channels=self.head_channels, pool_channels=self.pool_channels,
+                      corner_pooling=self.corner_pooling,
+                      corner_pool_impl=self.corner_pool_impl,
+                      sync_batchnorm=self.sync_batchnorm)
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+def build_model(model_config: ModelConfig) -> CornerNet:
+    """Maps a `ModelConfig` to a built `CornerNet` (variables created, no forward pass run).
+
+    Args:
+      model_config: `cornernet_tf.config.ModelConfig`; None architecture fields take the
+        backbone preset's values.
+
+    Returns:
+      A CornerNet built for `[None, *model_config.input_size, 3]` inputs.
+
+    Raises:
+      ValueError: unknown backbone or invalid architecture values.
+    """
+    if model_config.backbone not in BACKBONES:
+        raise ValueError(f"model.backbone: expected one of {BACKBONES}, "
+                         f"found {model_config.backbone!r}")
+    widths = {name: model_config.resolved(name) for name in _WIDTHS}
+    model = CornerNet(num_classes=model_config.num_classes, backbone=model_config.backbone,
+                      corner_pooling=model_config.corner_pooling,
+                      corner_pool_impl=model_config.corner_pool_impl,
+                      sync_batchnorm=model_config.sync_batchnorm, **widths)
+    height, width = model_config.input_size
+    model.build((None, height, width, 3))
+    return model
