@@ -29,10 +29,58 @@ def _show_config(cfg: config_lib.Config) -> None:
     sys.stdout.write(cfg.to_yaml())
 
 
+def _train(cfg: config_lib.Config) -> None:
+    from cornernet_tf import training
+    model_dir = resolve_model_dir(FLAGS.config, FLAGS.model_dir)
+    result = training.train(cfg, model_dir)
+    print(f"trained to step {result['steps']}; last checkpoint {result['checkpoint']}; "
+          f"config.yaml and labels.json in {model_dir}")
+
+
+def _restored_model(cfg: config_lib.Config, model_dir: str):
+    from cornernet_tf.model import build_model
+    from cornernet_tf.training import restore_weights
+    model = build_model(cfg.model)
+    path = restore_weights(model, model_dir, FLAGS.checkpoint)
+    print(f"restored {path}")
+    return model
+
+
+def _evaluate(cfg: config_lib.Config) -> None:
+    from cornernet_tf.evaluation import run_evaluation
+    model_dir = resolve_model_dir(FLAGS.config, FLAGS.model_dir)
+    model = _restored_model(cfg, model_dir)
+    run_evaluation(model, cfg, os.path.join(model_dir, "eval"),
+                   max_images=cfg.evaluate.max_images, oracle=cfg.evaluate.oracle)
+
+
+def _export(cfg: config_lib.Config) -> None:
+    from cornernet_tf.export.job import export_model
+    export_model(cfg, resolve_model_dir(FLAGS.config, FLAGS.model_dir), FLAGS.export_dir,
+                 checkpoint=FLAGS.checkpoint)
+
+
+def _predict(cfg: config_lib.Config) -> None:
+    from cornernet_tf.export.predict import predict
+    if not FLAGS.model or not FLAGS.images:
+        raise app.UsageError("--mode=predict needs --model=<SavedModel folder or .tflite> and "
+                             "--images=<files or folders>")
+    written = predict(FLAGS.model, FLAGS.images, FLAGS.output, heatmaps=FLAGS.heatmaps)
+    print(f"wrote {len(written)} files to {FLAGS.output}")
+
+
 MODES: dict[str, Mode] = {
+    "train": Mode("train (or resume) with model.fit; checkpoints, logs, labels.json in "
+                  "--model_dir", _train),
+    "evaluate": Mode("COCO AP of the newest (or --checkpoint) checkpoint on the val split; "
+                     "writes <model_dir>/eval/", _evaluate),
+    "export": Mode("SavedModel for TF Serving (+ TFLite with export.tflite) under "
+                   "--export_dir, decode inside", _export),
+    "predict": Mode("run an exported model (--model) on --images; annotated PNGs and JSON "
+                    "into --output", _predict),
     "config": Mode("print the resolved config (defaults + YAML + --set) as YAML", _show_config),
 }
-DEFAULT_MODE = "config"
+DEFAULT_MODE = "train"
 
 FLAGS = flags.FLAGS
 
@@ -47,6 +95,16 @@ def _define_flags() -> None:
                               "--set train.steps=200 --set model.num_classes=3.")
     flags.DEFINE_string("model_dir", None, "Where checkpoints, logs, labels.json and the resolved "
                         "config go (default: runs/<config name>/).")
+    flags.DEFINE_string("checkpoint", None, "evaluate/export: a checkpoint path instead of the "
+                        "newest in --model_dir.")
+    flags.DEFINE_string("export_dir", "export", "export: root folder of SavedModels "
+                        "(<export_dir>/<export.name>/<version>/).")
+    flags.DEFINE_string("model", None, "predict: a SavedModel version folder or a .tflite file.")
+    flags.DEFINE_multi_string("images", [], "predict: image files or folders (repeatable).")
+    flags.DEFINE_string("output", "predictions", "predict: output folder.")
+    flags.DEFINE_bool("heatmaps", False, "predict: also write corner-heatmap overlays.")
+    flags.DEFINE_bool("strict", False, "Dataset problems (bad boxes, missing files) are errors "
+                      "(same as --set data.strict=true).")
 
 
 def resolve_model_dir(config_path: str, model_dir: str | None) -> str:
@@ -58,10 +116,13 @@ def resolve_model_dir(config_path: str, model_dir: str | None) -> str:
 
 
 def _main(argv: list[str]) -> None:
+    import logging
+    logging.getLogger("tensorflow").setLevel(logging.WARNING)  # TF's Python INFO chatter
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     try:
-        cfg = config_lib.load_config(FLAGS.config, FLAGS.set)
+        overrides = list(FLAGS.set) + (["data.strict=true"] if FLAGS.strict else [])
+        cfg = config_lib.load_config(FLAGS.config, overrides)
     except config_lib.ConfigError as e:
         sys.stderr.write(f"error: {e}\n")
         sys.exit(2)
@@ -85,7 +146,8 @@ def run() -> None:
     main_module = sys.modules.get("__main__")
     if main_module is not None:
         main_module.__doc__ = _usage()
-    for name in ("mode", "config", "set", "model_dir"):
+    for name in ("mode", "config", "set", "model_dir", "checkpoint", "export_dir", "model",
+                 "images", "output", "heatmaps", "strict"):
         FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[name])
     if any(a in ("-h", "--help", "--helpshort", "-?") for a in sys.argv[1:]):
         # absl exits 1 after --help; a help request is not an error.

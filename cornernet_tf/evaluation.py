@@ -234,7 +234,7 @@ def decode_kwargs(decode_cfg) -> dict:
                 score_threshold=decode_cfg.score_threshold)
 
 
-def oracle_heads(heads: dict, targets: list, oracle: str, offset: float = 0.0) -> dict:
+def oracle_heads(heads: dict, targets: list, oracle: str, offset: float = -100.0) -> dict:
     """Replaces predicted heads by ground truth, for the paper's error analysis (Table 7).
 
     Args:
@@ -242,7 +242,8 @@ def oracle_heads(heads: dict, targets: list, oracle: str, offset: float = 0.0) -
       targets: B dicts from `encode_targets` (numpy) for the images of the batch.
       oracle: "heatmaps" (GT heatmaps), "heatmaps+offsets" (and GT offsets at the GT
         corners), "all" (and embeddings: object k gets value 2k at both corners).
-      offset: the embedding value away from the ground-truth corners.
+      offset: the embedding value away from the ground-truth corners (far from every
+        object's 2k, so background cells never pair with a true corner).
 
     Returns:
       heads with the chosen maps replaced (heatmaps as logits of the clipped Gaussians).

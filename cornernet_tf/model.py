@@ -12,10 +12,12 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import keras
+import tensorflow as tf
 
 from cornernet_tf.backbones.hourglass import HourglassBackbone
 from cornernet_tf.config import BACKBONE_PRESETS, BACKBONES, ModelConfig
 from cornernet_tf.layers.heads import CornerHeads, CornerModule
+from cornernet_tf.losses import LOSS_KEYS, compute_normalizers, cornernet_loss
 
 # Output keys, one dict per stack. Heatmaps are logits (sigmoid in loss and decode).
 TL_HEATMAP = "tl_heatmap"  # [B, h, w, C] float32 logits
@@ -109,6 +111,9 @@ class CornerNet(keras.Model):
         self.br_modules = [CornerModule("bottom_right", **module) for _ in range(self.stacks)]
         self.tl_heads = [CornerHeads(**heads) for _ in range(self.stacks)]
         self.br_heads = [CornerHeads(**heads) for _ in range(self.stacks)]
+        # One running mean per loss term, shown by fit (created here: state after build
+        # is not allowed).
+        self.loss_trackers = {key: keras.metrics.Mean(name=key) for key in LOSS_KEYS}
 
     @property
     def stride(self) -> int:
@@ -174,6 +179,87 @@ class CornerNet(keras.Model):
 
     def call(self, images, training=False):
         return self.compute_outputs(images, all_stacks=bool(training), training=training)
+
+    # ----------------------------------------------------------------------------------
+    # Training: a custom step whose loss and gradients do not depend on how the global
+    # batch is split over replicas (SPEC.md, Losses).
+    # ----------------------------------------------------------------------------------
+    def compile(self, optimizer="adam", *, focal_alpha: float = 2.0, focal_beta: float = 4.0,
+                pull_weight: float = 0.49, push_weight: float = 0.49,
+                offset_weight: float = 1.0, **kwargs):
+        """Keras compile with CornerNet's loss weights (no `loss=`: the loss is built in).
+
+        Args:
+          optimizer: a Keras optimizer (Adam in the reference recipe). Under the
+            `mixed_float16` policy Keras wraps it in a LossScaleOptimizer.
+          focal_alpha, focal_beta, pull_weight, push_weight, offset_weight: `cornernet_loss`
+            weights (`cfg.loss`).
+          **kwargs: other `keras.Model.compile` arguments (e.g. steps_per_execution).
+        """
+        if "loss" in kwargs:
+            raise ValueError("CornerNet.compile: the loss is built in (focal + pull/push + "
+                             "offset); pass its weights, not loss=")
+        super().compile(optimizer=optimizer, **kwargs)
+        self._loss_weights = (("focal_alpha", float(focal_alpha)),
+                              ("focal_beta", float(focal_beta)),
+                              ("pull_weight", float(pull_weight)),
+                              ("push_weight", float(push_weight)),
+                              ("offset_weight", float(offset_weight)))
+
+    @property
+    def metrics(self):
+        return list(self.loss_trackers.values())
+
+    def loss_terms(self, images, targets, training: bool) -> tuple[dict, dict]:
+        """This replica's share of every loss term, normalised with global counts.
+
+        The counts that normalise the loss (positive heatmap entries, objects, images) are
+        summed over all replicas, so each replica's loss is its share of the global-batch
+        loss and the replicas' gradients sum (as the optimizer all-reduces them) to the
+        single-replica gradient.
+
+        Args:
+          images: [b, H, W, 3] float32 RGB 0..255, this replica's part of the batch.
+          targets: dict of `encode_targets` outputs batched to b (see data/pipeline.py).
+          training: BN mode.
+
+        Returns:
+          (local terms, global terms): dicts keyed by LOSS_KEYS; the global ones are the
+          all-reduced sums, equal on every replica (for reporting).
+        """
+        ctx = tf.distribute.get_replica_context()
+        normalizers = compute_normalizers(targets)
+        if ctx is not None and ctx.num_replicas_in_sync > 1:
+            normalizers = {k: ctx.all_reduce(tf.distribute.ReduceOp.SUM, v)
+                           for k, v in normalizers.items()}
+        outputs = self.compute_outputs(images, all_stacks=True, training=training)
+        weights = dict(getattr(self, "_loss_weights", ()))
+        terms = cornernet_loss(outputs, targets, normalizers=normalizers, **weights)
+        if ctx is not None and ctx.num_replicas_in_sync > 1:
+            totals = ctx.all_reduce(tf.distribute.ReduceOp.SUM,
+                                    [tf.stop_gradient(terms[k]) for k in LOSS_KEYS])
+            return terms, dict(zip(LOSS_KEYS, totals))
+        return terms, {k: tf.stop_gradient(v) for k, v in terms.items()}
+
+    def _report(self, terms: dict) -> dict:
+        for key, tracker in self.loss_trackers.items():
+            tracker.update_state(terms[key])
+        return {key: tracker.result() for key, tracker in self.loss_trackers.items()}
+
+    def train_step(self, data):
+        images, targets = data
+        with tf.GradientTape() as tape:
+            terms, global_terms = self.loss_terms(images, targets, training=True)
+            scaled = self.optimizer.scale_loss(terms["total_loss"])
+        variables = self.trainable_variables
+        gradients = tape.gradient(scaled, variables)
+        self.optimizer.apply_gradients(zip(gradients, variables))
+        return self._report(global_terms)
+
+    def test_step(self, data):
+        images, targets = data
+        _, global_terms = self.loss_terms(images, targets, training=False)
+        return self._report(global_terms)
 
     def get_config(self):
         config = super().get_config()

@@ -1,0 +1,111 @@
+"""SavedModel export in TensorFlow Serving layout: `<export_dir>/<name>/<version>/`.
+
+The model is written with `keras.export.ExportArchive` (track the model, add endpoints,
+write out). A Keras 3 model held as a plain attribute of a `tf.Module` and saved with
+`tf.saved_model.save` loads in Python but fails in `saved_model_cli run` and in TF Serving
+with "Could not find variable ..." (tensorflow#72963, keras#20095); the archive tracks the
+variables so that the C++ session loader finds them.
+
+Each export gets the next integer version (TF Serving serves the highest); an existing
+version is never overwritten. The version folder is written under a temporary name and
+renamed when complete, so a server watching `<export_dir>/<name>/` never sees half a model.
+Beside `saved_model.pb` the version folder holds `labels.json` and `config.yaml`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from typing import Optional
+
+import keras
+import tensorflow as tf
+
+from cornernet_tf.export.serving import build_detection_functions
+
+IMAGES_SPEC = tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")
+BYTES_SPEC = tf.TensorSpec([None], tf.string, name="images")
+
+
+def next_version(base_dir: str) -> int:
+    """1 + the highest integer-named folder in base_dir (1 when there is none)."""
+    if not os.path.isdir(base_dir):
+        return 1
+    versions = [int(d) for d in os.listdir(base_dir) if d.isdigit()]
+    return max(versions, default=0) + 1
+
+
+def write_archive(model: keras.Model, endpoints: dict, path: str) -> None:
+    """Writes a SavedModel whose signatures are `endpoints` {name: (fn, [TensorSpec])}."""
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    for name, (fn, signature) in endpoints.items():
+        archive.add_endpoint(name=name, fn=fn, input_signature=signature)
+    archive.write_out(path, verbose=False)
+
+
+def export_saved_model(model: keras.Model, cfg, export_dir: str, label_map,
+                       version: Optional[int] = None) -> str:
+    """Exports `model` with preprocessing and decode inside, for TF Serving.
+
+    Args:
+      model: a trained CornerNet.
+      cfg: the resolved Config (model sizes, decode parameters, export name and threshold).
+      export_dir: the models' root; the export goes to `<export_dir>/<cfg.export.name>/<v>/`.
+      label_map: the dataset's LabelMap (written as labels.json).
+      version: force a version number (must not exist yet); default: the next one.
+
+    Returns:
+      The version folder written.
+
+    Raises:
+      FileExistsError: `version` given and already exported.
+    """
+    base = os.path.join(export_dir, cfg.export.name)
+    version = next_version(base) if version is None else int(version)
+    final = os.path.join(base, str(version))
+    if os.path.exists(final):
+        raise FileExistsError(f"export version {final} exists; versions are never overwritten")
+    os.makedirs(base, exist_ok=True)
+    tmp = os.path.join(base, f".tmp-{version}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    fns = build_detection_functions(model, cfg)
+    write_archive(model, {"serving_default": (fns.serve_images, [IMAGES_SPEC]),
+                          "serving_bytes": (fns.serve_bytes, [BYTES_SPEC]),
+                          "serving_heatmaps": (fns.serve_heatmaps, [IMAGES_SPEC])}, tmp)
+    label_map.write(os.path.join(tmp, "labels.json"))
+    with open(os.path.join(tmp, "config.yaml"), "w", encoding="utf-8") as f:
+        f.write(cfg.to_yaml())
+    with open(os.path.join(tmp, "serving.json"), "w", encoding="utf-8") as f:
+        json.dump(serving_description(cfg), f, indent=2)
+    os.rename(tmp, final)
+    return final
+
+
+def serving_description(cfg) -> dict:
+    """What the exported graph does, for humans and clients (written as serving.json)."""
+    d = cfg.decode
+    return {
+        "signatures": {
+            "serving_default": {"inputs": {"images": "uint8 [B, H, W, 3] RGB"}},
+            "serving_bytes": {"inputs": {"images": "string [B] encoded JPEG/PNG"}},
+            "serving_heatmaps": {"inputs": {"images": "uint8 [B, H, W, 3] RGB"},
+                                 "outputs": "tl_heatmap, br_heatmap [B, h, w, C] probabilities, "
+                                            "valid_fraction [B, 2]"},
+        },
+        "outputs": {
+            "detection_boxes": "float32 [B, N, 4] normalised [ymin, xmin, ymax, xmax]",
+            "detection_scores": "float32 [B, N], descending",
+            "detection_classes": "float32 [B, N], 1-based ids (labels.json 'id')",
+            "num_detections": "int32 [B]",
+        },
+        "max_detections": d.max_detections,
+        "network_input_size": list(cfg.model.input_size),
+        "preprocessing": "resize keeping aspect ratio, zero-pad bottom/right to the input size",
+        "decode": {"k": d.k, "ae_threshold": d.ae_threshold, "nms_kernel": d.nms_kernel,
+                   "num_pairs": d.num_pairs, "soft_nms_sigma": d.soft_nms_sigma,
+                   "soft_nms_score_floor": d.score_threshold},
+        "score_threshold": cfg.export.score_threshold,
+        "flip_test": False,
+    }

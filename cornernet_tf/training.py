@@ -1,0 +1,382 @@
+"""Training: strategy choice, learning-rate schedule, callbacks, and the `fit` loop.
+
+`train(cfg, model_dir)` is what `python main.py --mode=train` runs. It wires the data
+pipeline, the model (under the distribution strategy's scope), the optimizer and the
+callbacks, and resumes from the newest checkpoint in `model_dir` when there is one.
+
+Checkpoints are `tf.train.Checkpoint(model, optimizer)` written by a `CheckpointManager`
+every `train.checkpoint_every` steps into `<model_dir>/checkpoints/`. The manager writes the
+new files before it points the `checkpoint` index at them, so a run killed mid-write still
+resumes from the previous checkpoint; resuming restores the weights, the optimizer state
+(Adam moments) and the step counter, and `fit` continues at that step. This replaces Keras'
+`ModelCheckpoint` + `BackupAndRestore` pair: Keras 3's BackupAndRestore rewrites one
+`.weights.h5` file in place and restarts a mid-epoch backup at the start of its epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from cornernet_tf import config as config_lib
+
+CHECKPOINT_SUBDIR = "checkpoints"
+
+
+# --------------------------------------------------------------------------------------
+# Strategy
+# --------------------------------------------------------------------------------------
+
+def get_strategy(name: str) -> tf.distribute.Strategy:
+    """The tf.distribute strategy for `train.strategy`.
+
+    Args:
+      name: "auto" (MirroredStrategy over all local GPUs when there are several, the default
+        strategy otherwise), "mirrored" (all local devices: GPUs, or the CPUs when there are
+        none, e.g. logical CPU devices in tests), "multi_worker" (MultiWorkerMirroredStrategy
+        from the TF_CONFIG environment variable), "one_device" (the first GPU, else the CPU),
+        "default".
+
+    Returns:
+      A strategy; the global batch (train.batch_size) is split evenly over its replicas.
+    """
+    gpus = tf.config.list_logical_devices("GPU")
+    if name == "auto":
+        return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
+    if name == "mirrored":
+        if gpus:
+            return tf.distribute.MirroredStrategy()
+        cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(devices=cpus)
+    if name == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            raise ValueError("train.strategy=multi_worker needs the TF_CONFIG environment "
+                             "variable (cluster spec and this worker's task); it is not set")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "one_device":
+        return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
+    return tf.distribute.get_strategy()
+
+
+# --------------------------------------------------------------------------------------
+# Learning rate
+# --------------------------------------------------------------------------------------
+
+@keras.saving.register_keras_serializable(package="cornernet_tf")
+class CornerNetSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up, then a step decay (the reference: x0.1 at 90%), cosine, or constant.
+
+    Args:
+      learning_rate: the peak rate (reference 2.5e-4).
+      total_steps: training length in optimizer steps.
+      schedule: "step" | "cosine" | "constant".
+      decay_at: fraction of total_steps where "step" multiplies by decay_factor.
+      decay_factor: the step decay's factor.
+      warmup_steps: linear warm-up from 0; capped at half of total_steps.
+    """
+
+    def __init__(self, learning_rate: float, total_steps: int, schedule: str = "step",
+                 decay_at: float = 0.9, decay_factor: float = 0.1, warmup_steps: int = 0):
+        self.learning_rate = float(learning_rate)
+        self.total_steps = int(total_steps)
+        self.schedule = schedule
+        self.decay_at = float(decay_at)
+        self.decay_factor = float(decay_factor)
+        self.warmup_steps = int(warmup_steps)
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        lr = tf.constant(self.learning_rate, tf.float32)
+        total = float(self.total_steps)
+        warmup = float(min(self.warmup_steps, self.total_steps // 2))
+        if self.schedule == "step":
+            rate = tf.where(step >= math.floor(self.decay_at * total), lr * self.decay_factor, lr)
+        elif self.schedule == "cosine":
+            progress = tf.clip_by_value((step - warmup) / max(total - warmup, 1.0), 0.0, 1.0)
+            rate = lr * 0.5 * (1.0 + tf.cos(math.pi * progress))
+        else:
+            rate = lr
+        if warmup > 0:
+            rate = tf.where(step < warmup, lr * (step + 1.0) / warmup, rate)
+        return rate
+
+    def get_config(self):
+        return dict(learning_rate=self.learning_rate, total_steps=self.total_steps,
+                    schedule=self.schedule, decay_at=self.decay_at,
+                    decay_factor=self.decay_factor, warmup_steps=self.warmup_steps)
+
+
+def build_optimizer(train_cfg: config_lib.TrainConfig) -> keras.optimizers.Optimizer:
+    """Adam (the reference optimizer, no weight decay) on the configured schedule.
+
+    Under `mixed_float16` Keras' `compile` wraps it in a LossScaleOptimizer; the model's
+    train_step scales and unscales through `optimizer.scale_loss` / `apply_gradients`.
+    """
+    schedule = CornerNetSchedule(train_cfg.learning_rate, train_cfg.steps, train_cfg.schedule,
+                                 train_cfg.decay_at, train_cfg.decay_factor,
+                                 train_cfg.warmup_steps)
+    return keras.optimizers.Adam(learning_rate=schedule)
+
+
+# --------------------------------------------------------------------------------------
+# Checkpoints
+# --------------------------------------------------------------------------------------
+
+def checkpoint_manager(model: keras.Model, model_dir: str, optimizer=None,
+                       max_to_keep: int = 3) -> tf.train.CheckpointManager:
+    """A CheckpointManager over `<model_dir>/checkpoints/` for the model (and optimizer)."""
+    items = {"model": model}
+    if optimizer is not None:
+        items["optimizer"] = optimizer
+    ckpt = tf.train.Checkpoint(**items)
+    return tf.train.CheckpointManager(ckpt, os.path.join(model_dir, CHECKPOINT_SUBDIR),
+                                      max_to_keep=max_to_keep)
+
+
+def restore_weights(model: keras.Model, model_dir: str, checkpoint: Optional[str] = None) -> str:
+    """Loads model weights (no optimizer) from `checkpoint` or the newest one in model_dir.
+
+    Returns:
+      The checkpoint path restored.
+
+    Raises:
+      FileNotFoundError: no checkpoint there (names the folder looked in).
+    """
+    path = checkpoint or tf.train.latest_checkpoint(os.path.join(model_dir, CHECKPOINT_SUBDIR))
+    if not path:
+        raise FileNotFoundError(
+            f"no checkpoint in {os.path.join(model_dir, CHECKPOINT_SUBDIR)!r}: train first "
+            f"(--mode=train --model_dir={model_dir}) or pass --checkpoint")
+    tf.train.Checkpoint(model=model).restore(path).expect_partial().assert_existing_objects_matched()
+    return path
+
+
+class CheckpointCallback(keras.callbacks.Callback):
+    """Saves model + optimizer every `every` steps, at the end, and when fit is interrupted."""
+
+    def __init__(self, manager: tf.train.CheckpointManager, every: int):
+        super().__init__()
+        self.manager = manager
+        self.every = every
+        self.last_saved: Optional[str] = manager.latest_checkpoint
+
+    def save(self) -> str:
+        step = int(self.model.optimizer.iterations.numpy())
+        if self.manager.latest_checkpoint and \
+                self.manager.latest_checkpoint.endswith(f"-{step}"):
+            return self.manager.latest_checkpoint
+        self.last_saved = self.manager.save(checkpoint_number=step)
+        return self.last_saved
+
+    def on_train_batch_end(self, batch, logs=None):
+        if int(self.model.optimizer.iterations.numpy()) % self.every == 0:
+            self.save()
+
+    def on_train_end(self, logs=None):
+        if not getattr(self.model, "_nan_stopped", False):
+            self.save()
+
+
+class NaNGuard(keras.callbacks.Callback):
+    """Stops on a NaN/inf loss, naming the step and the last good checkpoint."""
+
+    def __init__(self, checkpoints: CheckpointCallback):
+        super().__init__()
+        self.checkpoints = checkpoints
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("total_loss")
+        if loss is not None and not np.isfinite(float(loss)):
+            step = int(self.model.optimizer.iterations.numpy())
+            self.model._nan_stopped = True
+            self.model.stop_training = True
+            msg = (f"total_loss is {float(loss)} at step {step}; training stopped. Last good "
+                   f"checkpoint: {self.checkpoints.last_saved or 'none yet'}. Lower "
+                   f"train.learning_rate or add train.warmup_steps, then resume.")
+            logging.error(msg)
+            print(f"error: {msg}", flush=True)
+
+
+class ProgressLogger(keras.callbacks.Callback):
+    """One line per logging interval: step/total, every loss term, lr, images/s, ETA.
+
+    It also adds `learning_rate` to the epoch logs so TensorBoard records it.
+    """
+
+    def __init__(self, total_steps: int, batch_size: int, early_steps=(1, 5)):
+        super().__init__()
+        self.total_steps = total_steps
+        self.batch_size = batch_size
+        self.early_steps = set(early_steps)
+        self._t0 = self._t_last = None
+        self._step_last = 0
+        self.history: list[dict] = []
+
+    def on_train_begin(self, logs=None):
+        self._t0 = self._t_last = time.time()
+        self._step_last = int(self.model.optimizer.iterations.numpy())
+
+    def _line(self, step, logs, rate):
+        remaining = (self.total_steps - step) * self.batch_size / max(rate, 1e-9)
+        terms = "  ".join(f"{k} {float(v):.4f}" for k, v in sorted((logs or {}).items())
+                          if k.endswith("_loss"))
+        lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        return (f"step {step}/{self.total_steps}  {terms}  lr {lr:.3g}  {rate:.1f} img/s  "
+                f"ETA {time.strftime('%H:%M:%S', time.gmtime(remaining))}")
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = int(self.model.optimizer.iterations.numpy())
+        if step - self._step_last in self.early_steps and self._t0 is not None:
+            rate = (step - self._step_last) * self.batch_size / (time.time() - self._t0)
+            print(self._line(step, logs, rate) + "  (includes graph tracing)", flush=True)
+
+    def on_epoch_end(self, epoch, logs=None):
+        now = time.time()
+        step = int(self.model.optimizer.iterations.numpy())
+        steps = max(step - getattr(self, "_epoch_start_step", self._step_last), 1)
+        rate = steps * self.batch_size / max(now - self._t_last, 1e-9)
+        self._t_last, self._epoch_start_step = now, step
+        if logs is not None:
+            logs["learning_rate"] = float(
+                keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+            logs["images_per_second"] = rate
+        self.history.append(dict(step=step, **{k: float(v) for k, v in (logs or {}).items()}))
+        print(self._line(step, logs, rate), flush=True)
+
+
+class HeatmapImages(keras.callbacks.Callback):
+    """Writes a few training images with their predicted corner heatmaps to TensorBoard."""
+
+    def __init__(self, images: tf.Tensor, log_dir: str, every_epochs: int = 1):
+        super().__init__()
+        self.images = images  # [n, h, w, 3] float32 0..255
+        self.every_epochs = every_epochs
+        self.writer = tf.summary.create_file_writer(os.path.join(log_dir, "images"))
+
+    def on_epoch_end(self, epoch, logs=None):
+        if (epoch + 1) % self.every_epochs:
+            return
+        from cornernet_tf import visualize  # local: keeps PIL out of the training import path
+        outputs = self.model(self.images, training=False)[-1]
+        pictures = []
+        for i in range(int(self.images.shape[0])):
+            image = np.clip(self.images[i].numpy(), 0, 255).astype(np.uint8)
+            for key in ("tl_heatmap", "br_heatmap"):
+                heat = tf.sigmoid(outputs[key][i]).numpy()
+                pictures.append(visualize.heatmap_overlay(image, heat))
+        step = int(self.model.optimizer.iterations.numpy())
+        with self.writer.as_default():
+            tf.summary.image("heatmaps (tl, br)", np.stack(pictures), step=step,
+                             max_outputs=len(pictures))
+        self.writer.flush()
+
+
+# --------------------------------------------------------------------------------------
+# The fit loop
+# --------------------------------------------------------------------------------------
+
+def write_run_files(cfg: config_lib.Config, model_dir: str, label_map) -> None:
+    """The resolved config (config.yaml) and labels.json, next to the checkpoints."""
+    os.makedirs(model_dir, exist_ok=True)
+    with open(os.path.join(model_dir, "config.yaml"), "w", encoding="utf-8") as f:
+        f.write(cfg.to_yaml())
+    label_map.write(os.path.join(model_dir, "labels.json"))
+
+
+def set_precision(policy: str) -> None:
+    """Sets the global Keras dtype policy (`train.mixed_precision`)."""
+    keras.mixed_precision.set_global_policy(policy)
+
+
+def compile_model(model: keras.Model, cfg: config_lib.Config, optimizer=None) -> None:
+    """`model.compile` with the optimizer and the loss config's weights."""
+    loss = cfg.loss
+    model.compile(optimizer=optimizer or build_optimizer(cfg.train),
+                  focal_alpha=loss.focal_alpha, focal_beta=loss.focal_beta,
+                  pull_weight=loss.pull_weight, push_weight=loss.push_weight,
+                  offset_weight=loss.offset_weight)
+
+
+def train(cfg: config_lib.Config, model_dir: str, verbose: int = 1) -> dict:
+    """Trains (or resumes training of) the model described by `cfg` into `model_dir`.
+
+    Args:
+      cfg: the resolved config.
+      model_dir: checkpoints (`checkpoints/`), TensorBoard logs (`logs/`), `config.yaml`
+        and `labels.json` go here.
+      verbose: Keras progress-bar verbosity (our per-interval lines print regardless).
+
+    Returns:
+      dict: "checkpoint" (the last one written), "steps" (the step reached), "history"
+      (one dict of logged values per logging interval), "images_per_second" (last interval).
+    """
+    from cornernet_tf.data import pipeline
+    from cornernet_tf.model import build_model
+
+    t = cfg.train
+    tf.get_logger().setLevel("WARNING")
+    keras.utils.set_random_seed(t.seed)
+    set_precision(t.mixed_precision)
+    strategy = get_strategy(t.strategy)
+    replicas = strategy.num_replicas_in_sync
+    if t.batch_size % replicas:
+        raise config_lib.ConfigError(
+            f"config key 'train.batch_size': {t.batch_size} does not split evenly over the "
+            f"{replicas} replicas of train.strategy={t.strategy!r}")
+    records, label_map, _ = pipeline.load_split(cfg.data, "train")
+    if label_map.num_classes != cfg.model.num_classes:
+        raise config_lib.ConfigError(
+            f"config key 'model.num_classes': {cfg.model.num_classes}, but "
+            f"{cfg.data.train_annotations} has {label_map.num_classes} categories")
+    dataset = pipeline.build_dataset(cfg.data, cfg.model, "train", training=True,
+                                     batch_size=t.batch_size, records=records)
+    write_run_files(cfg, model_dir, label_map)
+    log_every = min(t.log_every, t.steps)
+    with strategy.scope():
+        model = build_model(cfg.model)
+        optimizer = build_optimizer(t)
+        compile_model(model, cfg, optimizer)
+        model.optimizer.build(model.trainable_variables)
+        manager = checkpoint_manager(model, model_dir, model.optimizer)
+        if manager.latest_checkpoint:
+            tf.train.Checkpoint(model=model, optimizer=model.optimizer).restore(
+                manager.latest_checkpoint).assert_existing_objects_matched()
+            print(f"resuming from {manager.latest_checkpoint} "
+                  f"(step {int(model.optimizer.iterations.numpy())})", flush=True)
+    step = int(model.optimizer.iterations.numpy())
+    if step >= t.steps:
+        print(f"already trained: step {step} >= train.steps {t.steps}", flush=True)
+        return dict(checkpoint=manager.latest_checkpoint, steps=step, history=[],
+                    images_per_second=float("nan"))
+    checkpoints = CheckpointCallback(manager, t.checkpoint_every)
+    progress = ProgressLogger(t.steps, t.batch_size)
+    sample = next(iter(dataset))[0][:2]
+    log_dir = os.path.join(model_dir, "logs")
+    callbacks = [progress, checkpoints, NaNGuard(checkpoints),
+                 keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch"),
+                 HeatmapImages(sample, log_dir, every_epochs=max(1, t.checkpoint_every // log_every))]
+    print(f"training {t.steps} steps, global batch {t.batch_size} on {replicas} replica(s) "
+          f"({type(strategy).__name__}); checkpoints every {t.checkpoint_every} steps in "
+          f"{manager.directory}; TensorBoard logs in {log_dir}", flush=True)
+    try:
+        model.fit(dataset, epochs=math.ceil(t.steps / log_every), initial_epoch=step // log_every,
+                  steps_per_epoch=log_every, callbacks=callbacks, verbose=verbose, shuffle=False)
+    except BaseException:
+        # A crash or Ctrl-C never loses the work since the last checkpoint (unless the
+        # weights have gone bad, in which case the last good checkpoint is kept as it is).
+        if not getattr(model, "_nan_stopped", False):
+            path = checkpoints.save()
+            print(f"interrupted: saved {path}", flush=True)
+        raise
+    return dict(checkpoint=checkpoints.last_saved,
+                steps=int(model.optimizer.iterations.numpy()), history=progress.history,
+                images_per_second=progress.history[-1].get("images_per_second", float("nan"))
+                if progress.history else float("nan"))
