@@ -116,8 +116,8 @@ def resolve_model_dir(config_path: str, model_dir: str | None) -> str:
 
 
 def _main(argv: list[str]) -> None:
-    import logging
-    logging.getLogger("tensorflow").setLevel(logging.WARNING)  # TF's Python INFO chatter
+    from absl import logging
+    logging.set_verbosity(logging.WARNING)  # TF's Python INFO chatter; our summaries print
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     try:

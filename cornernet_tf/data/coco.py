@@ -260,7 +260,7 @@ def load_coco(annotation_path: str, image_dir: str, strict: bool = False,
     if report.problems:
         logging.warning("%s", report.details(limit=5))
     else:
-        logging.info("%s", report.summary())
+        print(report.summary(), flush=True)  # the loader's one-line summary, always shown
     if strict and report.dropping_problems():
         raise DatasetError("strict mode: dataset problems found (set data.strict=false to "
                            "drop the bad records and continue)\n" + report.details(limit=20))

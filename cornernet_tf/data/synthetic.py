@@ -30,7 +30,6 @@ import os
 from typing import NamedTuple, Sequence
 
 import numpy as np
-from absl import logging
 
 from cornernet_tf.config import ConfigError
 
@@ -243,7 +242,7 @@ def generate_shapes_dataset(output_dir: str, num_train: int, num_val: int,
                 "max_objects": int(max_objects), "seed": int(seed)}
     manifest_path = os.path.join(output_dir, "manifest.json")
     if _cached(manifest_path, manifest, paths):
-        logging.info("synthetic shapes: reusing %s (manifest matches)", output_dir)
+        print(f"synthetic shapes: reusing {output_dir} (manifest matches)", flush=True)
         return paths
     if os.path.exists(manifest_path):
         os.remove(manifest_path)  # an interrupted regeneration must not look complete
@@ -252,8 +251,8 @@ def generate_shapes_dataset(output_dir: str, num_train: int, num_val: int,
         _write_split(rng, split, getattr(paths, f"{split}_images"),
                      getattr(paths, f"{split}_annotations"), count, image_size, max_objects)
     _write_json(manifest_path, manifest)
-    logging.info("synthetic shapes: wrote %d train + %d val images to %s",
-                 num_train, num_val, output_dir)
+    print(f"synthetic shapes: wrote {num_train} train + {num_val} val images to {output_dir}",
+          flush=True)
     return paths
 
 
