@@ -69,7 +69,14 @@ def _predict(cfg: config_lib.Config) -> None:
     print(f"wrote {len(written)} files to {FLAGS.output}")
 
 
+def _demo(cfg: config_lib.Config) -> None:
+    from cornernet_tf.demo import run_demo
+    run_demo(cfg, resolve_model_dir(FLAGS.config, FLAGS.model_dir), FLAGS.export_dir)
+
+
 MODES: dict[str, Mode] = {
+    "demo": Mode("end to end on the config (default: synthetic shapes): data, train, evaluate, "
+                 "export SavedModel + TFLite, predict, summary", _demo),
     "train": Mode("train (or resume) with model.fit; checkpoints, logs, labels.json in "
                   "--model_dir", _train),
     "evaluate": Mode("COCO AP of the newest (or --checkpoint) checkpoint on the val split; "
@@ -80,7 +87,7 @@ MODES: dict[str, Mode] = {
                     "into --output", _predict),
     "config": Mode("print the resolved config (defaults + YAML + --set) as YAML", _show_config),
 }
-DEFAULT_MODE = "train"
+DEFAULT_MODE = "demo"
 
 FLAGS = flags.FLAGS
 
