@@ -32,7 +32,7 @@ class ConfigError(ValueError):
 # --------------------------------------------------------------------------------------
 
 BACKBONES = ("hourglass104", "hourglass52", "squeeze")
-CORNER_POOL_IMPLS = ("auto", "scan", "doubling")
+CORNER_POOL_IMPLS = ("auto", "scan", "doubling", "xla")
 STRATEGIES = ("auto", "mirrored", "multi_worker", "one_device", "default")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 SCHEDULES = ("step", "cosine", "constant")
@@ -69,7 +69,7 @@ class ModelConfig:
     head_channels: Optional[int] = None  # width of the corner modules and heads
     pool_channels: Optional[int] = None  # width of the two branches fed to corner pooling
     corner_pooling: bool = True  # False: pooling replaced by identity (the paper's ablation)
-    corner_pool_impl: str = "auto"  # auto | scan | doubling (see layers/corner_pool.py)
+    corner_pool_impl: str = "auto"  # auto | scan | doubling | xla (see layers/corner_pool.py)
     sync_batchnorm: bool = False  # synchronized BN across replicas (exact replica invariance)
 
     def resolved(self, name: str) -> Any:

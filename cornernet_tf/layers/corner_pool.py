@@ -8,37 +8,56 @@ For `x: [B, H, W, C]`:
     right:  y[b, i, j, c] = max over j' <= j of x[b, i, j', c]   (cumulative max along W)
 
 Every implementation works on a `[P, n, Q]` view of the input (`n` = the pooled axis; for H:
-`P = B, Q = W*C`; for W: `P = B*H, Q = C`), so the only transposes are of two leading axes:
+`P = B, Q = W*C`; for W: `P = B*H, Q = C`), so no 4-D transposes are needed:
 
-- "scan":     `tf.scan(tf.maximum)` over the pooled axis (moved to the front).
+- "scan":     `tf.scan(tf.maximum)` over the pooled axis (moved to the front of the view).
 - "doubling": log-step doubling, max with the tensor shifted by 1, 2, 4, ... positions and padded
-              with the dtype's lowest value, done inside blocks of `k` positions and then across the
-              block maxima (blocking cuts the number of full-size steps from log2(n) to log2(k)).
+              with the dtype's lowest value, done inside blocks of k positions and then across the
+              block maxima (log2(k) + log2(n/k) steps, most of them on 1/k of the data).
               Only RESHAPE / STRIDED_SLICE / PADV2 / MAXIMUM / CONCATENATION: converts to TFLite
               builtins at any static shape.
-- "pool":     the same blocking with `tf.nn.max_pool2d` (explicit padding) inside the blocks.
-              Fastest on CPU, but it neither converts to TFLite builtins nor compiles with XLA.
+- "xla":      an XLA-compiled while loop over the rows of the pooled axis keeping the running max
+              and writing each output row in place: one read of x, one write of y.
 
-All three are exact (max is exact in every dtype) and share one custom gradient, `_route_gradient`:
+All are exact (max is exact in every dtype) and share one custom gradient, `_xla_route_gradient`:
 each output's upstream gradient goes to the input element that attains its max, ties to the element
 met first in the scan (SPEC: top pool over [3, 1, 3, 2, 0] with upstream ones -> [0, 0, 3, 1, 1]).
-It needs only the forward output `y`: along the scan, position j is where a new maximum starts
-(`y[j]` differs from the previous `y`) and receives the gradients of the whole run of equal `y`
-that it starts. The runs are summed inside blocks by an unrolled loop over the `k` block positions
-(vectorised over all blocks) plus a short loop over the blocks for runs that cross a block edge.
-With a dynamic pooled axis only "scan" applies and TF's own scan gradient is used (same tie rule).
+It needs only the forward output `y`: along the scan, a position starts a run where `y` rises (and
+at the scan's first position) and receives the summed gradients of the run of equal `y` it starts.
+An XLA while loop walks the rows against the scan, accumulating and handing the sum to each run
+start. With a dynamic pooled axis only "scan" applies, with TF's own scan gradient (same tie rule).
 
-impl="auto" (`resolve_impl`): with `training=True` it is "pool" for floating dtypes on hosts without
-a GPU and "doubling" otherwise (XLA, which Keras enables by default on GPU hosts, rejects the
-padded pooling; GPU timings were not measured); with `training` False/None (inference, SavedModel
-and TFLite export) it is "doubling", so every exported graph converts to TFLite builtins. A dynamic
-pooled axis always gives "scan".
+impl="auto" (`resolve_impl`): with `training=True` (Keras passes the flag down) it is "xla", the
+fastest forward and forward+backward in the figures below (it traces and runs inside Keras
+`jit_compile=True` too); otherwise
+(inference, SavedModel and TFLite export) it is "doubling": exported graphs then hold only plain
+TF ops and TFLite builtins. All three convert to TFLite builtins at a static shape ("scan" and
+"xla" as a WHILE loop), but in the TFLite interpreter (1 thread) a CornerPool on two
+[1, 128, 128, 128] inputs took 31 ms with "doubling", 135 ms with "xla" and 533 ms with "scan".
+A dynamic pooled axis gives "scan".
 
-Measured on this 2-core CPU host shared with other jobs, one direction ("top") on [4, 128, 128, 128]
-float32, medians of 15 runs, x = multiple of a numpy `.copy()` of the same tensor:
+Measured on this 2-core CPU host shared with other jobs (load average ~1.5-2.4), one direction on
+[4, 128, 128, 128] float32, medians of 21 interleaved runs, x = multiple of the median time of a
+numpy `.copy()` of the same tensor in the same rounds (2.81 ms for top, 2.66 ms for left):
 
-    impl       forward           forward+backward
-    (filled in from `python -c "from cornernet_tf.benchmark import bench_corner_pool; ..."`)
+    impl          top forward    top fwd+bwd     left forward   left fwd+bwd
+    naive scan    13.1 ms 4.7x   35.8 ms 12.8x   17.5 ms 6.6x   43.6 ms 16.4x
+    scan          12.6 ms 4.5x   25.5 ms  9.1x   13.5 ms 5.1x   30.3 ms 11.4x
+    doubling      17.2 ms 6.1x   29.3 ms 10.5x   20.1 ms 7.6x   36.6 ms 13.7x
+    xla            8.4 ms 3.0x   19.8 ms  7.1x    8.8 ms 3.3x   25.3 ms  9.5x
+
+    (bottom / right xla: 9.3 / 8.9 ms forward, 22.9 / 23.3 ms forward+backward, 3.4x / 8.4x, 3.3x
+    / 8.6x; "naive scan" = full 4-D transposes around tf.scan with TF's own scan gradient)
+
+    python -c "from cornernet_tf.benchmark import bench_corner_pool, format_rows; \
+        print(format_rows(bench_corner_pool(repeats=21, direction='top')))"
+
+Every forward+backward row except "naive scan" uses the shared XLA gradient (about 11-17 ms).
+The numpy copy itself varied between 2.6 and 3.5 ms across runs on the shared host (in a run where
+it took 3.35 ms, xla was 2.8x forward and 6.1x / 6.9x forward+backward for top / left), so the
+multiples move by about +-25% between runs; the ranking never changed. Jit-compiling the doubling
+forward made it slower (about 22 ms), and a blocked max_pool2d forward (8-12 ms) with a blocked
+non-XLA gradient (15-25 ms) lost to "xla" while neither converting to TFLite nor compiling in XLA.
 """
 
 from __future__ import annotations
@@ -50,7 +69,7 @@ import numpy as np
 import tensorflow as tf
 
 DIRECTIONS = ("top", "bottom", "left", "right")
-IMPLS = ("auto", "scan", "doubling", "pool")
+IMPLS = ("auto", "scan", "doubling", "xla")
 CORNERS = {"top_left": ("top", "left"), "bottom_right": ("bottom", "right")}
 
 # direction -> (pooled axis of [B, H, W, C], reverse: the scan starts at the last position)
@@ -72,25 +91,22 @@ def _block_size(n: int) -> int:
     return min((k for k in range(1, n + 1) if n % k == 0), key=lambda k: (k + n // k, k))
 
 
-def resolve_impl(impl: str, dtype: tf.DType, static_n: bool, training: bool | None) -> str:
+def resolve_impl(impl: str, static_n: bool, training: bool | None) -> str:
     """The implementation `impl="auto"` stands for in this context (see the module docstring).
 
     Args:
       impl: one of IMPLS.
-      dtype: the input dtype.
       static_n: whether the size of the pooled axis is known when tracing.
       training: True while training (gradients wanted), False/None for inference and export.
 
     Returns:
-      "scan", "doubling" or "pool".
+      "scan", "doubling" or "xla".
     """
     if impl != "auto":
         return impl
     if not static_n:
         return "scan"
-    if training and dtype.is_floating and not tf.config.list_physical_devices("GPU"):
-        return "pool"
-    return "doubling"
+    return "xla" if training else "doubling"
 
 
 def _shift_max(x: tf.Tensor, axis: int, reverse: bool, n: int) -> tf.Tensor:
@@ -146,21 +162,40 @@ def _doubling_forward(x3: tf.Tensor, reverse: bool) -> tf.Tensor:
     return _blocked(x3, reverse, lambda t, axis, size: _shift_max(t, axis, reverse, size))
 
 
-def _pool_forward(x3: tf.Tensor, reverse: bool) -> tf.Tensor:
-    def cummax(t: tf.Tensor, axis: int, size: int) -> tf.Tensor:
-        # As NHWC with the pooled axis as H and the following axis as channels; the window
-        # covers `size` positions, explicit padding past the end of the axis.
-        pools = tf.reshape(t, [-1, size, 1, _dim(t, axis + 1)])
-        pad = [[0, 0], [0, size - 1] if reverse else [size - 1, 0], [0, 0], [0, 0]]
-        return tf.reshape(tf.nn.max_pool2d(pools, [1, size, 1, 1], 1, pad), tf.shape(t))
-
-    return _blocked(x3, reverse, cummax)
+def _row(t: tf.Tensor, i) -> tf.Tensor:
+    """t[:, i:i+1] of t [P, n, Q] for a traced index i, as [P, 1, Q]."""
+    return tf.slice(t, tf.stack([0, i, 0]), tf.stack([tf.shape(t)[0], 1, tf.shape(t)[2]]))
 
 
-_FORWARD = {"scan": _scan_forward, "doubling": _doubling_forward, "pool": _pool_forward}
+def _unroll(n: int) -> int:
+    """Rows per loop iteration: 4 cut the XLA loops' time by ~20% against 1 (measured)."""
+    return next(u for u in (4, 2, 1) if n % u == 0)
 
 
-def _route_gradient(y3: tf.Tensor, g3: tf.Tensor, reverse: bool) -> tf.Tensor:
+@tf.function(jit_compile=True)
+def _xla_forward(x3: tf.Tensor, reverse: bool) -> tf.Tensor:
+    """Cumulative max of x3 [P, n, Q] along axis 1: an XLA while loop over the n rows.
+
+    XLA keeps the running max in cache and writes each output row in place
+    (dynamic-update-slice), so the loop reads x once and writes y once.
+    """
+    n = x3.shape[1]
+    unroll = _unroll(n)
+
+    def body(t, running, y):
+        for j in range(unroll):
+            i = n - 1 - (t + j) if reverse else t + j
+            running = tf.maximum(running, _row(x3, i))
+            y = keras.ops.slice_update(y, [0, i, 0], running)
+        return t + unroll, running, y
+
+    lowest = tf.fill(tf.shape(x3[:, :1]), tf.constant(_lowest(x3.dtype), x3.dtype))
+    _, _, y = tf.while_loop(lambda t, *_: t < n, body, (0, lowest, tf.zeros_like(x3)))
+    return y
+
+
+@tf.function(jit_compile=True)
+def _xla_route_gradient(y3: tf.Tensor, g3: tf.Tensor, reverse: bool) -> tf.Tensor:
     """Gradient of the cumulative max w.r.t. its input, from the output y3 and upstream g3.
 
     Args:
@@ -169,51 +204,33 @@ def _route_gradient(y3: tf.Tensor, g3: tf.Tensor, reverse: bool) -> tf.Tensor:
       reverse: the scan direction of the forward pass.
 
     Returns:
-      [P, n, Q] in g3's dtype: at each position that starts a run of equal y along the scan,
-      the sum of g3 over that run; zero elsewhere.
+      [P, n, Q] in g3's dtype: at each position that starts a run of equal y along the scan
+      (the scan's first position, and wherever y rises), the sum of g3 over that run; zero
+      elsewhere. Computed by an XLA while loop walking the rows against the scan, accumulating
+      in float32 for float16/bfloat16.
     """
-    n, q = y3.shape[1], _dim(y3, 2)
-    k = _block_size(n)
-    nb = n // k
+    n = y3.shape[1]
+    unroll = _unroll(n)
     acc_dtype = tf.float32 if g3.dtype in (tf.float16, tf.bfloat16) else g3.dtype
     zero = tf.zeros((), acc_dtype)
-    y4 = tf.reshape(y3, [-1, nb, k, q])  # [P, nb, k, Q]
-    g4 = tf.cast(tf.reshape(g3, [-1, nb, k, q]), acc_dtype)
-    block_order = list(range(nb - 1, -1, -1)) if reverse else list(range(nb))
-    pos_order = list(range(k - 1, -1, -1)) if reverse else list(range(k))  # scan order in a block
-    y_end = y4[:, :, pos_order[-1]]  # [P, nb, Q] y where the scan leaves each block
-    low = tf.fill(tf.shape(y_end[:, :1]), tf.constant(_lowest(y3.dtype), y3.dtype))
-    # carry[b]: y just before the scan enters block b.
-    carry = tf.concat([y_end[:, 1:], low], 1) if reverse else tf.concat([low, y_end[:, :-1]], 1)
-    if nb > 1:
-        # Positions of a block still at the carried max belong to a run started in an earlier
-        # block: their sum spills into it (into the last run start of the nearest earlier block
-        # that has one). incoming[b] collects what block b receives from later blocks.
-        spill = tf.unstack(tf.reduce_sum(tf.where(y4 == carry[:, :, None], g4, zero), 2), axis=1)
-        starts_run = tf.unstack(y_end > carry, axis=1)
-        incoming = [None] * nb
-        incoming[block_order[-1]] = tf.zeros_like(spill[0])
-        for earlier, later in zip(block_order[-2::-1], block_order[:0:-1]):
-            incoming[earlier] = spill[later] + tf.where(starts_run[later], zero, incoming[later])
-        acc = tf.stack(incoming, axis=1)  # [P, nb, Q]
-    else:
-        acc = tf.zeros_like(g4[:, :, 0])
-    first_block = np.zeros([1, nb, 1], bool)
-    first_block[0, block_order[0], 0] = True  # the scan's very first position always starts a run
-    ys, gs = tf.unstack(y4, axis=2), tf.unstack(g4, axis=2)
-    outs = [None] * k
-    # Walk each block against the scan: accumulate, hand the sum to each run start and reset.
-    # The first run start met is the block's last one, which also takes incoming[b].
-    for i in range(k - 1, -1, -1):
-        t = pos_order[i]
-        acc = acc + gs[t]
-        if i == 0:
-            start = tf.logical_or(ys[t] > carry, first_block)
-        else:
-            start = ys[t] > ys[pos_order[i - 1]]
-        outs[t] = tf.where(start, acc, zero)
-        acc = tf.where(start, zero, acc)
-    return tf.cast(tf.reshape(tf.stack(outs, axis=2), tf.shape(g3)), g3.dtype)
+
+    def body(t, acc, dx):
+        for j in range(unroll):
+            i = t + j if reverse else n - 1 - (t + j)  # walk against the scan
+            before = tf.minimum(i + 1, n - 1) if reverse else tf.maximum(i - 1, 0)  # met before i
+            acc = acc + tf.cast(_row(g3, i), acc_dtype)
+            start = tf.logical_or(_row(y3, i) > _row(y3, before), tf.equal(t + j, n - 1))
+            out = tf.where(start, acc, zero)
+            acc = tf.where(start, zero, acc)
+            dx = keras.ops.slice_update(dx, [0, i, 0], tf.cast(out, g3.dtype))
+        return t + unroll, acc, dx
+
+    acc0 = tf.zeros(tf.shape(g3[:, :1]), acc_dtype)
+    _, _, dx = tf.while_loop(lambda t, *_: t < n, body, (0, acc0, tf.zeros_like(g3)))
+    return dx
+
+
+_FORWARD = {"scan": _scan_forward, "doubling": _doubling_forward, "xla": _xla_forward}
 
 
 def _pool_3d(x3: tf.Tensor, reverse: bool, impl: str) -> tf.Tensor:
@@ -223,11 +240,13 @@ def _pool_3d(x3: tf.Tensor, reverse: bool, impl: str) -> tf.Tensor:
         return forward(x3, reverse)
 
     @tf.custom_gradient
-    def pool(x):
-        y = forward(x, reverse)
-        return y, lambda g: _route_gradient(y, g, reverse)
+    def cummax(x):
+        # stop_gradient: the tape must not try to differentiate the forward's own ops (the XLA
+        # loop's in-place row updates have no gradient); this function's gradient is the route.
+        y = forward(tf.stop_gradient(x), reverse)
+        return y, lambda g: _xla_route_gradient(y, g, reverse)
 
-    return pool(x3)
+    return cummax(x3)
 
 
 def directional_pool(
@@ -238,18 +257,19 @@ def directional_pool(
     Args:
       x: [B, H, W, C] feature map, any floating or integer dtype.
       direction: "top", "bottom", "left" or "right".
-      impl: "scan", "doubling", "pool" or "auto" (module docstring; results are identical).
+      impl: "scan", "doubling", "xla" or "auto" (module docstring; results are identical).
       training: only steers impl="auto" (True: training; False/None: inference or export).
 
     Returns:
       [B, H, W, C] tensor, x's dtype.
 
     Raises:
-      ValueError: unknown direction or impl, x not rank 4, or "doubling"/"pool" with a dynamic
+      ValueError: unknown direction or impl, x not rank 4, or "doubling"/"xla" with a dynamic
         size along the pooled axis.
     """
     if direction not in DIRECTIONS:
-        raise ValueError(f"directional_pool: direction must be one of {DIRECTIONS}, got {direction!r}")
+        raise ValueError(f"directional_pool: direction must be one of {DIRECTIONS}, "
+                         f"got {direction!r}")
     if impl not in IMPLS:
         raise ValueError(f"directional_pool: impl must be one of {IMPLS}, got {impl!r}")
     x = tf.convert_to_tensor(x)
@@ -257,7 +277,7 @@ def directional_pool(
         raise ValueError(f"directional_pool: x must be [B, H, W, C], got shape {x.shape}")
     axis, reverse = _AXIS[direction]
     n = x.shape[axis]
-    impl = resolve_impl(impl, x.dtype, n is not None, training)
+    impl = resolve_impl(impl, n is not None, training)
     if n is None and impl != "scan":
         raise ValueError(f"directional_pool: impl={impl!r} needs a static size along axis {axis} "
                          f"({'H' if axis == 1 else 'W'}) for direction {direction!r}, "
@@ -281,7 +301,7 @@ class CornerPool(keras.layers.Layer):
 
     Args:
       corner: "top_left" or "bottom_right".
-      impl: "auto", "scan", "doubling" or "pool" (see `directional_pool`).
+      impl: "auto", "scan", "doubling" or "xla" (see `directional_pool`).
       **kwargs: keras.layers.Layer arguments (name, dtype, ...).
 
     Call args:
@@ -303,8 +323,12 @@ class CornerPool(keras.layers.Layer):
 
     def call(self, inputs, training=None):
         if not isinstance(inputs, (list, tuple)) or len(inputs) != 2:
-            raise ValueError(f"CornerPool({self.corner!r}): expected inputs [f_a, f_b], got {inputs!r}")
+            raise ValueError(f"CornerPool({self.corner!r}): expected inputs [f_a, f_b], "
+                             f"got {inputs!r}")
         f_a, f_b = inputs
+        if not f_a.shape.is_compatible_with(f_b.shape):
+            raise ValueError(f"CornerPool({self.corner!r}): f_a and f_b must have the same "
+                             f"[B, H, W, C] shape, got {f_a.shape} and {f_b.shape}")
         d_a, d_b = CORNERS[self.corner]
         return (directional_pool(f_a, d_a, self.impl, training)
                 + directional_pool(f_b, d_b, self.impl, training))

@@ -12,10 +12,10 @@ import pytest
 import tensorflow as tf
 import keras
 
-from cornernet_tf.layers.corner_pool import CornerPool, directional_pool
+from cornernet_tf.layers.corner_pool import CornerPool, directional_pool, resolve_impl
 
 DIRECTIONS = ("top", "bottom", "left", "right")
-IMPLS = ("scan", "doubling", "pool", "auto")
+IMPLS = ("scan", "doubling", "xla", "auto")
 AXIS = {"top": 1, "bottom": 1, "left": 2, "right": 2}
 REVERSE = {"top": True, "bottom": False, "left": True, "right": False}
 # H or W of 1, primes (one block per position), sizes with several multi-position blocks.
@@ -62,7 +62,8 @@ def grad_of(x, direction, impl, upstream, training=True):
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16", "int32", "int64"])
 def test_forward_matches_numpy(impl, dtype):
     rng = np.random.default_rng(1)
-    for shape in SHAPES:
+    random_shapes = [tuple(int(d) for d in rng.integers(1, 10, 4)) for _ in range(2)]
+    for shape in SHAPES + random_shapes:
         values = rng.integers(-5, 5, shape)  # small integers: many ties, exact in every dtype
         x = tf.cast(tf.constant(values), dtype)
         for direction in DIRECTIONS:
@@ -73,7 +74,7 @@ def test_forward_matches_numpy(impl, dtype):
                                           err_msg=f"{direction} {impl} {dtype} {shape}")
 
 
-@pytest.mark.parametrize("impl", ["scan", "doubling", "pool"])
+@pytest.mark.parametrize("impl", ["scan", "doubling", "xla"])
 def test_forward_with_lowest_values(impl):
     # Padding uses the dtype's lowest value; inputs that are themselves lowest stay exact.
     x = np.array([[-np.inf, -np.inf, 2.0, -np.inf, -np.inf, -1.0, -np.inf]], np.float32)
@@ -81,12 +82,8 @@ def test_forward_with_lowest_values(impl):
     xi = np.array([np.iinfo(np.int32).min, -3, np.iinfo(np.int32).min, -7], np.int32)
     xi = xi.reshape(1, 1, 4, 1)
     for direction in DIRECTIONS:
-        got, want = directional_pool(x, direction, impl).numpy(), ref_pool(x, direction)
-        if impl == "pool":
-            # Documented limit: TF's MaxPool kernel may return the lowest finite float for -inf.
-            lowest = np.finfo(np.float32).min
-            got, want = np.maximum(got, lowest), np.maximum(want, lowest)
-        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(directional_pool(x, direction, impl).numpy(),
+                                      ref_pool(x, direction))
         np.testing.assert_array_equal(directional_pool(xi, direction, impl).numpy(),
                                       ref_pool(xi, direction))
     # No gradient is dropped even where the maxima are -inf.
@@ -130,7 +127,7 @@ def test_gradient_matches_reference_rule_with_ties(impl, dtype):
             np.testing.assert_array_equal(got.sum(axis), upstream.astype(np.float64).sum(axis))
 
 
-@pytest.mark.parametrize("impl", ["scan", "doubling", "pool"])
+@pytest.mark.parametrize("impl", ["scan", "doubling", "xla"])
 def test_gradient_finite_differences(impl):
     rng = np.random.default_rng(3)
     shape = (1, 6, 4, 2)
@@ -161,7 +158,7 @@ def test_dynamic_shape_uses_scan_and_stays_exact():
 
 def test_static_shapes_survive_tracing():
     spec = tf.TensorSpec([None, 8, 6, 4], tf.float32)
-    for impl in ("scan", "doubling", "pool"):
+    for impl in ("scan", "doubling", "xla"):
         for direction in DIRECTIONS:
             fn = tf.function(lambda t, d=direction, i=impl: directional_pool(t, d, i))
             assert fn.get_concrete_function(spec).output_shapes.as_list() == [None, 8, 6, 4]
@@ -182,6 +179,8 @@ def test_bad_arguments_raise_clear_errors():
         CornerPool(corner="top_right")
     with pytest.raises(ValueError, match="impl must be one of"):
         CornerPool(impl="fast")
+    with pytest.raises(ValueError, match="must have the same"):
+        CornerPool()([x, tf.zeros([1, 4, 5, 2])])
 
 
 @pytest.mark.parametrize("corner", ["top_left", "bottom_right"])
@@ -202,6 +201,34 @@ def test_corner_pool_layer(corner):
     np.testing.assert_array_equal(clone([a, b]).numpy(), want)
 
 
+def test_auto_resolution():
+    # Training gets the XLA loops, inference/export the TFLite-convertible doubling, and a
+    # dynamic pooled axis the scan; explicit choices pass through.
+    assert resolve_impl("auto", static_n=True, training=True) == "xla"
+    assert resolve_impl("auto", static_n=True, training=False) == "doubling"
+    assert resolve_impl("auto", static_n=True, training=None) == "doubling"
+    assert resolve_impl("auto", static_n=False, training=True) == "scan"
+    assert resolve_impl("doubling", static_n=True, training=True) == "doubling"
+
+
+def test_corner_pool_gradients_inside_keras_training():
+    # The layer's gradients w.r.t. both inputs follow the reference rule when Keras passes
+    # training=True down to it from an enclosing model (impl="auto" -> "xla").
+    rng = np.random.default_rng(8)
+    a = rng.integers(-3, 3, (2, 6, 5, 3)).astype(np.float32)
+    b = rng.integers(-3, 3, (2, 6, 5, 3)).astype(np.float32)
+    upstream = rng.integers(-4, 5, a.shape).astype(np.float32)
+    a_in, b_in = keras.Input((6, 5, 3)), keras.Input((6, 5, 3))
+    model = keras.Model([a_in, b_in], CornerPool(corner="top_left")([a_in, b_in]))
+    ta, tb = tf.constant(a), tf.constant(b)
+    with tf.GradientTape() as tape:
+        tape.watch([ta, tb])
+        y = model([ta, tb], training=True)
+    ga, gb = tape.gradient(y, [ta, tb], output_gradients=tf.constant(upstream))
+    np.testing.assert_array_equal(ga.numpy(), ref_grad(a, upstream, "top"))
+    np.testing.assert_array_equal(gb.numpy(), ref_grad(b, upstream, "left"))
+
+
 def test_keras_save_load_safe_mode(tmp_path):
     a_in = keras.Input((6, 5, 3))
     b_in = keras.Input((6, 5, 3))
@@ -214,7 +241,8 @@ def test_keras_save_load_safe_mode(tmp_path):
     rng = np.random.default_rng(6)
     a = rng.standard_normal((1, 6, 5, 3)).astype(np.float32)
     b = rng.standard_normal((1, 6, 5, 3)).astype(np.float32)
-    np.testing.assert_array_equal(loaded([a, b]).numpy(), ref_pool(a, "bottom") + ref_pool(b, "right"))
+    np.testing.assert_array_equal(loaded([a, b]).numpy(),
+                                  ref_pool(a, "bottom") + ref_pool(b, "right"))
 
 
 def _convert_builtins_only(model):
@@ -228,7 +256,7 @@ def _convert_builtins_only(model):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("impl,corner", [("doubling", "top_left"), ("auto", "bottom_right"),
-                                         ("scan", "top_left")])
+                                         ("scan", "top_left"), ("xla", "bottom_right")])
 def test_tflite_builtins_only_and_exact(impl, corner):
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
@@ -237,14 +265,17 @@ def test_tflite_builtins_only_and_exact(impl, corner):
     model = keras.Model([a_in, b_in], CornerPool(corner=corner, impl=impl)([a_in, b_in]))
     flatbuffer = _convert_builtins_only(model)
     # Without the default (XNNPACK) delegate, so the op list is the model's own.
-    interpreter = Interpreter(model_content=flatbuffer,
-                              experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    interpreter = Interpreter(
+        model_content=flatbuffer,
+        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
     interpreter.allocate_tensors()
     ops = {op["op_name"] for op in interpreter._get_ops_details()}
+    # Conversion with TFLITE_BUILTINS only already fails on any Flex/custom op; the op list of
+    # the main graph is checked as well ("scan" and "xla" keep their loop in a WHILE subgraph).
     builtin = {"ADD", "CONCATENATION", "MAXIMUM", "PADV2", "RESHAPE", "STRIDED_SLICE",
-               "TRANSPOSE", "WHILE", "GATHER", "LESS", "LOGICAL_AND", "SLICE", "PAD"}
+               "TRANSPOSE", "WHILE", "GATHER"}
     assert ops and ops <= builtin, f"unexpected TFLite ops {sorted(ops - builtin)}"
-    if impl != "scan":
+    if impl in ("doubling", "auto"):
         assert "WHILE" not in ops
     rng = np.random.default_rng(7)
     a = rng.standard_normal((1, 8, 8, 4)).astype(np.float32)
@@ -253,13 +284,3 @@ def test_tflite_builtins_only_and_exact(impl, corner):
     np.testing.assert_array_equal(out, model([a, b], training=False).numpy())
     first, second = ("top", "left") if corner == "top_left" else ("bottom", "right")
     np.testing.assert_array_equal(out, ref_pool(a, first) + ref_pool(b, second))
-
-
-def test_pool_impl_does_not_convert_to_tflite_builtins():
-    # Documented limit of impl="pool" (explicit-padding MaxPool): "auto" never picks it at
-    # inference/export time.
-    a_in = keras.Input((8, 8, 4), batch_size=1)
-    b_in = keras.Input((8, 8, 4), batch_size=1)
-    model = keras.Model([a_in, b_in], CornerPool(impl="pool")([a_in, b_in]))
-    with pytest.raises(Exception, match="MaxPool"):
-        _convert_builtins_only(model)
