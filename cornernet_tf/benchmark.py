@@ -1,7 +1,8 @@
-"""Measured figures behind the performance notes (corner pooling for now).
+"""Measured figures behind the performance table (`python main.py --mode=benchmark`).
 
-Plain library module: no command line and no work at import; callers (e.g. a future
-`main.py --mode=benchmark`) run the functions and print `format_rows(rows)`.
+Plain library module: no work at import. `run_benchmarks(names)` runs the chosen
+benchmarks and `write_report` writes them, with the command and the machine, to
+docs/benchmarks.md. Each benchmark returns a markdown section.
 
 Timings are wall-clock medians of `repeats` interleaved runs (after two warm-up runs) of
 `tf.function`-traced graphs (no XLA), results materialised as numpy arrays. The reference is a
@@ -115,3 +116,219 @@ def format_rows(rows: Sequence[dict]) -> str:
         lines.append(f"| {row['name']} | {row['pass']} | {row['ms']:.2f} | {row['min_ms']:.2f} "
                      f"| {row['x_copy']:.2f} |")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------
+# Whole-model figures
+# --------------------------------------------------------------------------------------
+
+def machine_description() -> str:
+    """CPU model, cores, memory, TF version: the line every figure is read against."""
+    import os
+    import platform
+
+    import tensorflow as tf
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    try:
+        with open("/proc/meminfo", encoding="utf-8") as f:
+            mem = f"{int(f.readline().split()[1]) / 2**20:.0f} GiB"
+    except (OSError, ValueError, IndexError):
+        mem = "unknown memory"
+    gpus = len(tf.config.list_physical_devices("GPU"))
+    return (f"{cpu}, {os.cpu_count()} cores, {mem}, {gpus} GPU(s); Python "
+            f"{platform.python_version()}, TensorFlow {tf.__version__}")
+
+
+def _median_ms(fn, repeats: int, warmup: int = 2) -> tuple[float, float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times)) * 1e3, float(np.min(times)) * 1e3
+
+
+def bench_decode(grid=(128, 128), num_classes: int = 80, k: int = 100, num_pairs: int = 1000,
+                 max_detections: int = 100, repeats: int = 20, seed: int = 0) -> dict:
+    """Decode time at batch 1 on random heads of the Hourglass output size (128x128x80)."""
+    import tensorflow as tf
+
+    from cornernet_tf.decode import decode
+    rng = np.random.default_rng(seed)
+    h, w = grid
+    heads = {
+        "tl_heatmap": tf.constant(rng.normal(-4, 1.5, (1, h, w, num_classes)), tf.float32),
+        "br_heatmap": tf.constant(rng.normal(-4, 1.5, (1, h, w, num_classes)), tf.float32),
+        "tl_embedding": tf.constant(rng.normal(0, 1, (1, h, w, 1)), tf.float32),
+        "br_embedding": tf.constant(rng.normal(0, 1, (1, h, w, 1)), tf.float32),
+        "tl_offset": tf.constant(rng.uniform(0, 1, (1, h, w, 2)), tf.float32),
+        "br_offset": tf.constant(rng.uniform(0, 1, (1, h, w, 2)), tf.float32)}
+    fn = tf.function(lambda x: decode(x, k=k, num_pairs=num_pairs, max_detections=max_detections))
+    ms, min_ms = _median_ms(lambda: [v.numpy() for v in fn(heads).values()], repeats)
+    return dict(grid=grid, num_classes=num_classes, k=k, ms=ms, min_ms=min_ms)
+
+
+def bench_forward(model_config, batch: int = 1, repeats: int = 3) -> dict:
+    """Inference forward time (last stack's heads) of a randomly initialised model."""
+    import tensorflow as tf
+
+    from cornernet_tf.model import build_model
+    model = build_model(model_config)
+    h, w = model_config.input_size
+    images = tf.random.uniform([batch, h, w, 3], 0, 255, seed=0)
+    fn = tf.function(lambda x: model(x, training=False))
+    ms, min_ms = _median_ms(lambda: [v.numpy() for v in fn(images)[-1].values()], repeats,
+                            warmup=1)
+    params = sum(int(np.prod(v.shape)) for v in model.trainable_weights)
+    return dict(backbone=model_config.backbone, input_size=(h, w), batch=batch, ms=ms,
+                min_ms=min_ms, params=params)
+
+
+def bench_train_step(model_config, batch: int, steps: int = 5, max_objects: int = 32) -> dict:
+    """Seconds per training step (forward, loss, backward, Adam) on a fixed random batch."""
+    import keras
+    import tensorflow as tf
+
+    from cornernet_tf.data.targets import encode_targets
+    from cornernet_tf.model import build_model
+    model = build_model(model_config)
+    model.compile(optimizer=keras.optimizers.Adam(1e-4))
+    h, w = model_config.input_size
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, (batch, h, w, 3)).astype(np.float32)
+    targets = []
+    for _ in range(batch):
+        xy = rng.uniform(0, min(h, w) * 0.6, (8, 2))
+        size = rng.uniform(16, min(h, w) * 0.4, (8, 2))
+        boxes = np.concatenate([xy, xy + size], axis=1).astype(np.float32)
+        classes = rng.integers(0, model_config.num_classes, 8).astype(np.int32)
+        t = encode_targets(boxes, classes, model_config.num_classes, (h, w),
+                           model_config.output_size, max_objects=max_objects)
+        targets.append({k: v for k, v in t.items() if k != "num_objects"})
+    targets = {k: tf.stack([t[k] for t in targets]) for k in targets[0]}
+    dataset = tf.data.Dataset.from_tensors((images, targets)).repeat()
+    times = []
+
+    class Timer(keras.callbacks.Callback):
+        def on_train_batch_begin(self, b, logs=None):
+            self.start = time.perf_counter()
+
+        def on_train_batch_end(self, b, logs=None):
+            times.append(time.perf_counter() - self.start)
+
+    model.fit(dataset, steps_per_epoch=steps + 1, epochs=1, verbose=0, callbacks=[Timer()],
+              shuffle=False)
+    step = float(np.median(times[1:]))  # the first step includes tracing
+    return dict(backbone=model_config.backbone, input_size=(h, w), batch=batch,
+                seconds_per_step=step, images_per_second=batch / step)
+
+
+def bench_pipeline(input_size: int = 511, num_classes: int = 80, batch: int = 16,
+                   num_batches: int = 10, num_images: int = 64) -> dict:
+    """Training-pipeline images/s (no model) on generated 640x480 COCO-format images."""
+    import tempfile
+
+    from cornernet_tf.config import load_config
+    from cornernet_tf.data.pipeline import build_dataset, measure_throughput
+    from cornernet_tf.data.synthetic import generate_shapes_dataset
+    with tempfile.TemporaryDirectory() as root:
+        paths = generate_shapes_dataset(root, num_images, 1, (480, 640), 10, seed=0)
+        cfg = load_config(None, [f"model.input_size={input_size}",
+                                 f"model.num_classes={num_classes}", "data.dataset=coco",
+                                 f"data.train_annotations={paths.train_annotations}",
+                                 f"data.train_images={paths.train_images}"])
+        ds = build_dataset(cfg.data, cfg.model, "train", training=True, batch_size=batch)
+        rate = measure_throughput(ds, num_batches)
+    return dict(input_size=input_size, num_classes=num_classes, batch=batch,
+                images_per_second=rate)
+
+
+BENCHMARKS = ("corner_pool", "decode", "pipeline", "quickstart", "hourglass104", "squeeze")
+
+
+def run_benchmarks(names: Sequence[str], quickstart_config=None) -> dict[str, str]:
+    """Runs the named benchmarks; returns {name: markdown section}.
+
+    Args:
+      names: a subset of BENCHMARKS.
+      quickstart_config: the Config used for the "quickstart" figures.
+    """
+    from cornernet_tf.config import ModelConfig
+    unknown = sorted(set(names) - set(BENCHMARKS))
+    if unknown:
+        raise ValueError(f"--benchmarks: unknown {unknown}; choose from {', '.join(BENCHMARKS)}")
+    sections = {}
+    for name in names:
+        print(f"benchmark: {name} ...", flush=True)
+        if name == "corner_pool":
+            rows = []
+            for direction in ("top", "left"):
+                rows += [dict(r, name=f"{r['name']} ({direction})")
+                         for r in bench_corner_pool(repeats=11, direction=direction)]
+            sections[name] = ("One direction of corner pooling on [4, 128, 128, 128] float32, "
+                              "against a numpy copy of the same tensor (the memory-bound floor)."
+                              "\n\n" + format_rows(rows))
+        elif name == "decode":
+            d = bench_decode()
+            sections[name] = (f"Decode at batch 1 on 128x128x80 heads, K=100, 1000 pairs, 100 "
+                              f"detections: median {d['ms']:.1f} ms (min {d['min_ms']:.1f} ms).")
+        elif name == "pipeline":
+            p = bench_pipeline()
+            sections[name] = (f"Training pipeline alone (decode, augment, targets) at input 511, "
+                              f"80 classes, batch 16, 640x480 source images: "
+                              f"{p['images_per_second']:.1f} images/s.")
+        elif name == "quickstart":
+            cfg = quickstart_config
+            t = bench_train_step(cfg.model, cfg.train.batch_size, steps=10)
+            f = bench_forward(cfg.model, batch=1, repeats=10)
+            sections[name] = (f"Quickstart network ({f['params'] / 1e6:.2f}M parameters, input "
+                              f"{cfg.model.input_size[0]}x{cfg.model.input_size[1]}): training "
+                              f"{t['images_per_second']:.1f} images/s at batch "
+                              f"{cfg.train.batch_size} ({t['seconds_per_step'] * 1e3:.0f} ms/step);"
+                              f" inference forward {f['ms']:.1f} ms/image at batch 1.")
+        else:
+            mc = ModelConfig(backbone=name if name == "squeeze" else "hourglass104")
+            f = bench_forward(mc, batch=1, repeats=2)
+            t = bench_train_step(mc, 1, steps=2)
+            d = bench_decode(grid=mc.output_size)
+            sections[name] = (f"{name} at 511x511, 80 classes ({f['params'] / 1e6:.1f}M "
+                              f"parameters): inference forward {f['ms'] / 1e3:.2f} s/image, "
+                              f"training step at batch 1 {t['seconds_per_step']:.2f} s; decode "
+                              f"{d['ms']:.1f} ms = {100 * d['ms'] / f['ms']:.1f}% of the forward.")
+        print(sections[name], flush=True)
+    return sections
+
+
+def write_report(sections: dict[str, str], path: str, command: str) -> str:
+    """Writes (or updates) the sections of docs/benchmarks.md; other sections are kept."""
+    import os
+    import re
+    existing = {}
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        for m in re.finditer(r"^## (\S+)\n(.*?)(?=^## |\Z)", text, re.S | re.M):
+            existing[m.group(1)] = m.group(2).strip()
+    stamp = time.strftime("%Y-%m-%d", time.gmtime())
+    for name, body in sections.items():
+        existing[name] = (f"{body}\n\nMeasured {stamp} on {machine_description()} with "
+                          f"`{command}`.")
+    lines = ["# Benchmarks", "",
+             "Figures measured by `python main.py --mode=benchmark` (a section per benchmark, "
+             "`--benchmarks=` to rerun some). Wall-clock medians on a shared machine: read "
+             "them as +-25%.", ""]
+    for name in BENCHMARKS:
+        if name in existing:
+            lines += [f"## {name}", "", existing[name], ""]
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines))
+    return path

@@ -69,6 +69,17 @@ def _predict(cfg: config_lib.Config) -> None:
     print(f"wrote {len(written)} files to {FLAGS.output}")
 
 
+def _benchmark(cfg: config_lib.Config) -> None:
+    from cornernet_tf import benchmark
+    names = [n for n in FLAGS.benchmarks.split(",") if n]
+    sections = benchmark.run_benchmarks(names, quickstart_config=cfg)
+    command = "python main.py --mode=benchmark" + (
+        f" --benchmarks={FLAGS.benchmarks}" if FLAGS.benchmarks != ",".join(benchmark.BENCHMARKS)
+        else "")
+    path = benchmark.write_report(sections, FLAGS.benchmark_report, command)
+    print(f"wrote {path}")
+
+
 def _demo(cfg: config_lib.Config) -> None:
     from cornernet_tf.demo import run_demo
     run_demo(cfg, resolve_model_dir(FLAGS.config, FLAGS.model_dir), FLAGS.export_dir)
@@ -85,6 +96,8 @@ MODES: dict[str, Mode] = {
                    "--export_dir, decode inside", _export),
     "predict": Mode("run an exported model (--model) on --images; annotated PNGs and JSON "
                     "into --output", _predict),
+    "benchmark": Mode("measure corner pooling, decode, data pipeline and model speed; writes "
+                      "docs/benchmarks.md", _benchmark),
     "config": Mode("print the resolved config (defaults + YAML + --set) as YAML", _show_config),
 }
 DEFAULT_MODE = "demo"
@@ -110,6 +123,10 @@ def _define_flags() -> None:
     flags.DEFINE_multi_string("images", [], "predict: image files or folders (repeatable).")
     flags.DEFINE_string("output", "predictions", "predict: output folder.")
     flags.DEFINE_bool("heatmaps", False, "predict: also write corner-heatmap overlays.")
+    flags.DEFINE_string("benchmarks", "corner_pool,decode,pipeline,quickstart,hourglass104,squeeze",
+                        "benchmark: comma-separated subset to run.")
+    flags.DEFINE_string("benchmark_report", os.path.join("docs", "benchmarks.md"),
+                        "benchmark: the report file (sections of the run benchmarks replaced).")
     flags.DEFINE_bool("strict", False, "Dataset problems (bad boxes, missing files) are errors "
                       "(same as --set data.strict=true).")
 
@@ -154,7 +171,7 @@ def run() -> None:
     if main_module is not None:
         main_module.__doc__ = _usage()
     for name in ("mode", "config", "set", "model_dir", "checkpoint", "export_dir", "model",
-                 "images", "output", "heatmaps", "strict"):
+                 "images", "output", "heatmaps", "benchmarks", "benchmark_report", "strict"):
         FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[name])
     if any(a in ("-h", "--help", "--helpshort", "-?") for a in sys.argv[1:]):
         # absl exits 1 after --help; a help request is not an error.
