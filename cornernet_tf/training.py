@@ -4,7 +4,7 @@
 pipeline, the model (under the distribution strategy's scope), the optimizer and the
 callbacks, and resumes from the newest checkpoint in `model_dir` when there is one.
 
-Checkpoints are `tf.train.Checkpoint(model, optimizer)` written by a `CheckpointManager`
+Checkpoints are `tf.train.Checkpoint`s of the model's variables and the optimizer, written by a `CheckpointManager`
 every `train.checkpoint_every` steps into `<model_dir>/checkpoints/`. The manager writes the
 new files before it points the `checkpoint` index at them, so a run killed mid-write still
 resumes from the previous checkpoint; resuming restores the weights, the optimizer state
@@ -48,6 +48,13 @@ def get_strategy(name: str) -> tf.distribute.Strategy:
     Returns:
       A strategy; the global batch (train.batch_size) is split evenly over its replicas.
     """
+    if name == "multi_worker":
+        # First, before anything lists devices: listing initialises the TF runtime, and
+        # collective ops must be configured before that.
+        if "TF_CONFIG" not in os.environ:
+            raise ValueError("train.strategy=multi_worker needs the TF_CONFIG environment "
+                             "variable (cluster spec and this worker's task); it is not set")
+        return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")
     if name == "auto":
         return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
@@ -56,11 +63,6 @@ def get_strategy(name: str) -> tf.distribute.Strategy:
             return tf.distribute.MirroredStrategy()
         cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
         return tf.distribute.MirroredStrategy(devices=cpus)
-    if name == "multi_worker":
-        if "TF_CONFIG" not in os.environ:
-            raise ValueError("train.strategy=multi_worker needs the TF_CONFIG environment "
-                             "variable (cluster spec and this worker's task); it is not set")
-        return tf.distribute.MultiWorkerMirroredStrategy()
     if name == "one_device":
         return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
     return tf.distribute.get_strategy()
@@ -130,13 +132,24 @@ def build_optimizer(train_cfg: config_lib.TrainConfig) -> keras.optimizers.Optim
 # Checkpoints
 # --------------------------------------------------------------------------------------
 
+def training_checkpoint(model: keras.Model, optimizer=None) -> tf.train.Checkpoint:
+    """A tf.train.Checkpoint of every model variable (BN statistics too) and the optimizer.
+
+    A Keras 3 model is not a trackable object graph for tf.train.Checkpoint (its layers'
+    variables would only be reached through the optimizer, and BN moving statistics not at
+    all), so the model's variables are checkpointed as an ordered list: `model.variables`
+    has the same order for the same architecture, whatever the layers' auto-generated names.
+    """
+    items = {"model_variables": list(model.variables)}
+    if optimizer is not None:
+        items["optimizer"] = optimizer
+    return tf.train.Checkpoint(**items)
+
+
 def checkpoint_manager(model: keras.Model, model_dir: str, optimizer=None,
                        max_to_keep: int = 3) -> tf.train.CheckpointManager:
     """A CheckpointManager over `<model_dir>/checkpoints/` for the model (and optimizer)."""
-    items = {"model": model}
-    if optimizer is not None:
-        items["optimizer"] = optimizer
-    ckpt = tf.train.Checkpoint(**items)
+    ckpt = training_checkpoint(model, optimizer)
     return tf.train.CheckpointManager(ckpt, os.path.join(model_dir, CHECKPOINT_SUBDIR),
                                       max_to_keep=max_to_keep)
 
@@ -155,8 +168,31 @@ def restore_weights(model: keras.Model, model_dir: str, checkpoint: Optional[str
         raise FileNotFoundError(
             f"no checkpoint in {os.path.join(model_dir, CHECKPOINT_SUBDIR)!r}: train first "
             f"(--mode=train --model_dir={model_dir}) or pass --checkpoint")
-    tf.train.Checkpoint(model=model).restore(path).expect_partial().assert_existing_objects_matched()
+    try:
+        training_checkpoint(model).restore(path).expect_partial().assert_existing_objects_matched()
+    except (AssertionError, ValueError) as e:
+        raise ValueError(f"checkpoint {path} does not match the model built from the config "
+                         f"(model.* keys must be those it was trained with): {e}") from None
     return path
+
+
+def weights_are_finite(model: keras.Model) -> bool:
+    """True when no model weight (trainable or BN statistic) holds a NaN or an inf."""
+    flags = [tf.reduce_all(tf.math.is_finite(tf.convert_to_tensor(w))) for w in model.weights
+             if w.dtype in ("float16", "bfloat16", "float32", "float64")]
+    return bool(tf.reduce_all(tf.stack(flags)).numpy()) if flags else True
+
+
+class StopAtStep(keras.callbacks.Callback):
+    """Stops `fit` when the optimizer step reaches `total_steps` (exact, even mid-epoch)."""
+
+    def __init__(self, total_steps: int):
+        super().__init__()
+        self.total_steps = total_steps
+
+    def on_train_batch_end(self, batch, logs=None):
+        if int(self.model.optimizer.iterations.numpy()) >= self.total_steps:
+            self.model.stop_training = True
 
 
 class CheckpointCallback(keras.callbacks.Callback):
@@ -168,7 +204,18 @@ class CheckpointCallback(keras.callbacks.Callback):
         self.every = every
         self.last_saved: Optional[str] = manager.latest_checkpoint
 
-    def save(self) -> str:
+    def save(self) -> Optional[str]:
+        """Writes a checkpoint of the current step unless the weights are not finite.
+
+        Returns:
+          The checkpoint written (or already there for this step), or None when the
+          weights hold a NaN/inf: the last good checkpoint is then left as the newest.
+        """
+        if getattr(self.model, "_nan_stopped", False):
+            return None
+        if not weights_are_finite(self.model):
+            stop_on_nan(self.model, "a model weight is NaN/inf", self.last_saved)
+            return None
         step = int(self.model.optimizer.iterations.numpy())
         if self.manager.latest_checkpoint and \
                 self.manager.latest_checkpoint.endswith(f"-{step}"):
@@ -177,12 +224,29 @@ class CheckpointCallback(keras.callbacks.Callback):
         return self.last_saved
 
     def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("total_loss")
+        if loss is not None and not np.isfinite(float(loss)):
+            return  # NaNGuard stops the run; never checkpoint a step with a bad loss
         if int(self.model.optimizer.iterations.numpy()) % self.every == 0:
             self.save()
 
     def on_train_end(self, logs=None):
         if not getattr(self.model, "_nan_stopped", False):
             self.save()
+
+
+def stop_on_nan(model: keras.Model, what: str, last_good: Optional[str]) -> None:
+    """Stops `fit` (no more checkpoints) and says at which step and what to resume from."""
+    if getattr(model, "_nan_stopped", False):
+        return
+    step = int(model.optimizer.iterations.numpy())
+    model._nan_stopped = True
+    model.stop_training = True
+    msg = (f"{what} at step {step}; training stopped. Last good checkpoint: "
+           f"{last_good or 'none yet'}. Lower train.learning_rate or add "
+           f"train.warmup_steps, then resume.")
+    logging.error(msg)
+    print(f"error: {msg}", flush=True)
 
 
 class NaNGuard(keras.callbacks.Callback):
@@ -195,14 +259,7 @@ class NaNGuard(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("total_loss")
         if loss is not None and not np.isfinite(float(loss)):
-            step = int(self.model.optimizer.iterations.numpy())
-            self.model._nan_stopped = True
-            self.model.stop_training = True
-            msg = (f"total_loss is {float(loss)} at step {step}; training stopped. Last good "
-                   f"checkpoint: {self.checkpoints.last_saved or 'none yet'}. Lower "
-                   f"train.learning_rate or add train.warmup_steps, then resume.")
-            logging.error(msg)
-            print(f"error: {msg}", flush=True)
+            stop_on_nan(self.model, f"total_loss is {float(loss)}", self.checkpoints.last_saved)
 
 
 class ProgressLogger(keras.callbacks.Callback):
@@ -305,8 +362,22 @@ def compile_model(model: keras.Model, cfg: config_lib.Config, optimizer=None) ->
                   offset_weight=loss.offset_weight)
 
 
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes checkpoints, config and logs (always, but multi-worker).
+
+    With MultiWorkerMirroredStrategy every worker runs the same steps (checkpoint saving
+    included, as it may hold collective ops) but only the chief's files are kept: the
+    others write to a temporary folder that is deleted at the end (TF's recommended set-up).
+    """
+    return bool(strategy.extended.should_checkpoint)
+
+
 def train(cfg: config_lib.Config, model_dir: str, verbose: int = 1) -> dict:
     """Trains (or resumes training of) the model described by `cfg` into `model_dir`.
+
+    The global Keras dtype policy is set to `train.mixed_precision` while training and
+    restored afterwards. With `train.strategy=multi_worker` only the chief writes into
+    `model_dir`; every worker resumes from the chief's newest checkpoint there.
 
     Args:
       cfg: the resolved config.
@@ -315,17 +386,40 @@ def train(cfg: config_lib.Config, model_dir: str, verbose: int = 1) -> dict:
       verbose: Keras progress-bar verbosity (our per-interval lines print regardless).
 
     Returns:
-      dict: "checkpoint" (the last one written), "steps" (the step reached), "history"
-      (one dict of logged values per logging interval), "images_per_second" (last interval).
+      dict: "checkpoint" (the last one written; a temporary path on non-chief workers),
+      "steps" (the step reached), "history" (one dict of logged values per logging
+      interval), "images_per_second" (last interval), "model" (the trained model).
+
+    Raises:
+      ConfigError: batch size not divisible by the replicas, or num_classes not matching
+        the dataset.
     """
+    previous_policy = keras.mixed_precision.global_policy()
+    scratch = None
+    try:
+        t = cfg.train
+        tf.get_logger().setLevel("WARNING")
+        strategy = get_strategy(t.strategy)
+        keras.utils.set_random_seed(t.seed)
+        set_precision(t.mixed_precision)
+        if not is_chief(strategy):
+            import tempfile
+            scratch = tempfile.mkdtemp(prefix="cornernet-worker-")
+        return _train(cfg, model_dir, strategy, scratch, verbose)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+        if scratch is not None:
+            import shutil
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _train(cfg: config_lib.Config, model_dir: str, strategy: tf.distribute.Strategy,
+           scratch: Optional[str], verbose: int) -> dict:
+    """`train` once the strategy and policy are set; `scratch` is a non-chief's folder."""
     from cornernet_tf.data import pipeline
     from cornernet_tf.model import build_model
 
     t = cfg.train
-    tf.get_logger().setLevel("WARNING")
-    keras.utils.set_random_seed(t.seed)
-    set_precision(t.mixed_precision)
-    strategy = get_strategy(t.strategy)
     replicas = strategy.num_replicas_in_sync
     if t.batch_size % replicas:
         raise config_lib.ConfigError(
@@ -338,45 +432,51 @@ def train(cfg: config_lib.Config, model_dir: str, verbose: int = 1) -> dict:
             f"{cfg.data.train_annotations} has {label_map.num_classes} categories")
     dataset = pipeline.build_dataset(cfg.data, cfg.model, "train", training=True,
                                      batch_size=t.batch_size, records=records)
-    write_run_files(cfg, model_dir, label_map)
+    write_dir = scratch or model_dir
+    write_run_files(cfg, write_dir, label_map)
     log_every = min(t.log_every, t.steps)
     with strategy.scope():
         model = build_model(cfg.model)
         optimizer = build_optimizer(t)
         compile_model(model, cfg, optimizer)
         model.optimizer.build(model.trainable_variables)
-        manager = checkpoint_manager(model, model_dir, model.optimizer)
-        if manager.latest_checkpoint:
-            tf.train.Checkpoint(model=model, optimizer=model.optimizer).restore(
-                manager.latest_checkpoint).assert_existing_objects_matched()
-            print(f"resuming from {manager.latest_checkpoint} "
+        manager = checkpoint_manager(model, write_dir, model.optimizer)
+        latest = tf.train.latest_checkpoint(os.path.join(model_dir, CHECKPOINT_SUBDIR))
+        if latest:
+            training_checkpoint(model, model.optimizer).restore(
+                latest).assert_existing_objects_matched()
+            print(f"resuming from {latest} "
                   f"(step {int(model.optimizer.iterations.numpy())})", flush=True)
     step = int(model.optimizer.iterations.numpy())
     if step >= t.steps:
         print(f"already trained: step {step} >= train.steps {t.steps}", flush=True)
-        return dict(checkpoint=manager.latest_checkpoint, steps=step, history=[],
-                    images_per_second=float("nan"))
+        return dict(checkpoint=latest, steps=step, history=[],
+                    images_per_second=float("nan"), model=model)
     checkpoints = CheckpointCallback(manager, t.checkpoint_every)
+    checkpoints.last_saved = latest
     progress = ProgressLogger(t.steps, t.batch_size)
     sample = next(iter(dataset))[0][:2]
-    log_dir = os.path.join(model_dir, "logs")
-    callbacks = [progress, checkpoints, NaNGuard(checkpoints),
+    log_dir = os.path.join(write_dir, "logs")
+    # NaNGuard runs before CheckpointCallback so a bad step is never saved.
+    callbacks = [StopAtStep(t.steps), progress, NaNGuard(checkpoints), checkpoints,
                  keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch"),
                  HeatmapImages(sample, log_dir, every_epochs=max(1, t.checkpoint_every // log_every))]
     print(f"training {t.steps} steps, global batch {t.batch_size} on {replicas} replica(s) "
           f"({type(strategy).__name__}); checkpoints every {t.checkpoint_every} steps in "
           f"{manager.directory}; TensorBoard logs in {log_dir}", flush=True)
+    initial_epoch = step // log_every
     try:
-        model.fit(dataset, epochs=math.ceil(t.steps / log_every), initial_epoch=step // log_every,
-                  steps_per_epoch=log_every, callbacks=callbacks, verbose=verbose, shuffle=False)
+        model.fit(dataset, epochs=initial_epoch + math.ceil((t.steps - step) / log_every),
+                  initial_epoch=initial_epoch, steps_per_epoch=log_every,
+                  callbacks=callbacks, verbose=verbose, shuffle=False)
     except BaseException:
         # A crash or Ctrl-C never loses the work since the last checkpoint (unless the
         # weights have gone bad, in which case the last good checkpoint is kept as it is).
-        if not getattr(model, "_nan_stopped", False):
-            path = checkpoints.save()
+        path = checkpoints.save() if checkpoints.model is not None else None
+        if path:
             print(f"interrupted: saved {path}", flush=True)
         raise
     return dict(checkpoint=checkpoints.last_saved,
                 steps=int(model.optimizer.iterations.numpy()), history=progress.history,
                 images_per_second=progress.history[-1].get("images_per_second", float("nan"))
-                if progress.history else float("nan"))
+                if progress.history else float("nan"), model=model)
