@@ -105,12 +105,22 @@ def predict(model_path: str, image_paths: Sequence[str], output_dir: str,
 
     Returns:
       The files written.
+
+    Raises:
+      FileNotFoundError: an image path is missing, no image was found, or model_path is
+        neither a SavedModel folder nor a .tflite file.
+      ValueError: heatmaps=True with a .tflite model (no serving_heatmaps signature).
     """
+    paths = list_images(image_paths)  # bad paths fail before the model loads
     detector = ExportedDetector(model_path)
+    if heatmaps and detector.is_tflite:
+        raise ValueError(f"--heatmaps needs a SavedModel export (its serving_heatmaps "
+                         f"signature); {model_path!r} is a .tflite file, which returns "
+                         f"detections only")
     names = read_class_names(model_path)
     os.makedirs(output_dir, exist_ok=True)
     written = []
-    for path in list_images(image_paths):
+    for path in paths:
         image = read_rgb(path)
         h, w = image.shape[:2]
         out = detector(image)
@@ -136,8 +146,8 @@ def predict(model_path: str, image_paths: Sequence[str], output_dir: str,
         if heatmaps:
             maps = detector.heatmaps(image)
             if maps is None:
-                raise ValueError("--heatmaps needs a SavedModel export (its serving_heatmaps "
-                                 "signature); a .tflite file returns detections only")
+                raise ValueError(f"--heatmaps: the SavedModel {model_path!r} has no "
+                                 f"serving_heatmaps signature")
             fh, fw = maps["valid_fraction"][0]
             for key in ("tl_heatmap", "br_heatmap"):
                 heat = maps[key][0]

@@ -42,6 +42,15 @@ def write_archive(model: keras.Model, endpoints: dict, path: str) -> None:
     archive.track(model)
     for name, (fn, signature) in endpoints.items():
         archive.add_endpoint(name=name, fn=fn, input_signature=signature)
+    # `track` keeps the Keras variable wrappers in three collections and `write_out` adds
+    # the endpoints' captured tf.Variables: two objects per weight, so every weight was
+    # stored (and restored, in TF Serving too) twice (keras-team/keras#23553, open). The
+    # endpoints' own variables are all that the signatures need (checked in the tests with
+    # saved_model_cli run), so the wrapper collections are emptied before writing.
+    trackable = getattr(archive, "_tf_trackable", None)
+    for collection in ("variables", "trainable_variables", "non_trainable_variables"):
+        if trackable is not None and hasattr(trackable, collection):
+            setattr(trackable, collection, [])
     archive.write_out(path, verbose=False)
 
 
@@ -97,9 +106,11 @@ def serving_description(cfg) -> dict:
         "outputs": {
             "detection_boxes": "float32 [B, N, 4] normalised [ymin, xmin, ymax, xmax]",
             "detection_scores": "float32 [B, N], descending",
-            "detection_classes": "float32 [B, N], 1-based ids (labels.json 'id')",
+            "detection_classes": "float32 [B, N], 1-based label ids = labels.json 'class' + 1",
             "num_detections": "int32 [B]",
         },
+        "tflite_input": f"uint8 [1, {cfg.model.input_size[0]}, {cfg.model.input_size[1]}, 3] "
+                        "RGB, resized (no aspect kept) by the caller",
         "max_detections": d.max_detections,
         "network_input_size": list(cfg.model.input_size),
         "preprocessing": "resize keeping aspect ratio, zero-pad bottom/right to the input size",

@@ -85,7 +85,13 @@ class DetectionFunctions:
         """[B, H, W, 3] uint8 (one size) -> (inputs [B, in_h, in_w, 3], transforms [B, 4],
         sizes [B, 2])."""
         shape = tf.shape(images)
-        new_h, new_w, transform, size = self._fit(shape[1], shape[2])
+        # The signature's [None, None, None, 3] is not checked when a loaded signature is
+        # called with a tensor: a 4-channel image would otherwise fail in a reshape.
+        check = tf.debugging.assert_equal(
+            shape[-1], 3, message="images: expected uint8 [B, H, W, 3] RGB (3 channels); "
+                                  "the last dimension found is")
+        with tf.control_dependencies([check]):
+            new_h, new_w, transform, size = self._fit(shape[1], shape[2])
         inputs = self._resize_pad(images, new_h, new_w)
         return inputs, tf.tile(transform[None], [shape[0], 1]), tf.tile(size[None], [shape[0], 1])
 

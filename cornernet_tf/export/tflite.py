@@ -25,8 +25,15 @@ from cornernet_tf.export.serving import build_detection_functions
 OUTPUT_KEYS = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
 
 # Parity tolerances per mode: (max |score difference| of matched detections,
-# min IoU of matched boxes). fp32 must agree to float round-off; quantised graphs are
-# allowed the error their weights/activations carry (measured figures: README).
+# min IoU of matched boxes). fp32 must agree to float round-off (measured on the tests'
+# tiny model: score difference <= 1.2e-6, IoU >= 0.99999). The quantised values are not
+# yet backed by a model with confident detections. Measured so far, detections scoring
+# >= 0.1 against the SavedModel on 50 quickstart validation images after 1500 training
+# steps (every score ~0.10, near-ties): dynamic_int8 max score difference 0.095
+# (median 0.031) but min IoU 0.0 (near-tied corners reorder); full int8 matched no box
+# (its boxes collapse towards 0: the decode arithmetic after top-k is quantised too),
+# so the int8 gate fails there. On the tests' random tiny model dynamic_int8 reaches score
+# differences of 0.2-0.7.
 TOLERANCES = {
     "fp32": (1e-4, 0.99),
     "fp16": (0.02, 0.9),
