@@ -362,3 +362,12 @@ def _check_params(k: int, nms_kernel: int, num_pairs: int, cells: int) -> None:
         raise ValueError(f"decode: nms_kernel must be a positive odd int, found {nms_kernel}")
     if not 1 <= num_pairs <= k * k:
         raise ValueError(f"decode: num_pairs must be in [1, k*k = {k * k}], found {num_pairs}")
+
+
+def decode_kwargs_from_config(decode_cfg) -> dict:
+    """The `decode` keyword arguments of a `cornernet_tf.config.DecodeConfig`."""
+    return dict(k=decode_cfg.k, ae_threshold=decode_cfg.ae_threshold,
+                nms_kernel=decode_cfg.nms_kernel, num_pairs=decode_cfg.num_pairs,
+                max_detections=decode_cfg.max_detections,
+                soft_nms_sigma=decode_cfg.soft_nms_sigma,
+                score_threshold=decode_cfg.score_threshold)

@@ -225,15 +225,6 @@ def format_coco_table(metrics: dict) -> str:
 # Running a model over the evaluation split (TensorFlow imported here, not at module load)
 # --------------------------------------------------------------------------------------
 
-def decode_kwargs(decode_cfg) -> dict:
-    """The `decode` keyword arguments of a DecodeConfig."""
-    return dict(k=decode_cfg.k, ae_threshold=decode_cfg.ae_threshold,
-                nms_kernel=decode_cfg.nms_kernel, num_pairs=decode_cfg.num_pairs,
-                max_detections=decode_cfg.max_detections,
-                soft_nms_sigma=decode_cfg.soft_nms_sigma,
-                score_threshold=decode_cfg.score_threshold)
-
-
 def oracle_heads(heads: dict, targets: list, oracle: str, offset: float = -100.0) -> dict:
     """Replaces predicted heads by ground truth, for the paper's error analysis (Table 7).
 
@@ -289,7 +280,7 @@ def run_evaluation(model, cfg, output_dir: str, max_images: int = 0, oracle: str
     from cornernet_tf.data import pipeline
     from cornernet_tf.data.augment import boxes_to_original
     from cornernet_tf.data.targets import encode_targets
-    from cornernet_tf.decode import decode, decode_with_flip
+    from cornernet_tf.decode import decode, decode_kwargs_from_config, decode_with_flip
 
     start = time.time()
     records, label_map, _ = pipeline.load_split(cfg.data, "val")
@@ -298,7 +289,7 @@ def run_evaluation(model, cfg, output_dir: str, max_images: int = 0, oracle: str
     by_id = {int(r.image_id): r for r in records}
     dataset = pipeline.build_dataset(cfg.data, cfg.model, "val", training=False,
                                      batch_size=batch_size, records=records)
-    kwargs = decode_kwargs(cfg.decode)
+    kwargs = decode_kwargs_from_config(cfg.decode)
     flip = cfg.evaluate.flip_test
 
     @tf.function(reduce_retracing=True)

@@ -18,7 +18,10 @@ from typing import Optional
 
 import tensorflow as tf
 
-from cornernet_tf.decode import decode
+from cornernet_tf.decode import decode, decode_kwargs_from_config  # noqa: F401 (re-export)
+
+# Name scope of the post-network part of the serving graph (decode and box mapping).
+DECODE_SCOPE = "detection_decode"
 
 
 class DetectionFunctions:
@@ -107,6 +110,13 @@ class DetectionFunctions:
           the contract's output dict.
         """
         heads = self.model(inputs, training=False)[-1]
+        # Everything after the network is named under DECODE_SCOPE: full-int8 TFLite
+        # conversion keeps these ops in float32 (tflite.py denylists them by name).
+        with tf.name_scope(DECODE_SCOPE):
+            return self._decode(heads, transforms, sizes)
+
+    def _decode(self, heads: dict, transforms: tf.Tensor, sizes: tf.Tensor) -> dict:
+        """Decode + boxes back to normalised original coordinates (see `detect`)."""
         det = decode(heads, **self.decode_kwargs)
         boxes = det["boxes"]  # [B, N, 4] xyxy, output-grid units
         # output grid -> network input pixels (divide by the ratio r = out / in, SPEC.md)
@@ -177,15 +187,6 @@ class DetectionFunctions:
         sizes = tf.tile(tf.constant([[float(self.input_size[0]), float(self.input_size[1])]]),
                         [b, 1])
         return self.detect(inputs, transforms, sizes)
-
-
-def decode_kwargs_from_config(decode_cfg) -> dict:
-    """The `decode` keyword arguments of a DecodeConfig."""
-    return dict(k=decode_cfg.k, ae_threshold=decode_cfg.ae_threshold,
-                nms_kernel=decode_cfg.nms_kernel, num_pairs=decode_cfg.num_pairs,
-                max_detections=decode_cfg.max_detections,
-                soft_nms_sigma=decode_cfg.soft_nms_sigma,
-                score_threshold=decode_cfg.score_threshold)
 
 
 def build_detection_functions(model, cfg, score_threshold: Optional[float] = None):
