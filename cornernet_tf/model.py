@@ -244,10 +244,30 @@ class CornerNet(keras.Model):
     def _report(self, terms: dict) -> dict:
         for key, tracker in self.loss_trackers.items():
             tracker.update_state(terms[key])
-        return {key: tracker.result() for key, tracker in self.loss_trackers.items()}
+        results = {key: tracker.result() for key, tracker in self.loss_trackers.items()}
+        if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+            # Keras 3.15 averages per-replica logs of this strategy with
+            # `strategy.reduce("MEAN", v, axis=0)`, which needs an axis: [1] per replica
+            # reduces to the scalar (the values are the same global terms on every replica).
+            results = {key: tf.reshape(value, [1]) for key, value in results.items()}
+        return results
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Skips Keras' symbolic build when there is nothing left to build.
+
+        `build_model` creates every variable and there are no compiled losses or metrics,
+        so once the optimizer is built the symbolic build has no work. Under
+        MultiWorkerMirroredStrategy, Keras 3.15's version fails: it averages a peeked
+        distributed batch with `strategy.reduce`, which MultiWorkerMirroredStrategy cannot
+        apply to a dict of per-replica tensors (and the peek drops a batch).
+        """
+        if self.built and self.optimizer is not None and self.optimizer.built:
+            return
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def train_step(self, data):
-        images, targets = data
+        # (images, targets) from fit; train_on_batch passes (images, targets, None).
+        images, targets, _ = keras.utils.unpack_x_y_sample_weight(data)
         with tf.GradientTape() as tape:
             terms, global_terms = self.loss_terms(images, targets, training=True)
             scaled = self.optimizer.scale_loss(terms["total_loss"])
@@ -257,7 +277,7 @@ class CornerNet(keras.Model):
         return self._report(global_terms)
 
     def test_step(self, data):
-        images, targets = data
+        images, targets, _ = keras.utils.unpack_x_y_sample_weight(data)
         _, global_terms = self.loss_terms(images, targets, training=False)
         return self._report(global_terms)
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
+import tempfile
 import time
 from typing import Optional
 
@@ -403,13 +405,11 @@ def train(cfg: config_lib.Config, model_dir: str, verbose: int = 1) -> dict:
         keras.utils.set_random_seed(t.seed)
         set_precision(t.mixed_precision)
         if not is_chief(strategy):
-            import tempfile
             scratch = tempfile.mkdtemp(prefix="cornernet-worker-")
         return _train(cfg, model_dir, strategy, scratch, verbose)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
         if scratch is not None:
-            import shutil
             shutil.rmtree(scratch, ignore_errors=True)
 
 

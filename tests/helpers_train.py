@@ -1,0 +1,150 @@
+"""Subprocess entry points for tests/test_training.py (TF runtime set-up must come first).
+
+    python tests/helpers_train.py replica DATA_DIR OUT.npz
+        Splits the CPU into two logical devices, then runs one training step on one fixed
+        global batch with the default strategy and with MirroredStrategy over the two
+        logical CPUs (same initial weights, same Adam), plus a control mirrored step whose
+        replicas normalise their losses with local counts. Saves losses and weights.
+
+    python tests/helpers_train.py worker INDEX PORT0,PORT1 DATA_DIR MODEL_DIR OUT.npz
+        One MultiWorkerMirroredStrategy worker (TF_CONFIG built here, sync BN) running
+        `training.train` on the tiny config; saves the final weights and the step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def tiny_overrides(data_dir: str) -> list[str]:
+    """--set style overrides: a tiny network and a 16-image synthetic dataset in data_dir."""
+    return [
+        "model.backbone=hourglass52", "model.num_classes=4", "model.input_size=[64, 64]",
+        "model.stacks=1", "model.stem_channels=16", "model.channels=[16, 16, 24]",
+        "model.blocks=[1, 1, 1]", "model.head_channels=16", "model.pool_channels=8",
+        "data.dataset=synthetic", f"data.synthetic.output_dir={data_dir}",
+        f"data.train_annotations={data_dir}/annotations/instances_train.json",
+        f"data.train_images={data_dir}/train",
+        f"data.val_annotations={data_dir}/annotations/instances_val.json",
+        f"data.val_images={data_dir}/val",
+        "data.synthetic.num_train=16", "data.synthetic.num_val=4",
+        "data.synthetic.image_size=[64, 64]", "data.synthetic.max_objects=4",
+        "data.max_objects=8", "data.deterministic=true", "data.augment.crop_border=16",
+        "train.batch_size=4", "train.learning_rate=1e-3", "train.schedule=constant",
+    ]
+
+
+def tiny_config(data_dir: str, extra=()):
+    from cornernet_tf import config as config_lib
+    return config_lib.load_config(None, overrides=tiny_overrides(data_dir) + list(extra))
+
+
+def fixed_batch(cfg):
+    """The first global batch of the deterministic training pipeline, as numpy.
+
+    Images are sorted by object count (most first).
+    """
+    import numpy as np
+    from cornernet_tf.data import pipeline
+    ds = pipeline.build_dataset(cfg.data, cfg.model, "train", training=True,
+                                batch_size=cfg.train.batch_size)
+    images, targets = next(iter(ds))
+    images, targets = images.numpy(), {k: v.numpy() for k, v in targets.items()}
+    # Most objects first: the two replicas' halves then hold different object counts, so
+    # local and global normalisers differ.
+    order = np.argsort(-targets["mask"].sum(axis=1), kind="stable")
+    return images[order], {k: v[order] for k, v in targets.items()}
+
+
+def _one_step(cfg, strategy, initial, images, targets, local_normalizers=False):
+    import tensorflow as tf
+    from cornernet_tf import training
+    from cornernet_tf.model import build_model, CornerNet
+    with strategy.scope():
+        model = build_model(cfg.model)
+        model.set_weights(initial)
+        training.compile_model(model, cfg)
+    if local_normalizers:
+        # Control: each replica divides by its own counts (what a naive port would do).
+        def loss_terms(images, targets, training):
+            from cornernet_tf.losses import LOSS_KEYS, cornernet_loss
+            outputs = model.compute_outputs(images, all_stacks=True, training=training)
+            terms = cornernet_loss(outputs, targets, **dict(model._loss_weights))
+            ctx = tf.distribute.get_replica_context()
+            totals = ctx.all_reduce(tf.distribute.ReduceOp.SUM,
+                                    [tf.stop_gradient(terms[k]) for k in LOSS_KEYS])
+            return terms, dict(zip(LOSS_KEYS, totals))
+        model.loss_terms = loss_terms
+    ds = tf.data.Dataset.from_tensors((images, targets))
+    history = model.fit(ds, epochs=1, steps_per_epoch=1, verbose=0, shuffle=False)
+    losses = {k: float(v[-1]) for k, v in history.history.items()}
+    return losses, [w.numpy() for w in model.weights], int(model.optimizer.iterations.numpy())
+
+
+def replica(data_dir: str, out: str) -> None:
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
+    import keras
+    import numpy as np
+    from cornernet_tf import training
+    from cornernet_tf.model import build_model
+
+    cfg = tiny_config(data_dir, ["model.sync_batchnorm=true", "train.strategy=mirrored"])
+    images, targets = fixed_batch(cfg)
+    keras.utils.set_random_seed(0)
+    initial = [w.numpy() for w in build_model(cfg.model).weights]
+    mirrored = training.get_strategy("mirrored")
+    assert mirrored.num_replicas_in_sync == 2, mirrored.num_replicas_in_sync
+    default = training.get_strategy("default")
+    result = {}
+    for name, strategy, local in (("default", default, False), ("mirrored", mirrored, False),
+                                  ("control", mirrored, True)):
+        losses, weights, steps = _one_step(cfg, strategy, initial, images, targets, local)
+        result[f"{name}_steps"] = steps
+        for k, v in losses.items():
+            result[f"{name}_loss_{k}"] = v
+        for i, w in enumerate(weights):
+            result[f"{name}_w{i}"] = w
+    for i, w in enumerate(initial):
+        result[f"initial_w{i}"] = w
+    result["num_weights"] = len(initial)
+    # Objects per replica half: the control differs only if the halves differ.
+    half = len(images) // 2
+    result["objects_per_half"] = np.array([targets["mask"][:half].sum(),
+                                           targets["mask"][half:].sum()])
+    np.savez(out, **result)
+
+
+def worker(index: int, ports: str, data_dir: str, model_dir: str, out: str,
+           steps: int) -> None:
+    os.environ["TF_CONFIG"] = json.dumps({
+        "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports.split(",")]},
+        "task": {"type": "worker", "index": index}})
+    import numpy as np
+    from cornernet_tf import training
+    cfg = tiny_config(data_dir, ["train.strategy=multi_worker", f"train.steps={steps}",
+                                 "model.sync_batchnorm=true",
+                                 "train.log_every=2", "train.checkpoint_every=2"])
+    result = training.train(cfg, model_dir, verbose=0)
+    model = result["model"]
+    np.savez(out, *[w.numpy() for w in model.weights], steps=result["steps"],
+             checkpoint=str(result["checkpoint"]))
+
+
+if __name__ == "__main__":
+    mode = sys.argv[1]
+    if mode == "replica":
+        replica(sys.argv[2], sys.argv[3])
+    elif mode == "worker":
+        worker(int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6],
+               int(sys.argv[7]))
+    else:
+        raise SystemExit(f"helpers_train.py: unknown mode {mode!r}; expected replica or worker")
