@@ -33,6 +33,9 @@ def _train(cfg: config_lib.Config) -> None:
     from cornernet_tf import training
     model_dir = resolve_model_dir(FLAGS.config, FLAGS.model_dir)
     result = training.train(cfg, model_dir)
+    if result["stopped_on_nan"]:
+        sys.exit(f"error: training stopped on a non-finite loss at step {result['steps']}; "
+                 f"last good checkpoint {result['checkpoint']}")
     print(f"trained to step {result['steps']}; last checkpoint {result['checkpoint']}; "
           f"config.yaml and labels.json in {model_dir}")
 

@@ -54,6 +54,9 @@ def run_demo(cfg: config_lib.Config, model_dir: str, export_dir: str = "export",
         from cornernet_tf.data.synthetic import ensure_synthetic
         stages.run("1. dataset", ensure_synthetic, cfg.data)
     trained = stages.run("2. train", train, cfg, model_dir)
+    if trained.get("stopped_on_nan"):
+        raise RuntimeError(f"training stopped on a non-finite loss at step {trained['steps']}; "
+                           f"last good checkpoint {trained['checkpoint']}")
 
     def evaluate():
         model = build_model(cfg.model)

@@ -450,7 +450,7 @@ def _train(cfg: config_lib.Config, model_dir: str, strategy: tf.distribute.Strat
     step = int(model.optimizer.iterations.numpy())
     if step >= t.steps:
         print(f"already trained: step {step} >= train.steps {t.steps}", flush=True)
-        return dict(checkpoint=latest, steps=step, history=[],
+        return dict(checkpoint=latest, steps=step, history=[], stopped_on_nan=False,
                     images_per_second=float("nan"), model=model)
     checkpoints = CheckpointCallback(manager, t.checkpoint_every)
     checkpoints.last_saved = latest
@@ -479,4 +479,5 @@ def _train(cfg: config_lib.Config, model_dir: str, strategy: tf.distribute.Strat
     return dict(checkpoint=checkpoints.last_saved,
                 steps=int(model.optimizer.iterations.numpy()), history=progress.history,
                 images_per_second=progress.history[-1].get("images_per_second", float("nan"))
-                if progress.history else float("nan"), model=model)
+                if progress.history else float("nan"), model=model,
+                stopped_on_nan=bool(getattr(model, "_nan_stopped", False)))
