@@ -80,7 +80,8 @@ def run_demo(cfg: config_lib.Config, model_dir: str, export_dir: str = "export",
         saved_model=exported["saved_model"],
         tflite={m: dict(path=v["path"], megabytes=round(v["bytes"] / 1e6, 2),
                         max_score_diff=v["parity"]["max_score_diff"],
-                        min_iou=v["parity"]["min_iou"])
+                        min_iou=v["parity"]["min_iou"], outliers=v["parity"]["outliers"],
+                        compared=v["parity"]["compared"])
                 for m, v in exported["tflite"].items()},
         predictions=predict_dir, predicted_files=len(written),
         stage_seconds={k: round(v, 1) for k, v in stages.seconds.items()},
@@ -102,8 +103,9 @@ def format_summary(s: dict) -> str:
              f"metrics        {s['metrics_file']}",
              f"SavedModel     {s['saved_model']}"]
     for mode, t in s["tflite"].items():
-        lines.append(f"TFLite {mode:<7} {t['path']}  ({t['megabytes']} MB; parity: max score "
-                     f"diff {t['max_score_diff']:.2g}, min IoU {t['min_iou']:.3f})")
+        lines.append(f"TFLite {mode:<7} {t['path']}  ({t['megabytes']} MB; parity: "
+                     f"{t['compared'] - t['outliers']} of {t['compared']} detections within "
+                     f"tolerance, max score diff {t['max_score_diff']:.2g})")
     lines.append(f"predictions    {s['predictions']}/  ({s['predicted_files']} files)")
     lines.append("time           " + ", ".join(f"{k.split('. ')[-1]} {v:.0f}s"
                                                 for k, v in s["stage_seconds"].items())

@@ -65,7 +65,7 @@ def fixed_batch(cfg):
 def _one_step(cfg, strategy, initial, images, targets, local_normalizers=False):
     import tensorflow as tf
     from cornernet_tf import training
-    from cornernet_tf.model import build_model, CornerNet
+    from cornernet_tf.model import build_model
     with strategy.scope():
         model = build_model(cfg.model)
         model.set_weights(initial)

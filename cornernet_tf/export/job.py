@@ -80,6 +80,8 @@ def export_model(cfg, model_dir: str, export_dir: str = "export",
         if verbose:
             print(f"TFLite {mode} written to {out} ({os.path.getsize(out) / 1e6:.2f} MB); parity "
                   f"vs SavedModel on {parity['images']} images: max score difference "
-                  f"{parity['max_score_diff']:.2g}, min matched IoU {parity['min_iou']:.3f} "
-                  f"({parity['compared']} detections compared)", flush=True)
+                  f"{parity['max_score_diff']:.2g}, min matched IoU {parity['min_iou']:.3f}, "
+                  f"{parity['outliers']} of {parity['compared']} detections outside the "
+                  f"{mode} tolerance (allowed fraction "
+                  f"{parity['tolerance']['max_outlier_fraction']})", flush=True)
     return result

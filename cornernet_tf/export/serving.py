@@ -118,19 +118,17 @@ class DetectionFunctions:
     def _decode(self, heads: dict, transforms: tf.Tensor, sizes: tf.Tensor) -> dict:
         """Decode + boxes back to normalised original coordinates (see `detect`)."""
         det = decode(heads, **self.decode_kwargs)
-        boxes = det["boxes"]  # [B, N, 4] xyxy, output-grid units
+        # xyxy -> yxyx with a gather, not slices of the boxes: TFLite's int8 quantizer
+        # re-quantizes a float tensor feeding slices even when the slices are denylisted.
+        boxes = tf.gather(det["boxes"], [1, 0, 3, 2], axis=-1)  # [B, N, 4] output-grid units
         # output grid -> network input pixels (divide by the ratio r = out / in, SPEC.md)
-        ratio_y = self.output_size[0] / self.input_size[0]
-        ratio_x = self.output_size[1] / self.input_size[1]
-        x = (tf.stack([boxes[..., 0], boxes[..., 2]], -1) / ratio_x
-             - transforms[:, None, 3:4]) / transforms[:, None, 1:2]
-        y = (tf.stack([boxes[..., 1], boxes[..., 3]], -1) / ratio_y
-             - transforms[:, None, 2:3]) / transforms[:, None, 0:1]
-        h = sizes[:, None, 0:1]
-        w = sizes[:, None, 1:2]
-        x = tf.clip_by_value(x / w, 0.0, 1.0)  # [B, N, 2] normalised x1, x2
-        y = tf.clip_by_value(y / h, 0.0, 1.0)
-        normalised = tf.stack([y[..., 0], x[..., 0], y[..., 1], x[..., 1]], axis=-1)
+        # -> original pixels (minus offset, divided by scale) -> normalised (divided by size)
+        ratio = tf.constant([self.output_size[0] / self.input_size[0],
+                             self.output_size[1] / self.input_size[1]] * 2, tf.float32)
+        scale = tf.tile(transforms[:, :2], [1, 2])[:, None, :]  # [B, 1, 4] sy, sx, sy, sx
+        offset = tf.tile(transforms[:, 2:], [1, 2])[:, None, :]
+        size = tf.tile(sizes, [1, 2])[:, None, :]
+        normalised = tf.clip_by_value((boxes / ratio - offset) / scale / size, 0.0, 1.0)
         scores = det["scores"]
         n = tf.shape(scores)[1]
         valid = tf.logical_and(tf.range(n)[None, :] < det["num_detections"][:, None],

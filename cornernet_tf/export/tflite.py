@@ -5,6 +5,8 @@ normalised output boxes do not change under a plain resize) and returns the serv
 contract's outputs. It is converted from a SavedModel written with that fixed signature,
 with `supported_ops = [TFLITE_BUILTINS]` only: a graph that needs Flex (select TF) ops fails
 the conversion, because edge runtimes (ai-edge-litert among them) have no Flex delegate.
+Full int8 (`int8`) quantises the network only (convs with BN folded, residual adds, corner
+pooling) and keeps the decode (ops under `serving.DECODE_SCOPE`) in float32 builtins.
 
 After conversion `check_parity` runs the `.tflite` under `ai_edge_litert` and the
 SavedModel on the same images and compares matched detections.
@@ -14,31 +16,34 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from typing import Callable, Iterable, Optional
 
 import numpy as np
 import tensorflow as tf
 
 from cornernet_tf.export.saved_model import write_archive
-from cornernet_tf.export.serving import build_detection_functions
+from cornernet_tf.export.serving import DECODE_SCOPE, build_detection_functions
 
 OUTPUT_KEYS = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
 
-# Parity tolerances per mode: (max |score difference| of matched detections,
-# min IoU of matched boxes). fp32 must agree to float round-off (measured on the tests'
-# tiny model: score difference <= 1.2e-6, IoU >= 0.99999). The quantised values are not
-# yet backed by a model with confident detections. Measured so far, detections scoring
-# >= 0.1 against the SavedModel on 50 quickstart validation images after 1500 training
-# steps (every score ~0.10, near-ties): dynamic_int8 max score difference 0.095
-# (median 0.031) but min IoU 0.0 (near-tied corners reorder); full int8 matched no box
-# (its boxes collapse towards 0: the decode arithmetic after top-k is quantised too),
-# so the int8 gate fails there. On the tests' random tiny model dynamic_int8 reaches score
-# differences of 0.2-0.7.
+# Parity tolerances per mode: (max |score difference| and min IoU of a matched detection,
+# max fraction of compared detections outside either). `check_parity` compares reference
+# detections scoring >= min_score (0.1) + the score tolerance; unmatched ones count as
+# outliers. fp32 agrees to float round-off: on the quickstart model (configs/quickstart.yaml,
+# 2500 steps, AP 0.45), 50 validation images, 1634 detections >= 0.1: score difference
+# <= 3.5e-6, IoU >= 0.99996, no outlier. Quantised modes, same model and images, reference
+# detections >= 0.2 (888): dynamic_int8 median score difference 0.002, median IoU 0.997,
+# 3.8% outside (0.1, 0.7); int8 (network int8, decode float32) median 0.004 / 0.995, 8.7%
+# outside (0.1, 0.7), 6.1% outside (0.15, 0.5) (on detections >= 0.3: 5.4%). The outliers
+# are corners and pairings the quantised heads flip (near-tied peaks, embedding distances
+# near ae_threshold), not box arithmetic; a quantised decode (boxes collapsed to ~0) puts
+# ~100% outside. The fractions leave room for the 4-image check of `--mode=export`.
 TOLERANCES = {
-    "fp32": (1e-4, 0.99),
-    "fp16": (0.02, 0.9),
-    "dynamic_int8": (0.1, 0.7),
-    "int8": (0.2, 0.5),
+    "fp32": (1e-4, 0.99, 0.0),
+    "fp16": (0.02, 0.9, 0.05),
+    "dynamic_int8": (0.1, 0.7, 0.1),
+    "int8": (0.15, 0.5, 0.15),
 }
 
 
@@ -53,7 +58,8 @@ def convert(model, cfg, mode: str, output_path: str,
     Args:
       model: trained CornerNet.
       cfg: resolved Config (input size, decode parameters, export threshold).
-      mode: "fp32" | "fp16" | "dynamic_int8" | "int8".
+      mode: "fp32" | "fp16" | "dynamic_int8" (int8 weights, float activations) | "int8"
+        (int8 network, float32 decode).
       output_path: the `.tflite` file to write.
       representative_images: for "int8", a callable returning an iterable of uint8
         [in_h, in_w, 3] images from the training data (calibration).
@@ -91,11 +97,14 @@ def convert(model, cfg, mode: str, output_path: str,
 
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
             converter.representative_dataset = dataset
-            # int8 kernels where they exist; decode's ops (top-k, NMS, gathers) stay float.
+            # int8 kernels where they exist; the decode stays float (see _quantize_network).
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
                                                    tf.lite.OpsSet.TFLITE_BUILTINS]
         try:
-            flatbuffer = converter.convert()
+            if mode == "int8":
+                flatbuffer = _quantize_network(converter, dataset)
+            else:
+                flatbuffer = converter.convert()
         except Exception as e:  # the converter raises ConverterError and friends
             raise TFLiteExportError(
                 f"TFLite conversion ({mode}) failed; the graph must use TFLite builtin ops only "
@@ -104,6 +113,51 @@ def convert(model, cfg, mode: str, output_path: str,
     with open(output_path, "wb") as f:
         f.write(flatbuffer)
     return output_path
+
+
+# Op types of the decode that the network never uses: kept float by type as well as by name.
+_FLOAT_OP_TYPES = ["TOPK_V2"]
+
+
+def _quantize_network(converter, dataset) -> bytes:
+    """Full-integer conversion of the network only; the decode stays float32.
+
+    The converter alone would also quantise the decode's arithmetic (box mapping,
+    clipping, masks) with calibrated int8 ranges, collapsing the boxes. Here the model is
+    calibrated once, then quantised with every op under the serving graph's
+    `DECODE_SCOPE` (and the signature outputs) denylisted, through the public
+    `tf.lite.experimental.QuantizationDebugger`: convs (BN folded), residual adds and
+    corner pooling run int8, the heads are dequantised, and sigmoid, heatmap NMS, top-k,
+    gathers, pairing, soft-NMS and the box mapping run float32 builtins.
+
+    Args:
+      converter: a TFLiteConverter set up for full-integer quantisation.
+      dataset: the representative dataset (callable returning an iterator of input dicts).
+
+    Returns:
+      the flatbuffer bytes.
+    """
+    from ai_edge_litert.interpreter import Interpreter
+
+    with warnings.catch_warnings():  # it builds a (deprecated) tf.lite.Interpreter inside
+        warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
+        debugger = tf.lite.experimental.QuantizationDebugger(
+            converter=converter, debug_dataset=dataset,
+            debug_options=tf.lite.experimental.QuantizationDebugOptions(
+                denylisted_ops=_FLOAT_OP_TYPES))
+    calibrated = Interpreter(model_content=debugger.calibrated_model)
+    names = {t["index"]: t["name"] for t in calibrated.get_tensor_details()}
+    outputs = {d["index"] for d in calibrated.get_output_details()}
+    denylisted = sorted({names[i] for op in calibrated._get_ops_details() for i in op["outputs"]
+                         if DECODE_SCOPE in names[i] or i in outputs})
+    if not denylisted:
+        raise TFLiteExportError(f"int8: no op named under {DECODE_SCOPE!r} in the converted "
+                                "graph; the decode would be quantised")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
+        debugger.options = tf.lite.experimental.QuantizationDebugOptions(
+            denylisted_ops=_FLOAT_OP_TYPES, denylisted_nodes=denylisted)
+    return debugger.get_nondebug_quantized_model()
 
 
 def op_names(path: str) -> list[str]:
@@ -143,15 +197,21 @@ def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def compare_detections(reference: dict, other: dict, min_score: float = 0.1) -> dict:
-    """Matches `other`'s detections to `reference`'s (same class, best IoU), one image.
+    """Matches `other`'s detections to `reference`'s one to one, one image.
+
+    Reference detections are taken in descending score; each takes the not yet matched
+    detection of `other` with the same class and the highest IoU (all of `other`'s
+    detections are candidates, whatever their score).
 
     Args:
       reference, other: output dicts with batch 1 (the serving contract's keys).
-      min_score: reference detections below are not compared (their order is noise).
+      min_score: reference detections scoring below are not compared.
 
     Returns:
-      dict: "matched" (count), "compared" (reference detections above min_score),
-      "max_score_diff", "min_iou" (1.0 / 0.0 when nothing was compared).
+      dict: "compared" (reference detections at or above min_score), "matched" (of them,
+      with a same-class match of IoU > 0), "score_diffs" [compared] |score difference| with
+      the match (the reference score when unmatched), "ious" [compared] (0 when unmatched),
+      "max_score_diff", "min_iou" (0.0 / 1.0 when nothing was compared).
     """
     def take(d):
         n = int(d["num_detections"][0])
@@ -160,23 +220,33 @@ def compare_detections(reference: dict, other: dict, min_score: float = 0.1) -> 
 
     rb, rs, rc = take(reference)
     ob, os_, oc = take(other)
-    keep = rs >= min_score
-    rb, rs, rc = rb[keep], rs[keep], rc[keep]
-    if len(rs) == 0:
-        return dict(matched=0, compared=0, max_score_diff=0.0, min_iou=1.0)
-    if len(os_) == 0:
-        return dict(matched=0, compared=len(rs), max_score_diff=float(rs.max()), min_iou=0.0)
-    iou = _iou(rb, ob) * (rc[:, None] == oc[None, :])
-    best = iou.argmax(axis=1)
-    ious = iou[np.arange(len(rb)), best]
-    diffs = np.abs(rs - os_[best])
-    return dict(matched=int((ious > 0).sum()), compared=len(rs),
-                max_score_diff=float(diffs.max()), min_iou=float(ious.min()))
+    order = np.argsort(-rs, kind="stable")
+    order = order[rs[order] >= min_score]
+    iou = _iou(rb[order], ob) * (rc[order][:, None] == oc[None, :])  # [compared, M]
+    diffs = rs[order].astype(np.float64)
+    ious = np.zeros(len(order))
+    free = np.ones(len(os_), bool)
+    for i in range(len(order)):
+        candidates = np.where(free, iou[i], -1.0)
+        if len(candidates) and candidates.max() > 0:
+            j = int(candidates.argmax())
+            free[j] = False
+            ious[i] = candidates[j]
+            diffs[i] = abs(float(rs[order[i]]) - float(os_[j]))
+    return dict(compared=len(order), matched=int((ious > 0).sum()), score_diffs=diffs,
+                ious=ious, max_score_diff=float(diffs.max()) if len(order) else 0.0,
+                min_iou=float(ious.min()) if len(order) else 1.0)
 
 
 def check_parity(saved_model_fn: Callable[[np.ndarray], dict], tflite_path: str,
                  images: Iterable[np.ndarray], mode: str, min_score: float = 0.1) -> dict:
     """Runs both models on the images; raises when parity is outside the mode's tolerance.
+
+    Reference detections scoring below `min_score` plus the mode's score tolerance are not
+    compared: whether such a detection clears `min_score` on either side is a coin toss.
+    A compared detection is an outlier when its score differs by more than the tolerance
+    or its matched box has a lower IoU (unmatched: IoU 0); the check fails when more than
+    the mode's outlier fraction of the compared detections are outliers.
 
     Args:
       saved_model_fn: uint8 [1, h, w, 3] -> output dict of numpy arrays (the SavedModel's
@@ -184,29 +254,35 @@ def check_parity(saved_model_fn: Callable[[np.ndarray], dict], tflite_path: str,
       tflite_path: the converted file.
       images: uint8 [h, w, 3] images at the network input size.
       mode: the conversion mode (selects the tolerance).
-      min_score: detections below are not compared.
+      min_score: detections below (plus the score tolerance) are not compared.
 
     Returns:
-      dict: "images", "compared", "max_score_diff", "min_iou", "tolerance".
+      dict: "images", "compared", "outliers", "max_score_diff", "min_iou" (worst over the
+      compared detections), "tolerance" (max_score_diff, min_iou, max_outlier_fraction).
 
     Raises:
       TFLiteExportError: parity is off by more than TOLERANCES[mode].
     """
+    max_diff, min_iou, max_outliers = TOLERANCES[mode]
     detector = TFLiteDetector(tflite_path)
-    worst = dict(images=0, compared=0, max_score_diff=0.0, min_iou=1.0)
+    worst = dict(images=0, compared=0, outliers=0, max_score_diff=0.0, min_iou=1.0)
     for image in images:
         batch = np.asarray(image, np.uint8)[None]
-        result = compare_detections(saved_model_fn(batch), detector(batch), min_score)
+        result = compare_detections(saved_model_fn(batch), detector(batch),
+                                    min_score + max_diff)
         worst["images"] += 1
         worst["compared"] += result["compared"]
+        worst["outliers"] += int(np.sum((result["score_diffs"] > max_diff)
+                                        | (result["ious"] < min_iou)))
         worst["max_score_diff"] = max(worst["max_score_diff"], result["max_score_diff"])
         worst["min_iou"] = min(worst["min_iou"], result["min_iou"])
-    max_diff, min_iou = TOLERANCES[mode]
-    worst["tolerance"] = dict(max_score_diff=max_diff, min_iou=min_iou)
-    if worst["max_score_diff"] > max_diff or worst["min_iou"] < min_iou:
+    worst["tolerance"] = dict(max_score_diff=max_diff, min_iou=min_iou,
+                              max_outlier_fraction=max_outliers)
+    if worst["outliers"] > max_outliers * worst["compared"]:
         raise TFLiteExportError(
-            f"TFLite {mode} parity is off: max score difference {worst['max_score_diff']:.4g} "
-            f"(allowed {max_diff}), min matched-box IoU {worst['min_iou']:.4f} (allowed "
-            f">= {min_iou}) over {worst['compared']} detections on {worst['images']} images "
-            f"({tflite_path})")
+            f"TFLite {mode} parity is off: {worst['outliers']} of {worst['compared']} detections "
+            f"(scoring >= {min_score + max_diff:.3g}, {worst['images']} images) differ in score "
+            f"by more than {max_diff} or have a matched-box IoU below {min_iou} (allowed: "
+            f"{max_outliers:.0%}); worst score difference {worst['max_score_diff']:.4g}, worst "
+            f"IoU {worst['min_iou']:.4f} ({tflite_path})")
     return worst

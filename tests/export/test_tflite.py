@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from cornernet_tf.export import tflite
-from cornernet_tf.export.serving import build_detection_functions
+from cornernet_tf.export.serving import DECODE_SCOPE, build_detection_functions
 from tests.export.test_saved_model import N, noise_image, tiny_config, tiny_model
 
 CHECK_IMAGES = [noise_image(64, 64, seed=s) for s in range(30, 34)]
@@ -45,9 +45,10 @@ def check_builtins_and_contract(path, reference):
 def parity(detector, reference, min_score=0.1):
     results = [tflite.compare_detections(reference(im[None]), detector(im[None]), min_score)
                for im in CHECK_IMAGES]
+    ious = np.concatenate([r["ious"] for r in results])
     return dict(compared=sum(r["compared"] for r in results),
                 max_score_diff=max(r["max_score_diff"] for r in results),
-                min_iou=min(r["min_iou"] for r in results))
+                min_iou=min(r["min_iou"] for r in results), median_iou=float(np.median(ious)))
 
 
 @pytest.mark.slow
@@ -60,7 +61,8 @@ def test_fp32_matches_the_savedmodel_graph(tiny):
     assert result["max_score_diff"] <= 1e-4 and result["min_iou"] >= 0.99, result
     # the library's gate agrees, with the fp32 tolerance
     gate = tflite.check_parity(reference, path, CHECK_IMAGES, "fp32")
-    assert gate["tolerance"] == dict(max_score_diff=1e-4, min_iou=0.99)
+    assert gate["tolerance"] == dict(max_score_diff=1e-4, min_iou=0.99, max_outlier_fraction=0)
+    assert gate["outliers"] == 0 and gate["compared"] >= 40
     # number of detections and label ids equal exactly
     for im in CHECK_IMAGES:
         a, b = reference(im[None]), detector(im[None])
@@ -83,8 +85,17 @@ def test_dynamic_int8(tiny):
     print(f"\ndynamic_int8 parity on the tiny model: {parity(detector, reference)}")
 
 
+def tensor_types(path):
+    """{op output tensor name: (op name, numpy dtype)} of a .tflite file."""
+    from ai_edge_litert.interpreter import Interpreter
+    interpreter = Interpreter(model_path=path)
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    return {tensors[i]["name"]: (op["op_name"], np.dtype(tensors[i]["dtype"]))
+            for op in interpreter._get_ops_details() for i in op["outputs"]}
+
+
 @pytest.mark.slow
-def test_full_int8_converts_and_runs(tiny):
+def test_full_int8_quantizes_the_network_and_keeps_the_decode_float(tiny):
     cfg, model, reference, folder = tiny
     with pytest.raises(ValueError, match="needs representative images"):
         tflite.convert(model, cfg, "int8", str(folder / "none.tflite"))
@@ -92,9 +103,34 @@ def test_full_int8_converts_and_runs(tiny):
                           representative_images=lambda: [noise_image(64, 64, seed=100 + s)
                                                          for s in range(8)])
     detector = check_builtins_and_contract(path, reference)
-    ops = tflite.op_names(path)
-    assert "QUANTIZE" in ops and "DEQUANTIZE" in ops
-    print(f"\nint8 parity on the tiny model: {parity(detector, reference)}")
+    types = tensor_types(path)
+    network = {n: t for n, t in types.items() if DECODE_SCOPE not in n}
+    decode = {n: t for n, t in types.items() if DECODE_SCOPE in n}
+    # the network runs int8: every conv (BN folded) and the corner pooling's maxima
+    convs = [t for op, t in network.values() if op == "CONV_2D"]
+    assert len(convs) > 10 and all(t == np.int8 for t in convs)
+    assert all(t == np.int8 for op, t in network.values() if op == "MAXIMUM")
+    # the decode runs float32: no int8 tensor after the network, and its float ops
+    # (sigmoid, heatmap NMS, top-k values, soft-NMS, box mapping) are float32
+    assert len(decode) > 100
+    assert not [n for n, (op, t) in decode.items() if t in (np.int8, np.uint8)]
+    for op in ("LOGISTIC", "MAX_POOL_2D", "MINIMUM", "MUL"):
+        assert {t for o, t in decode.values() if o == op} == {np.dtype(np.float32)}, op
+    assert np.dtype(np.float32) in {t for o, t in decode.values() if o == "TOPK_V2"}
+    # the int8 network's heads enter the float decode through DEQUANTIZE ops
+    assert sum(op == "DEQUANTIZE" for op, _ in types.values()) >= 6
+    # Boxes keep float precision: where both sides find the same detection, it sits at
+    # the same place (the full-int8 decode collapsed every box towards [0, 0, 0, 0.06]).
+    for image in CHECK_IMAGES:
+        out = detector(image[None])
+        n = int(out["num_detections"][0])
+        boxes = out["detection_boxes"][0, :n]
+        assert n > 3 and np.all(boxes[:, 2:] > boxes[:, :2])  # positive extent
+        # corners fall on the 16x16 grid plus an offset: box sides span > 1/16 on average
+        assert np.median(boxes[:, 2:] - boxes[:, :2]) > 1 / 16
+    result = parity(detector, reference, min_score=0.3)
+    print(f"\nint8 parity on the tiny model: {result}")
+    assert result["compared"] >= 20 and result["median_iou"] > 0.9, result
 
 
 def test_bad_arguments(tiny, tmp_path):
@@ -133,3 +169,50 @@ def test_compare_detections_golden():
     # a class mismatch is no match
     r = tflite.compare_detections(ref, dets([[0, 0, 1, 1]], [0.9], [3]), min_score=0.1)
     assert r["matched"] == 0 and r["min_iou"] == 0.0
+    np.testing.assert_allclose(r["score_diffs"], [0.9, 0.5])  # unmatched: the score itself
+    # one to one, in descending reference score: two reference boxes of one class overlap
+    # the same single box; the higher one takes it (IoU 1), the other is unmatched
+    ref = dets([[0, 0, 0.5, 0.5], [0, 0, 0.5, 0.4]], [0.6, 0.8], [1, 1])
+    r = tflite.compare_detections(ref, dets([[0, 0, 0.5, 0.4]], [0.75], [1]), min_score=0.1)
+    assert r["compared"] == 2 and r["matched"] == 1
+    np.testing.assert_allclose(r["ious"], [1.0, 0.0])
+    np.testing.assert_allclose(r["score_diffs"], [0.05, 0.6], atol=1e-6)
+    # nothing above min_score: nothing compared
+    r = tflite.compare_detections(ref, ref, min_score=0.9)
+    assert r["compared"] == 0 and r["max_score_diff"] == 0.0 and r["min_iou"] == 1.0
+
+
+@pytest.mark.slow
+def test_check_parity_skips_near_threshold_detections_and_counts_outliers(tiny,
+                                                                           monkeypatch):
+    cfg, model, _, folder = tiny
+    path = str(folder / "tiny_fp32.tflite")
+    if not os.path.isfile(path):
+        tflite.convert(model, cfg, "fp32", path)
+    detector = tflite.TFLiteDetector(path)
+    image = CHECK_IMAGES[0]
+    exact = detector(image[None])
+    n = int(exact["num_detections"][0])
+    assert n >= 4
+
+    def with_extra(score):
+        """A reference = the .tflite's own output plus one detection the .tflite lacks."""
+        out = {k: v.copy() for k, v in exact.items()}
+        out["detection_boxes"][0, n] = [0.0, 0.0, 0.01, 0.01]  # overlaps nothing found
+        out["detection_scores"][0, n] = score
+        out["detection_classes"][0, n] = 1
+        out["num_detections"][0] = n + 1
+        return lambda batch: out
+
+    compared = int(np.sum(exact["detection_scores"][0, :n] >= 0.1 + 1e-4))
+    # an extra detection within the score tolerance of min_score is not compared
+    gate = tflite.check_parity(with_extra(0.1 + 0.5e-4), path, [image], "fp32")
+    assert gate["compared"] == compared and gate["outliers"] == 0
+    # above it, it is an unmatched detection: an outlier, and fp32 allows none
+    with pytest.raises(tflite.TFLiteExportError, match=rf"1 of {compared + 1} detections"):
+        tflite.check_parity(with_extra(0.5), path, [image], "fp32")
+    # with an allowed outlier fraction of 1/2, one outlier among >= 2 detections passes
+    monkeypatch.setitem(tflite.TOLERANCES, "fp32", (1e-4, 0.99, 0.5))
+    gate = tflite.check_parity(with_extra(0.5), path, [image], "fp32")
+    assert gate["compared"] == compared + 1 >= 2 and gate["outliers"] == 1
+    assert gate["max_score_diff"] == pytest.approx(0.5) and gate["min_iou"] == 0.0
