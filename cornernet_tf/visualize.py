@@ -28,7 +28,7 @@ def heatmap_overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.6) 
     Returns:
       [H, W, 3] uint8 RGB.
     """
-    heat = np.asarray(heatmap, np.float32)
+    heat = np.nan_to_num(np.asarray(heatmap, np.float32), nan=0.0)  # a diverged model's NaNs
     if heat.ndim == 3:
         heat = heat.max(axis=-1)
     height, width = image.shape[:2]
