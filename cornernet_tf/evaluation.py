@@ -265,7 +265,8 @@ def run_evaluation(model, cfg, output_dir: str, max_images: int = 0, oracle: str
       cfg: resolved Config (data.val_*, decode, evaluate.flip_test).
       output_dir: `detections.json` and `metrics.json` are written here.
       max_images: evaluate the first N images only (0: all).
-      oracle: "none" or an error-analysis mode (see `oracle_heads`; no flip test then).
+      oracle: "none" or an error-analysis mode (see `oracle_heads`; no flip test and no
+        multi-scale then).
       batch_size: images per forward pass.
       verbose: print the COCO table and per-class AP.
 
@@ -280,7 +281,8 @@ def run_evaluation(model, cfg, output_dir: str, max_images: int = 0, oracle: str
     from cornernet_tf.data import pipeline
     from cornernet_tf.data.augment import boxes_to_original
     from cornernet_tf.data.targets import encode_targets
-    from cornernet_tf.decode import decode, decode_kwargs_from_config, decode_with_flip
+    from cornernet_tf.decode import (decode, decode_kwargs_from_config, decode_pairs,
+                                     decode_with_flip, flip_boxes, merge_detections)
 
     start = time.time()
     records, label_map, _ = pipeline.load_split(cfg.data, "val")
@@ -298,12 +300,52 @@ def run_evaluation(model, cfg, output_dir: str, max_images: int = 0, oracle: str
         flipped = model(images[:, :, ::-1], training=False)[-1] if flip else heads
         return heads, flipped
 
+    scales = tuple(cfg.evaluate.scales)
+    multi_scale = scales != (1.0,) and oracle == "none"
+    multiple = 2 ** (len(cfg.model.resolved("channels")) - 1)  # grid cells the hourglass halves
+
+    def scaled_size(n: int, s: float) -> int:
+        """An input size near n * s whose output grid the hourglass can halve."""
+        if s == 1.0:
+            return n
+        stride = cfg.model.stride
+        return max(multiple, int(round(n * s / stride / multiple)) * multiple) * stride
+
+    @tf.function(reduce_retracing=True)
+    def multi_scale_fn(images):
+        # The reference's multi-scale test: pre-NMS pairs of every scale (and flip) mapped to
+        # network-input pixels, pooled, one soft-NMS (decode.merge_detections).
+        in_h, in_w = images.shape[1], images.shape[2]
+        pair_kwargs = {k: kwargs[k] for k in ("k", "ae_threshold", "nms_kernel", "num_pairs")}
+        sets = []
+        for s in scales:
+            size = [scaled_size(in_h, s), scaled_size(in_w, s)]
+            x = images if size == [in_h, in_w] else tf.image.resize(images, size)
+            for flipped in ((False, True) if flip else (False,)):
+                heads = model(x[:, :, ::-1] if flipped else x, training=False)[-1]
+                out_h, out_w = heads["tl_heatmap"].shape[1:3]
+                c = decode_pairs(heads, **pair_kwargs)
+                boxes = flip_boxes(c["boxes"], out_w) if flipped else c["boxes"]
+                to_input = tf.constant([in_w / out_w, in_h / out_h] * 2, tf.float32)
+                sets.append(dict(c, boxes=boxes * to_input))
+        return merge_detections(sets, max_detections=kwargs["max_detections"],
+                                soft_nms_sigma=kwargs["soft_nms_sigma"],
+                                score_threshold=kwargs["score_threshold"])
+
     @tf.function(reduce_retracing=True)
     def decode_fn(heads, flipped):
         return decode_with_flip(heads, flipped, **kwargs) if flip else decode(heads, **kwargs)
 
     results = []
     for images, meta in dataset:
+        in_h, in_w = int(images.shape[1]), int(images.shape[2])
+        if multi_scale:
+            det = multi_scale_fn(images)  # boxes already in network-input pixels
+            boxes = boxes_to_original(det["boxes"], meta["transform"], meta["original_size"])
+            results += detections_to_coco(boxes.numpy(), det["scores"].numpy(),
+                                          det["classes"].numpy(), det["num_detections"].numpy(),
+                                          meta["image_id"].numpy(), label_map.category_ids)
+            continue
         heads, flipped = forward(images)
         in_h, in_w = int(images.shape[1]), int(images.shape[2])
         out_h, out_w = (int(d) for d in heads["tl_heatmap"].shape[1:3])
@@ -335,6 +377,7 @@ def run_evaluation(model, cfg, output_dir: str, max_images: int = 0, oracle: str
     metrics = coco_evaluate(val_annotations, results, max_dets=max(100, cfg.decode.max_detections),
                             image_ids=list(by_id), per_class=True)
     metrics.update(images=len(records), seconds=time.time() - start, oracle=oracle,
+                   scales=list(scales) if multi_scale else [1.0],
                    flip_test=flip)
     with open(os.path.join(output_dir, "metrics.json"), "w", encoding="utf-8") as f:
         json.dump(metrics, f, indent=1)
