@@ -13,9 +13,9 @@ with keras-cv 0.9.0, TF 2.21, float32 unless said):
 
 | function | backed by | why not keras-cv, where not |
 |---|---|---|
-| `convert_format`, `xywh_to_xyxy`, `xyxy_to_xywh`, `xyxy_to_yxyx`, `yxyx_to_xyxy` | `convert_format` | (keras-cv scales -1 rows like boxes: `[-1]*4` xywh -> `[-1, -1, -2, -2]`; the rows are restored here) |
-| `normalized_yxyx_to_xyxy` | keras-cv `convert_format` (`yxyx` order), own scaling | `rel_yxyx` takes one image shape per call (`image_shape` of shape [B, 3] raises "image_shape.shape should be (3)"); a serving batch has one size per image |
-| `xyxy_to_normalized_yxyx` | own (gather + divide) | as above, and in the serving graph keras-cv's `ops.split` reorder breaks full-int8 TFLite: the quantiser made the split's outputs int8 inside the float decode (test_full_int8_... failed: int8 tensors `detection_decode/split...`); a gather stays float |
+| `convert_format`, `xywh_to_xyxy`, `xyxy_to_xywh` | `convert_format` | (keras-cv scales -1 rows like boxes: `[-1]*4` xywh -> `[-1, -1, -2, -2]`; the rows are restored here) |
+| `xyxy_to_yxyx`, `yxyx_to_xyxy` | own (a gather) | keras-cv reorders with `ops.split` + `concatenate` (and `expand_dims` for [N, 4]); in the full-int8 TFLite export the quantiser made those outputs int8 inside the float decode, where the soft-NMS and the serving graph need these permutations (tests/export/test_tflite.py full-int8 test failed with int8 tensors `detection_decode/split...`, `detection_decode/ExpandDims1`); a gather stays float |
+| `xyxy_to_normalized_yxyx`, `normalized_yxyx_to_xyxy` | own | the permutation above, and keras-cv's `rel_yxyx` takes one image shape per call (`image_shape` of shape [B, 3] raises "image_shape.shape should be (3)"); a serving batch has one size per image |
 | `clip_boxes` | own | `clip_to_image` goes through `rel_xyxy` (x / W * W): it moved 218 of 400000 in-range float32 coordinates by 1 ulp at W = 510, which can move a corner to the next output cell; it also needs a classes dict |
 | `flip_horizontal` | own | keras-cv has no box flip outside its random `RandomFlip` layer |
 | `compute_iou` | own | `compute_iou` divides by union + 1e-7: two identical 1-pixel boxes of a 511-pixel image in the serving contract's normalised coordinates score 0.975, below the fp32 TFLite parity floor of 0.99 |
@@ -130,30 +130,32 @@ def xyxy_to_xywh(boxes, dtype=tf.float32) -> tf.Tensor:
 
 @_numpy_in_numpy_out
 def xyxy_to_yxyx(boxes) -> tf.Tensor:
-    """`[x1, y1, x2, y2]` -> `[y1, x1, y2, x2]` (keras-cv; a permutation keeps -1 rows).
+    """`[x1, y1, x2, y2]` -> `[y1, x1, y2, x2]`, a gather (a permutation keeps -1 rows).
+
+    Not keras-cv (measured, module docstring): its `ops.split` / `expand_dims` reorder is
+    quantised to int8 by the full-int8 TFLite converter inside the float decode.
 
     Args:
-      boxes: [N, 4] or [B, N, 4] float.
+      boxes: [..., 4] float.
 
     Returns:
       same shape and dtype.
     """
-    boxes = _as_float(boxes)
-    return bounding_box.convert_format(boxes, source="xyxy", target="yxyx", dtype=boxes.dtype)
+    return tf.gather(_as_float(boxes), [1, 0, 3, 2], axis=-1)
 
 
 @_numpy_in_numpy_out
 def yxyx_to_xyxy(boxes) -> tf.Tensor:
-    """`[y1, x1, y2, x2]` -> `[x1, y1, x2, y2]` (keras-cv; a permutation keeps -1 rows).
+    """`[y1, x1, y2, x2]` -> `[x1, y1, x2, y2]` (the same gather: the permutation is its own
+    inverse).
 
     Args:
-      boxes: [N, 4] or [B, N, 4] float.
+      boxes: [..., 4] float.
 
     Returns:
       same shape and dtype.
     """
-    boxes = _as_float(boxes)
-    return bounding_box.convert_format(boxes, source="yxyx", target="xyxy", dtype=boxes.dtype)
+    return tf.gather(_as_float(boxes), [1, 0, 3, 2], axis=-1)
 
 
 def _size4(boxes: tf.Tensor, height, width) -> tf.Tensor:
@@ -169,8 +171,7 @@ def xyxy_to_normalized_yxyx(boxes, height, width) -> tf.Tensor:
     """Pixels `[x1, y1, x2, y2]` -> `[ymin, xmin, ymax, xmax]` in [0, 1] (TF OD API order).
 
     Not keras-cv (measured, module docstring): its `rel_yxyx` takes one image shape per
-    call, and its reorder (`ops.split`) gets quantised to int8 by the full-int8 TFLite
-    converter even inside the float decode. The reorder is a gather, which stays float.
+    call, and its reorder is quantised to int8 by the full-int8 TFLite converter.
 
     Args:
       boxes: [..., N, 4] float32 pixels of images of size height x width.
@@ -181,7 +182,7 @@ def xyxy_to_normalized_yxyx(boxes, height, width) -> tf.Tensor:
       [..., N, 4] float32 (not clipped); padding rows stay -1.
     """
     boxes = _as_float(boxes, tf.float32)
-    out = tf.gather(boxes, [1, 0, 3, 2], axis=-1) / _size4(boxes, height, width)
+    out = xyxy_to_yxyx(boxes) / _size4(boxes, height, width)
     return tf.where(is_padding(boxes), tf.constant(PAD_VALUE), out)
 
 
