@@ -35,6 +35,7 @@ from typing import Mapping, Sequence
 
 import tensorflow as tf
 
+from cornernet_tf import boxes as box_lib
 from cornernet_tf.model import (BR_EMBEDDING, BR_HEATMAP, BR_OFFSET, HEAD_KEYS, TL_EMBEDDING,
                                 TL_HEATMAP, TL_OFFSET)
 
@@ -223,10 +224,9 @@ def _soft_nms_one(boxes, scores, classes, max_detections, soft_nms_sigma, score_
     tile_x = tf.cast(safe_classes % cols, tf.float32) * pitch - lo
     tile_y = tf.cast(safe_classes // cols, tf.float32) * pitch - lo
     # TF's NMS takes [y1, x1, y2, x2]. [P, 4]
-    shifted = tf.stack([boxes[:, 1] + tile_y, boxes[:, 0] + tile_x,
-                        boxes[:, 3] + tile_y, boxes[:, 2] + tile_x], axis=-1)
-    area = (shifted[:, 2] - shifted[:, 0]) * (shifted[:, 3] - shifted[:, 1])
-    present = tf.logical_and(tf.logical_and(classes >= 0, area > 0.0),
+    shifted = box_lib.xyxy_to_yxyx(boxes + tf.stack([tile_x, tile_y, tile_x, tile_y], -1))
+    # Positive extent after the shift (a tiny box can collapse to zero width there).
+    present = tf.logical_and(tf.logical_and(classes >= 0, box_lib.valid_mask(shifted)),
                              scores > score_threshold)
     scores = tf.where(present, scores, tf.zeros_like(scores))
     index, kept_scores, count = tf.raw_ops.NonMaxSuppressionV5(
@@ -245,17 +245,17 @@ def _soft_nms_one(boxes, scores, classes, max_detections, soft_nms_sigma, score_
 def flip_boxes(boxes: tf.Tensor, width) -> tf.Tensor:
     """Mirrors xyxy boxes horizontally: x -> width - x (x1 and x2 swap roles).
 
+    `boxes.flip_horizontal` in edge coordinates; kept under this name for its callers.
+
     Args:
       boxes: [..., 4] float32 xyxy in a frame of the given width (e.g. output-grid units
         with width = w of the heads, as the reference's `out_width - x`).
       width: scalar, the frame's width.
 
     Returns:
-      [..., 4] float32 boxes in the mirrored frame.
+      [..., 4] float32 boxes in the mirrored frame (rows of -1 padding stay -1).
     """
-    width = tf.cast(width, boxes.dtype)
-    return tf.stack([width - boxes[..., 2], boxes[..., 1], width - boxes[..., 0],
-                     boxes[..., 3]], axis=-1)
+    return box_lib.flip_horizontal(boxes, width)
 
 
 def decode_with_flip(outputs: Mapping[str, tf.Tensor],
@@ -289,7 +289,7 @@ def decode_with_flip(outputs: Mapping[str, tf.Tensor],
     kwargs = dict(k=k, ae_threshold=ae_threshold, nms_kernel=nms_kernel, num_pairs=num_pairs)
     plain = decode_pairs(outputs, **kwargs)
     mirrored = decode_pairs(flipped_outputs, **kwargs)
-    mirrored[BOXES] = flip_boxes(mirrored[BOXES], outputs[TL_HEATMAP].shape[2])
+    mirrored[BOXES] = box_lib.flip_horizontal(mirrored[BOXES], outputs[TL_HEATMAP].shape[2])
     return merge_detections([plain, mirrored], max_detections=max_detections,
                             soft_nms_sigma=soft_nms_sigma, score_threshold=score_threshold)
 
