@@ -36,6 +36,8 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import tensorflow as tf
 
+from cornernet_tf import boxes as box_lib
+
 SizeLike = Union[int, Sequence[int]]
 
 EVAL_MODES = ("resize_pad", "pad127")
@@ -124,8 +126,7 @@ def train_augment(image: tf.Tensor, boxes: tf.Tensor, classes: tf.Tensor, input_
         seed = tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int32)
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), _NUM_STREAMS)
 
-    x1, y1, x2, y2 = tf.unstack(boxes, 4, axis=1)
-    valid = (classes >= 0) & (x2 > x1) & (y2 > y1)  # [N]
+    valid = (classes >= 0) & box_lib.valid_mask(boxes)  # [N]
     shape = tf.shape(image)
     height, width = shape[0], shape[1]
 
@@ -138,15 +139,15 @@ def train_augment(image: tf.Tensor, boxes: tf.Tensor, classes: tf.Tensor, input_
     shift = tf.cast(tf.stack([shift_x, shift_y, shift_x, shift_y]), tf.float32)
     factor = tf.stack([scale_x, scale_y, scale_x, scale_y])
     boxes = (boxes + shift) * factor  # [N, 4] network-input pixels
-    limit = tf.constant([in_w - 1.0, in_h - 1.0, in_w - 1.0, in_h - 1.0])
-    boxes = tf.clip_by_value(boxes, 0.0, limit)
-    valid &= (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    boxes = box_lib.clip_boxes(boxes, in_h - 1, in_w - 1)  # pixel indices
+    valid &= box_lib.valid_mask(boxes)
     boxes = tf.where(valid[:, None], boxes, -1.0)
 
     if flip:
         do_flip = tf.random.stateless_uniform([], seeds[3]) < 0.5
         image = tf.where(do_flip, tf.reverse(image, axis=[1]), image)
-        boxes = tf.where(do_flip, flip_boxes(boxes, in_w), boxes)
+        # pixel indices: x -> (w - 1) - x; every row is a valid box or -1 padding here
+        boxes = tf.where(do_flip, box_lib.flip_horizontal(boxes, in_w - 1), boxes)
 
     if color_jitter > 0 or lighting_std > 0:
         unit = image / 255.0
