@@ -29,6 +29,8 @@ from typing import Any, Optional, Sequence
 import numpy as np
 from absl import logging
 
+from cornernet_tf import boxes as box_lib
+
 # Problem kinds. Those in `_KEPT_KINDS` keep the object (repaired); all others drop the
 # image or the annotation they name.
 MISSING_FILE = "missing_file"
@@ -364,7 +366,8 @@ def _read_annotations(entries: list, images: dict, label_map: LabelMap,
     """{image_id: [(box xyxy, class)]} of the usable annotations; problems reported."""
     per_image: dict = collections.defaultdict(list)
     seen_ids: set = set()
-    for ann in entries:
+    xyxy, clipped = _convert_boxes(entries, images)  # [A, 4] each, row k for entries[k]
+    for k, ann in enumerate(entries):
         if not isinstance(ann, dict):
             report.add(BAD_BOX, f"annotation is not an object: {ann!r}"[:200])
             continue
@@ -391,18 +394,54 @@ def _read_annotations(entries: list, images: dict, label_map: LabelMap,
             report.add(UNKNOWN_CATEGORY, f"category_id {category_id!r} is not in 'categories' "
                        f"({list(label_map.category_ids)}); annotation dropped", image_id, ann_id)
             continue
-        box = _valid_box(ann.get("bbox"), images[image_id], image_id, ann_id, report)
+        box = _valid_box(ann.get("bbox"), xyxy[k], clipped[k], images[image_id], image_id,
+                         ann_id, report)
         if box is not None:
             per_image[image_id].append((box, label_map.to_class(category_id)))
     return per_image
 
 
-def _valid_box(bbox: Any, image: tuple, image_id: Any, ann_id: Any,
-               report: DatasetReport) -> Optional[list]:
-    """COCO [x, y, w, h] -> clipped [x1, y1, x2, y2], or None (reported) when unusable."""
+def _four_numbers(bbox: Any) -> bool:
+    return isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox)
+
+
+def _convert_boxes(entries: list, images: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Every annotation's bbox as xyxy, and clipped to its image, in one call each.
+
+    Args:
+      entries: the json's annotations.
+      images: {image_id: (path, width, height) or None} from `_read_images`.
+
+    Returns:
+      (xyxy, clipped): [A, 4] float64 (the json's numbers, exactly), row k for entries[k];
+      rows without a 4-number bbox or a kept image are NaN or unclipped and never read.
+    """
+    xywh = np.full((len(entries), 4), np.nan)
+    size = np.full((len(entries), 2), np.nan)  # (height, width) of the annotation's image
+    for k, ann in enumerate(entries):
+        if not isinstance(ann, dict):
+            continue
+        if _four_numbers(ann.get("bbox")):
+            xywh[k] = [float(v) for v in ann["bbox"]]
+        image_id = ann.get("image_id")
+        if not isinstance(image_id, (list, dict)) and images.get(image_id) is not None:
+            size[k] = images[image_id][2], images[image_id][1]
+    xyxy = box_lib.xywh_to_xyxy(xywh, dtype=np.float64)
+    return xyxy, box_lib.clip_boxes(xyxy, size[:, 0], size[:, 1])
+
+
+def _valid_box(bbox: Any, xyxy: np.ndarray, clipped: np.ndarray, image: tuple,
+               image_id: Any, ann_id: Any, report: DatasetReport) -> Optional[list]:
+    """The clipped [x1, y1, x2, y2] of a COCO [x, y, w, h], or None (reported) when unusable.
+
+    Args:
+      bbox: the annotation's "bbox" as found.
+      xyxy, clipped: [4] float64, its conversion and clipped conversion (`_convert_boxes`).
+      image: (path, width, height) of its image.
+    """
     _, width, height = image
-    if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox)):
+    if not _four_numbers(bbox):
         report.add(BAD_BOX, f"bbox must be 4 numbers [x, y, w, h], found {bbox!r}; "
                    "annotation dropped", image_id, ann_id)
         return None
@@ -411,9 +450,8 @@ def _valid_box(bbox: Any, image: tuple, image_id: Any, ann_id: Any,
         report.add(BAD_BOX, f"bbox {list(bbox)} has a non-finite value or a non-positive "
                    "size; annotation dropped", image_id, ann_id)
         return None
-    box = [x, y, x + w, y + h]
-    clipped = [min(max(box[0], 0.0), width), min(max(box[1], 0.0), height),
-               min(max(box[2], 0.0), width), min(max(box[3], 0.0), height)]
+    box = [float(v) for v in xyxy]
+    clipped = [float(v) for v in clipped]
     if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
         report.add(BOX_OUTSIDE_IMAGE, f"bbox {list(bbox)} lies outside the {width}x{height} "
                    "image; annotation dropped", image_id, ann_id)
