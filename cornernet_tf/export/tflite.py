@@ -22,6 +22,7 @@ from typing import Callable, Iterable, Optional
 import numpy as np
 import tensorflow as tf
 
+from cornernet_tf import boxes as box_lib
 from cornernet_tf.export.saved_model import write_archive
 from cornernet_tf.export.serving import DECODE_SCOPE, build_detection_functions
 
@@ -186,16 +187,6 @@ class TFLiteDetector:
         return {k: np.asarray(out[k]) for k in OUTPUT_KEYS}
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of [N,4] vs [M,4] boxes in any (min, min, max, max) order -> [N, M]."""
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=-1)
-    area_a = np.prod(a[:, 2:] - a[:, :2], axis=-1)
-    area_b = np.prod(b[:, 2:] - b[:, :2], axis=-1)
-    return inter / np.maximum(area_a[:, None] + area_b[None] - inter, 1e-12)
-
-
 def compare_detections(reference: dict, other: dict, min_score: float = 0.1) -> dict:
     """Matches `other`'s detections to `reference`'s one to one, one image.
 
@@ -222,7 +213,8 @@ def compare_detections(reference: dict, other: dict, min_score: float = 0.1) -> 
     ob, os_, oc = take(other)
     order = np.argsort(-rs, kind="stable")
     order = order[rs[order] >= min_score]
-    iou = _iou(rb[order], ob) * (rc[order][:, None] == oc[None, :])  # [compared, M]
+    # normalised yxyx both sides; [compared, M]
+    iou = box_lib.compute_iou(rb[order], ob) * (rc[order][:, None] == oc[None, :])
     diffs = rs[order].astype(np.float64)
     ious = np.zeros(len(order))
     free = np.ones(len(os_), bool)
