@@ -1,4 +1,8 @@
-"""Shared pytest set-up: quiet TensorFlow logs, a fixed seed, and the `slow` marker."""
+"""Shared pytest set-up: quiet TensorFlow logs and CPU only, set before any test imports it.
+
+Helpers that several test modules share live in the `tests.support` package (not here as
+fixtures: they are plain functions called with arguments, some at import time).
+"""
 
 import os
 

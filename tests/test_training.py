@@ -2,7 +2,7 @@
 
 Tiny network (hourglass52 family, 64x64 input, channels [16, 16, 24]) on a 16-image
 synthetic dataset. Tests that need the TF runtime configured before it starts (logical
-CPUs, TF_CONFIG) or a process to kill run tests/helpers_train.py or main.py in a
+CPUs, TF_CONFIG) or a process to kill run tests/support/train_worker.py or main.py in a
 subprocess.
 """
 
@@ -26,10 +26,10 @@ from cornernet_tf import training
 from cornernet_tf.data.synthetic import generate_shapes_dataset
 from cornernet_tf.losses import cornernet_loss, pull_push_loss
 from cornernet_tf.model import build_model
-from tests.helpers_train import fixed_batch, tiny_overrides
+from tests.support.training import fixed_batch, tiny_overrides
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HELPER = os.path.join(REPO, "tests", "helpers_train.py")
+HELPER = os.path.join(REPO, "tests", "support", "train_worker.py")
 
 
 @pytest.fixture(scope="module")

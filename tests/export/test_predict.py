@@ -10,7 +10,7 @@ from PIL import Image
 
 from cornernet_tf.export import predict as predict_lib
 from cornernet_tf.export import saved_model, tflite
-from tests.export.test_saved_model import label_map, noise_image, tiny_config, tiny_model
+from tests.support.export_models import label_map, noise_image, tiny_config, tiny_model
 
 pytestmark = pytest.mark.slow  # the fixture exports and converts to TFLite (~20-45 s)
 

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from cornernet_tf.export.serving import DetectionFunctions, decode_kwargs_from_config
-from tests.export.test_saved_model import tiny_config
+from tests.support.export_models import tiny_config
 
 IN = (64, 64)
 OUT = (16, 16)

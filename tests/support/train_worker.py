@@ -1,12 +1,12 @@
 """Subprocess entry points for tests/test_training.py (TF runtime set-up must come first).
 
-    python tests/helpers_train.py replica DATA_DIR OUT.npz
+    python tests/support/train_worker.py replica DATA_DIR OUT.npz
         Splits the CPU into two logical devices, then runs one training step on one fixed
         global batch with the default strategy and with MirroredStrategy over the two
         logical CPUs (same initial weights, same Adam), plus a control mirrored step whose
         replicas normalise their losses with local counts. Saves losses and weights.
 
-    python tests/helpers_train.py worker INDEX PORT0,PORT1 DATA_DIR MODEL_DIR OUT.npz
+    python tests/support/train_worker.py worker INDEX PORT0,PORT1 DATA_DIR MODEL_DIR OUT.npz
         One MultiWorkerMirroredStrategy worker (TF_CONFIG built here, sync BN) running
         `training.train` on the tiny config; saves the final weights and the step.
 """
@@ -19,47 +19,9 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-
-def tiny_overrides(data_dir: str) -> list[str]:
-    """--set style overrides: a tiny network and a 16-image synthetic dataset in data_dir."""
-    return [
-        "model.backbone=hourglass52", "model.num_classes=4", "model.input_size=[64, 64]",
-        "model.stacks=1", "model.stem_channels=16", "model.channels=[16, 16, 24]",
-        "model.blocks=[1, 1, 1]", "model.head_channels=16", "model.pool_channels=8",
-        "data.dataset=synthetic", f"data.synthetic.output_dir={data_dir}",
-        f"data.train_annotations={data_dir}/annotations/instances_train.json",
-        f"data.train_images={data_dir}/train",
-        f"data.val_annotations={data_dir}/annotations/instances_val.json",
-        f"data.val_images={data_dir}/val",
-        "data.synthetic.num_train=16", "data.synthetic.num_val=4",
-        "data.synthetic.image_size=[64, 64]", "data.synthetic.max_objects=4",
-        "data.max_objects=8", "data.deterministic=true", "data.augment.crop_border=16",
-        "train.batch_size=4", "train.learning_rate=1e-3", "train.schedule=constant",
-    ]
-
-
-def tiny_config(data_dir: str, extra=()):
-    from cornernet_tf import config as config_lib
-    return config_lib.load_config(None, overrides=tiny_overrides(data_dir) + list(extra))
-
-
-def fixed_batch(cfg):
-    """The first global batch of the deterministic training pipeline, as numpy.
-
-    Images are sorted by object count (most first).
-    """
-    import numpy as np
-    from cornernet_tf.data import pipeline
-    ds = pipeline.build_dataset(cfg.data, cfg.model, "train", training=True,
-                                batch_size=cfg.train.batch_size)
-    images, targets = next(iter(ds))
-    images, targets = images.numpy(), {k: v.numpy() for k, v in targets.items()}
-    # Most objects first: the two replicas' halves then hold different object counts, so
-    # local and global normalisers differ.
-    order = np.argsort(-targets["mask"].sum(axis=1), kind="stable")
-    return images[order], {k: v[order] for k, v in targets.items()}
+from tests.support.training import fixed_batch, tiny_config  # noqa: E402
 
 
 def _one_step(cfg, strategy, initial, images, targets, local_normalizers=False):
@@ -147,4 +109,4 @@ if __name__ == "__main__":
         worker(int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6],
                int(sys.argv[7]))
     else:
-        raise SystemExit(f"helpers_train.py: unknown mode {mode!r}; expected replica or worker")
+        raise SystemExit(f"train_worker.py: unknown mode {mode!r}; expected replica or worker")

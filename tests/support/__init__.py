@@ -1,0 +1,6 @@
+"""Helpers shared by several test modules; not tests themselves (pytest collects none here).
+
+    tests.support.export_models  tiny export config and model, label map, noise images
+    tests.support.training       tiny training config overrides and the first fixed batch
+    tests.support.train_worker   subprocess entry points for tests/test_training.py
+"""
