@@ -80,9 +80,24 @@ def test_dynamic_int8(tiny):
     assert os.path.getsize(path) < 0.6 * fp32_bytes
     ops = tflite.op_names(path)
     assert "QUANTIZE" not in ops  # hybrid kernels: float activations, int8 weights
-    # Parity is reported, not asserted: on this random model (peaks rescaled from logits of
-    # std ~0.01) weight quantisation reorders the near-tied corners; see TOLERANCES.
-    print(f"\ndynamic_int8 parity on the tiny model: {parity(detector, reference)}")
+    # Parity against the documented per-detection tolerance (TOLERANCES["dynamic_int8"]:
+    # score within 0.1, matched IoU >= 0.7). The typical detection is far inside it (the
+    # trained quickstart model: median score difference 0.002, median IoU 0.997; this tiny
+    # model, measured: 0.004 and 0.99997). The share of detections outside it is bounded
+    # at 20%, not the gate's 10%: this random model's heatmap peaks are near-tied, so weight
+    # quantisation reorders some corners and pairs (measured: 7 of 63 outside on these
+    # images, 11%; 3.8% on the trained model). A quantised decode (boxes collapse), a
+    # wrong dequantisation scale or swapped outputs put most detections outside.
+    max_diff, min_iou, _ = tflite.TOLERANCES["dynamic_int8"]
+    min_score = 0.1 + max_diff  # what check_parity compares
+    results = [tflite.compare_detections(reference(im[None]), detector(im[None]), min_score)
+               for im in CHECK_IMAGES]
+    diffs = np.concatenate([r["score_diffs"] for r in results])
+    ious = np.concatenate([r["ious"] for r in results])
+    assert len(diffs) >= 40, len(diffs)
+    assert np.median(diffs) <= 0.01 and np.median(ious) >= 0.99, (diffs, ious)
+    outside = np.mean((diffs > max_diff) | (ious < min_iou))
+    assert outside <= 0.2, (outside, diffs, ious)
 
 
 def tensor_types(path):
