@@ -182,10 +182,31 @@ def test_decode_grayscale_rgba_16bit(tmp_path):
                                    atol=1, err_msg=name)
 
 
-def test_measure_throughput(tmp_path):
+class _FakeClock:
+    """`time.perf_counter` stand-in: returns the given readings in order."""
+
+    def __init__(self, *readings):
+        self.readings = list(readings)
+
+    def perf_counter(self):
+        return self.readings.pop(0)
+
+
+def test_measure_throughput_counts_the_images_it_timed(tmp_path, monkeypatch):
+    # 10 elements in batches of 4: 4, 4, 2. One warm-up batch (4 images, not counted),
+    # then 2 timed batches of 4 + 2 = 6 images over a clock that reads 100 s then 103 s:
+    # 6 / 3 = 2 images per second. Counting nominal batch sizes (8), the warm-up (10) or
+    # batches not timed would give another number.
+    ds = tf.data.Dataset.range(10).batch(4).map(
+        lambda b: (tf.zeros([tf.shape(b)[0], 2, 2, 3]), b))
+    monkeypatch.setattr(pipeline, "time", _FakeClock(100.0, 103.0))
+    assert pipeline.measure_throughput(ds, num_batches=2, warmup=1) == 2.0
+    # the real training pipeline (2 images, batch 2, repeated): 2 timed batches of 2 images
+    # over 0.5 s = 8 images per second
     cfg = _config(*_dataset(tmp_path, num_images=2))
     ds = pipeline.build_dataset(cfg.data, cfg.model, "train", training=True, batch_size=2)
-    assert pipeline.measure_throughput(ds, num_batches=2, warmup=1) > 0
+    monkeypatch.setattr(pipeline, "time", _FakeClock(7.0, 7.5))
+    assert pipeline.measure_throughput(ds, num_batches=2, warmup=1) == 8.0
 
 
 def test_bad_arguments(tmp_path):
