@@ -142,11 +142,38 @@ def test_weights_round_trip(model, tmp_path):
     assert_same_outputs(other(x), model(x))
 
 
-def test_corner_pooling_off_builds_and_differs(model):
+def reverse_cummax(x, axis):
+    """max over i' >= i along `axis` (SPEC.md: the top and left pools), in numpy."""
+    return np.flip(np.maximum.accumulate(np.flip(x, axis), axis=axis), axis)
+
+
+def test_corner_pooling_off_is_the_module_with_identity_pooling(model):
     plain = build_model(tiny_config(corner_pooling=False))
     assert plain.get_config()["corner_pooling"] is False
-    plain.set_weights(model.get_weights())  # pooling has no weights: same variables
     x = images(seed=3)
+    model(x)
+    plain(x)
+    plain.set_weights(model.get_weights())  # pooling has no weights: same variables
+    # Each module, written out from SPEC.md with the pooled model's own sublayers:
+    #   out = out_conv(relu(p_conv(s) + skip_conv(f))), s = p1 + p2 without pooling and
+    #   s = top(p1) + left(p2) (reverse cumulative maxima, numpy) with it.
+    m, p = model.tl_modules[0], plain.tl_modules[0]
+    channels = m.p1_conv.conv.kernel.shape[2]
+    f = tf.constant(np.random.RandomState(4).normal(size=(2, 16, 16, channels)), tf.float32)
+    p1 = m.p1_conv(f, training=False).numpy()
+    p2 = m.p2_conv(f, training=False).numpy()
+
+    def module(s):
+        h = tf.nn.relu(m.p_conv(tf.constant(s), training=False)
+                       + m.skip_conv(f, training=False))
+        return m.out_conv(h, training=False).numpy()
+
+    identity = module(p1 + p2)
+    pooled = module(reverse_cummax(p1, 1) + reverse_cummax(p2, 2))
+    np.testing.assert_allclose(p(f, training=False).numpy(), identity, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(m(f, training=False).numpy(), pooled, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(identity, pooled, rtol=1e-3, atol=1e-3)
+    # and the whole network uses the module: its heatmaps differ with the pooling off
     a = keras.ops.convert_to_numpy(plain(x)[0][TL_HEATMAP])
     b = keras.ops.convert_to_numpy(model(x)[0][TL_HEATMAP])
     assert a.shape == b.shape and not np.allclose(a, b)
