@@ -17,7 +17,7 @@ from absl import app, flags  # noqa: E402
 
 from cornernet_tf import config as config_lib  # noqa: E402
 
-DEFAULT_CONFIG = os.path.join("configs", "quickstart.yaml")
+DEFAULT_CONFIG = "quickstart"  # a bundled config: works from any folder, installed or not
 
 
 class Mode(NamedTuple):
@@ -114,7 +114,8 @@ def _define_flags() -> None:
         return
     mode_help = "; ".join(f"{name}: {m.help}" for name, m in MODES.items())
     flags.DEFINE_enum("mode", DEFAULT_MODE, list(MODES), f"What to run. {mode_help}.")
-    flags.DEFINE_string("config", DEFAULT_CONFIG, "YAML experiment file (see configs/).")
+    flags.DEFINE_string("config", DEFAULT_CONFIG, "YAML experiment file, or the name of a bundled "
+                      "config (quickstart, hourglass104_coco, squeeze_coco).")
     flags.DEFINE_multi_string("set", [], "Config override key=value, repeatable, e.g. "
                               "--set train.steps=200 --set model.num_classes=3.")
     flags.DEFINE_string("model_dir", None, "Where checkpoints, logs, labels.json and the resolved "

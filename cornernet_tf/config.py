@@ -235,8 +235,7 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Co
     """
     raw: dict = {}
     if path is not None:
-        if not os.path.isfile(path):
-            raise ConfigError(f"config file not found: {path!r}")
+        path = resolve_config_path(path)
         with open(path, "r", encoding="utf-8") as f:
             try:
                 raw = yaml.safe_load(f) or {}
@@ -247,6 +246,46 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Co
                               f"found {type(raw).__name__}")
     raw = _apply_overrides(raw, overrides, source="--set")
     return from_dict(raw, source=path or "<defaults>")
+
+
+def bundled_configs_dir() -> str:
+    """The folder of the configs that ship with the package.
+
+    An installed wheel carries them as `cornernet_tf/configs/` (setup.cfg maps the
+    repository's top-level `configs/` there); a source checkout or editable install reads
+    the top-level folder itself.
+    """
+    package = os.path.dirname(os.path.abspath(__file__))
+    inside = os.path.join(package, "configs")
+    return inside if os.path.isdir(inside) else os.path.join(os.path.dirname(package), "configs")
+
+
+def bundled_config_names() -> list[str]:
+    """Names usable as `--config=NAME` (the bundled YAML files without `.yaml`)."""
+    folder = bundled_configs_dir()
+    if not os.path.isdir(folder):
+        return []
+    return sorted(f[:-len(".yaml")] for f in os.listdir(folder) if f.endswith(".yaml"))
+
+
+def resolve_config_path(name_or_path: str) -> str:
+    """A config file path from a path, or from the name of a bundled config.
+
+    An existing file wins; otherwise a bare name (`quickstart`, `squeeze_coco.yaml`) or a
+    path under `configs/` (`configs/quickstart.yaml`, as the README writes it) means the
+    bundled config of that name, so the same commands work from any folder.
+
+    Raises:
+      ConfigError: neither a file nor a bundled name; the message lists the bundled names.
+    """
+    if os.path.isfile(name_or_path):
+        return name_or_path
+    head, tail = os.path.split(os.path.normpath(name_or_path))
+    stem = tail[:-len(".yaml")] if tail.endswith(".yaml") else tail
+    if head in ("", "configs") and stem in bundled_config_names():
+        return os.path.join(bundled_configs_dir(), stem + ".yaml")
+    raise ConfigError(f"config file not found: {name_or_path!r} (relative to "
+                      f"{os.getcwd()}); bundled configs: {', '.join(bundled_config_names())}")
 
 
 def from_dict(raw: dict, source: str = "<dict>") -> Config:

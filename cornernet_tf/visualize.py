@@ -59,19 +59,39 @@ def draw_detections(image: np.ndarray, boxes: np.ndarray, classes: np.ndarray,
     Returns:
       [H, W, 3] uint8 RGB with the boxes drawn.
     """
+    keep = [i for i, score in enumerate(np.asarray(scores)) if score >= min_score]
+    labels, colours = [], []
+    for i in keep:
+        cls = int(np.asarray(classes)[i])
+        name = names[cls] if names is not None and 0 <= cls < len(names) else str(cls)
+        labels.append(f"{name} {float(np.asarray(scores)[i]):.2f}")
+        colours.append(PALETTE[cls % len(PALETTE)])
+    return draw_boxes(image, np.asarray(boxes).reshape(-1, 4)[keep], labels, colours)
+
+
+def draw_boxes(image: np.ndarray, boxes: np.ndarray, labels: Sequence[str],
+               colours) -> np.ndarray:
+    """Draws labelled rectangles.
+
+    Args:
+      image: [H, W, 3] uint8 RGB.
+      boxes: [N, 4] float xyxy in pixels of `image`.
+      labels: [N] text drawn above each box.
+      colours: one (r, g, b) for every box, or [N] of them.
+
+    Returns:
+      [H, W, 3] uint8 RGB with the boxes drawn.
+    """
     picture = Image.fromarray(np.asarray(image, np.uint8))
     draw = ImageDraw.Draw(picture)
-    for box, cls, score in zip(np.asarray(boxes), np.asarray(classes), np.asarray(scores)):
-        if score < min_score:
-            continue
-        colour = PALETTE[int(cls) % len(PALETTE)]
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    if len(colours) == 3 and np.isscalar(colours[0]):
+        colours = [tuple(colours)] * len(boxes)
+    for box, label, colour in zip(boxes, labels, colours):
         x1, y1, x2, y2 = [float(v) for v in box]
-        draw.rectangle([x1, y1, x2, y2], outline=colour, width=2)
-        name = names[int(cls)] if names is not None and 0 <= int(cls) < len(names) else str(int(cls))
-        label = f"{name} {score:.2f}"
+        draw.rectangle([x1, y1, x2, y2], outline=tuple(colour), width=2)
         tx, ty = x1, max(0.0, y1 - 11)
-        bbox = draw.textbbox((tx, ty), label)
-        draw.rectangle(bbox, fill=colour)
+        draw.rectangle(draw.textbbox((tx, ty), label), fill=tuple(colour))
         draw.text((tx, ty), label, fill=(0, 0, 0))
     return np.asarray(picture)
 
