@@ -22,8 +22,10 @@ from typing import Any, Iterable, Optional, Sequence
 
 import yaml
 
+from cornernet_tf.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A configuration key, value or combination is invalid; the message says which and why."""
 
 

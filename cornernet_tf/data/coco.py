@@ -29,6 +29,8 @@ from typing import Any, Optional, Sequence
 import numpy as np
 from absl import logging
 
+from cornernet_tf.errors import UserError
+
 # Problem kinds. Those in `_KEPT_KINDS` keep the object (repaired); all others drop the
 # image or the annotation they name.
 MISSING_FILE = "missing_file"
@@ -49,7 +51,7 @@ _KEPT_KINDS = frozenset({BOX_CLIPPED})
 CHECK_IMAGES = ("none", "header", "decode")
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """A dataset has problems and strict mode is on; the message lists them."""
 
 
