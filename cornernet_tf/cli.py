@@ -16,6 +16,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402
 
 from cornernet_tf import config as config_lib  # noqa: E402
+from cornernet_tf import errors  # noqa: E402
 
 DEFAULT_CONFIG = "quickstart"  # a bundled config: works from any folder, installed or not
 
@@ -132,6 +133,8 @@ def _define_flags() -> None:
                         "benchmark: comma-separated subset to run (also: hourglass104_train).")
     flags.DEFINE_string("benchmark_report", os.path.join("docs", "benchmarks.md"),
                         "benchmark: the report file (sections of the run benchmarks replaced).")
+    flags.DEFINE_bool("verbose", False, "Show the traceback of errors in your input (a bad "
+                      "file or value); without it they print in one or two lines, exit 2.")
     flags.DEFINE_bool("strict", False, "Dataset problems (bad boxes, missing files) are errors "
                       "(same as --set data.strict=true).")
 
@@ -152,10 +155,14 @@ def _main(argv: list[str]) -> None:
     try:
         overrides = list(FLAGS.set) + (["data.strict=true"] if FLAGS.strict else [])
         cfg = config_lib.load_config(FLAGS.config, overrides)
-    except config_lib.ConfigError as e:
-        sys.stderr.write(f"error: {e}\n")
-        sys.exit(2)
-    MODES[FLAGS.mode].run(cfg)
+        MODES[FLAGS.mode].run(cfg)
+    except Exception as e:  # noqa: BLE001 - sorted into the user's mistakes and ours
+        if FLAGS.verbose or not errors.is_user_error(e):
+            raise
+        sys.stderr.write(f"error: {errors.one_or_two_lines(e)}\n"
+                         f"(exit {errors.USER_ERROR_EXIT_CODE}; --verbose shows the "
+                         f"traceback)\n")
+        sys.exit(errors.USER_ERROR_EXIT_CODE)
 
 
 def _usage() -> str:
@@ -176,7 +183,8 @@ def run() -> None:
     if main_module is not None:
         main_module.__doc__ = _usage()
     for name in ("mode", "config", "set", "model_dir", "checkpoint", "export_dir", "model",
-                 "images", "output", "heatmaps", "benchmarks", "benchmark_report", "strict"):
+                 "images", "output", "heatmaps", "benchmarks", "benchmark_report", "strict",
+                 "verbose"):
         FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[name])
     if any(a in ("-h", "--help", "--helpshort", "-?") for a in sys.argv[1:]):
         # absl exits 1 after --help; a help request is not an error.

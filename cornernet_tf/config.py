@@ -22,8 +22,10 @@ from typing import Any, Iterable, Optional, Sequence
 
 import yaml
 
+from cornernet_tf.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A configuration key, value or combination is invalid; the message says which and why."""
 
 
@@ -387,24 +389,33 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             return value
         raise ConfigError(f"config key {key!r}: expected true or false, found {value!r}")
     if tp is int:
+        value = _number_from_string(value)  # `train.steps=1e3`: an integral float is fine
         if isinstance(value, bool) or not isinstance(value, (int, float)) or \
                 (isinstance(value, float) and not value.is_integer()):
             raise ConfigError(f"config key {key!r}: expected an integer, found {value!r}")
         return int(value)
     if tp is float:
-        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
-            try:
-                value = float(value)
-            except ValueError:
-                pass
+        value = _number_from_string(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"config key {key!r}: expected a number, found {value!r}")
+        if not math.isfinite(value):  # no key of the config has a meaning for NaN or inf
+            raise ConfigError(f"config key {key!r}: expected a finite number, found {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"config key {key!r}: expected a string, found {value!r}")
         return value
     raise ConfigError(f"config key {key!r}: unsupported type {tp}")
+
+
+def _number_from_string(value: Any) -> Any:
+    """YAML 1.1 reads `1e-3` and `1e3` (no dot) as strings: those become numbers here."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def _choice(key: str, value: str, allowed: Sequence[str]) -> None:

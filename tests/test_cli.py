@@ -1,5 +1,6 @@
 """The command line: --help lists the modes, bad --set values exit non-zero with the message."""
 
+import json
 import os
 import subprocess
 import sys
@@ -40,3 +41,45 @@ def test_config_mode_prints_resolved_yaml():
     assert out.returncode == 0, out.stderr
     cfg = yaml.safe_load(out.stdout)
     assert cfg["train"]["steps"] == 7 and cfg["model"]["num_classes"] == 2
+
+
+def _user_error_lines(out):
+    """The user-facing error: exit 2, no traceback, at most two lines plus the hint line."""
+    assert out.returncode == 2, (out.returncode, out.stderr[-3000:])
+    assert "Traceback" not in out.stderr
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    error_lines = lines[lines.index(next(l for l in lines if l.startswith("error: "))):]
+    assert len(error_lines) <= 3, error_lines  # message (1-2 lines) + "--verbose" hint
+    return "\n".join(error_lines)
+
+
+def _coco_args(annotations, images):
+    return ["--mode=train", "--set", "data.dataset=coco",
+            "--set", f"data.train_annotations={annotations}",
+            "--set", f"data.train_images={images}",
+            "--set", f"data.val_annotations={annotations}", "--set", f"data.val_images={images}"]
+
+
+def test_user_errors_print_two_lines_and_exit_2(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{ not json")
+    text = _user_error_lines(_run(*_coco_args(bad, tmp_path)))
+    assert str(bad) in text and "not valid json" in text
+    missing = tmp_path / "missing.json"
+    text = _user_error_lines(_run(*_coco_args(missing, tmp_path)))
+    assert str(missing) in text and "not found" in text
+
+
+def test_num_classes_mismatch_names_both_numbers(tmp_path):
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps({"images": [], "annotations": [],
+                               "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}))
+    text = _user_error_lines(_run(*_coco_args(ann, tmp_path), "--set", "model.num_classes=4"))
+    assert "model.num_classes" in text and "4" in text and "2 categories" in text
+
+
+def test_verbose_keeps_the_traceback(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("[]")
+    out = _run(*_coco_args(bad, tmp_path), "--verbose")
+    assert out.returncode != 0 and "Traceback" in out.stderr and "DatasetError" in out.stderr

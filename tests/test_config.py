@@ -93,6 +93,13 @@ def test_replace_returns_a_new_validated_config():
     (["decode.nms_kernel=4"], ["decode.nms_kernel", "odd"]),
     (["steps=3"], ["steps", "valid keys"]),
     (["train.steps"], ["key=value"]),
+    # every float key must be finite (a NaN learning rate or score threshold trains or
+    # exports something that silently does nothing)
+    (["train.learning_rate=.nan"], ["train.learning_rate", "finite", "nan"]),
+    (["export.score_threshold=.nan"], ["export.score_threshold", "finite", "nan"]),
+    (["decode.soft_nms_sigma=.inf"], ["decode.soft_nms_sigma", "finite", "inf"]),
+    (["data.augment.crop_scales=[0.5, .inf]"], ["data.augment.crop_scales", "finite", "inf"]),
+    (["train.steps=.inf"], ["train.steps", "integer", "inf"]),
 ])
 def test_bad_input_names_key_and_value(override, words):
     with pytest.raises(ConfigError) as e:
@@ -120,3 +127,11 @@ def test_config_module_does_not_import_tensorflow():
     code = "import sys, cornernet_tf.config; print('tensorflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_integral_floats_are_integers():
+    # YAML 1.1 reads 1e3 as the string "1e3"; an integral value is what the user meant
+    assert load_config(None, ["train.steps=1e3", "train.log_every=1e2",
+                              "train.checkpoint_every=500.0"]).train.steps == 1000
+    with pytest.raises(ConfigError, match="integer"):
+        load_config(None, ["train.steps=1e-3"])

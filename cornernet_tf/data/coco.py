@@ -30,6 +30,7 @@ import numpy as np
 from absl import logging
 
 from cornernet_tf import boxes as box_lib
+from cornernet_tf.errors import UserError
 
 # Problem kinds. Those in `_KEPT_KINDS` keep the object (repaired); all others drop the
 # image or the annotation they name.
@@ -51,7 +52,7 @@ _KEPT_KINDS = frozenset({BOX_CLIPPED})
 CHECK_IMAGES = ("none", "header", "decode")
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """A dataset has problems and strict mode is on; the message lists them."""
 
 

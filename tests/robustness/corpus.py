@@ -1,0 +1,152 @@
+"""The bad-input corpus: images, annotation files and serving inputs made on demand.
+
+Nothing large is committed: every file is generated into a test's tmp folder. The large
+images are written row by row with zlib so that making them needs little memory (a
+23000 x 23000 PNG of one colour is ~1.5 MB on disk and 1.6 GB once decoded to RGB).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import struct
+import zlib
+
+import numpy as np
+from PIL import Image
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return (struct.pack(">I", len(data)) + kind + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+
+def png_header(width: int, height: int, bit_depth: int = 8, colour_type: int = 2) -> bytes:
+    """The signature and IHDR chunk of a PNG (colour type 2: RGB)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr)
+
+
+def write_big_png(path: str, width: int, height: int, value: int = 127) -> str:
+    """A valid width x height RGB PNG of one grey level, written in constant memory."""
+    row = b"\x00" + bytes([value]) * (3 * width)  # filter type 0, then the pixels
+    compressor = zlib.compressobj(9)
+    with open(path, "wb") as f:
+        f.write(png_header(width, height))
+        idat = io.BytesIO()
+        for _ in range(height):
+            idat.write(compressor.compress(row))
+            if idat.tell() > (1 << 20):
+                f.write(_png_chunk(b"IDAT", idat.getvalue()))
+                idat = io.BytesIO()
+        idat.write(compressor.flush())
+        f.write(_png_chunk(b"IDAT", idat.getvalue()))
+        f.write(_png_chunk(b"IEND", b""))
+    return path
+
+
+def write_header_only_png(path: str, width: int = 100000, height: int = 100000) -> str:
+    """A PNG whose header claims width x height but which has no pixel data at all."""
+    with open(path, "wb") as f:
+        f.write(png_header(width, height) + _png_chunk(b"IEND", b""))
+    return path
+
+
+def _scene(size: int = 64) -> np.ndarray:
+    """A small RGB picture with structure (a gradient and a square), [size, size, 3] uint8."""
+    y, x = np.mgrid[0:size, 0:size]
+    image = np.stack([x * 255 // max(size - 1, 1), y * 255 // max(size - 1, 1),
+                      np.full_like(x, 90)], axis=-1).astype(np.uint8)
+    image[size // 4:size // 2, size // 4:size // 2] = (250, 20, 20)
+    return image
+
+
+def write_images(folder: str) -> dict:
+    """Writes every image case into `folder`; returns {case name: file name}.
+
+    Cases: readable ones a detector must take ("ok_rgb", "gray", "rgba", "cmyk", "gif",
+    "sixteen_bit", "tiny_1x1", "large_4000"), and unreadable ones it must report
+    ("zero_byte", "text", "truncated_jpeg", "bad_crc", "tiff" (not a serving format),
+    "header_100000" (claims 100000 x 100000 pixels)). The 23000 x 23000 PNG is separate
+    (`write_big_png`): only the memory tests make it.
+    """
+    os.makedirs(folder, exist_ok=True)
+    scene = _scene()
+    files = {}
+
+    def save(name, image, **kwargs):
+        image.save(os.path.join(folder, name), **kwargs)
+        return name
+
+    files["ok_rgb"] = save("ok_rgb.jpg", Image.fromarray(scene), quality=95)
+    files["gray"] = save("gray.png", Image.fromarray(scene[..., 0]))
+    rgba = np.concatenate([scene, np.full(scene.shape[:2] + (1,), 128, np.uint8)], -1)
+    files["rgba"] = save("rgba.png", Image.fromarray(rgba, "RGBA"))
+    files["cmyk"] = save("cmyk.jpg", Image.fromarray(scene).convert("CMYK"), quality=95)
+    files["gif"] = save("palette.gif", Image.fromarray(scene).convert("P"))
+    sixteen = (scene[..., 0].astype(np.uint16) * 257)
+    files["sixteen_bit"] = save("sixteen_bit.png", Image.fromarray(sixteen))  # mode I;16
+    files["tiny_1x1"] = save("tiny_1x1.png", Image.fromarray(scene[:1, :1]))
+    files["large_4000"] = save("large_4000.png",
+                               Image.fromarray(np.full((4000, 4000, 3), 60, np.uint8)))
+    files["tiff"] = save("scene.tiff", Image.fromarray(scene))
+
+    def raw(name, data: bytes):
+        with open(os.path.join(folder, name), "wb") as f:
+            f.write(data)
+        return name
+
+    files["zero_byte"] = raw("zero_byte.jpg", b"")
+    files["text"] = raw("text.png", b"this is not an image\n" * 10)
+    buffer = io.BytesIO()
+    Image.fromarray(scene).save(buffer, format="JPEG", quality=95)
+    files["truncated_jpeg"] = raw("truncated.jpg", buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    buffer = io.BytesIO()
+    Image.fromarray(scene).save(buffer, format="PNG")
+    data = bytearray(buffer.getvalue())
+    data[29] ^= 0xFF  # a byte of the IHDR CRC (signature 8 + length 4 + type 4 + data 13)
+    files["bad_crc"] = raw("bad_crc.png", bytes(data))
+    files["header_100000"] = os.path.basename(
+        write_header_only_png(os.path.join(folder, "header_100000.png")))
+    return files
+
+
+READABLE = ("ok_rgb", "gray", "rgba", "cmyk", "gif", "sixteen_bit", "tiny_1x1", "large_4000")
+UNREADABLE = ("zero_byte", "text", "truncated_jpeg", "bad_crc", "tiff", "header_100000")
+
+
+def coco_dataset(folder: str, image_files: dict, annotations=None, categories=None,
+                 extra_images=()) -> str:
+    """A COCO instances json over the given image files (one 10x10 box per image).
+
+    Args:
+      folder: where the json is written (`instances.json`); images are in `folder`.
+      image_files: {case name: file name}; every file gets an image entry whose
+        width/height are the real ones when Pillow can read them, else 64 x 64.
+      annotations: the annotation list to use instead of one box per image.
+      categories: default one category {"id": 1, "name": "thing"}.
+      extra_images: more raw image entries (e.g. duplicates, bad sizes).
+
+    Returns:
+      The json path.
+    """
+    images = []
+    for i, (name, file_name) in enumerate(sorted(image_files.items()), start=1):
+        try:
+            with Image.open(os.path.join(folder, file_name)) as im:
+                width, height = im.size
+        except Exception:  # noqa: BLE001 - unreadable cases get a nominal size
+            width = height = 64
+        images.append({"id": i, "file_name": file_name, "width": width, "height": height})
+    images += list(extra_images)
+    if annotations is None:
+        annotations = [{"id": im["id"], "image_id": im["id"], "category_id": 1,
+                        "bbox": [0, 0, min(10, im["width"]), min(10, im["height"])],
+                        "area": 100.0, "iscrowd": 0} for im in images]
+    data = {"images": images, "annotations": annotations,
+            "categories": categories or [{"id": 1, "name": "thing"}]}
+    path = os.path.join(folder, "instances.json")
+    with open(path, "w") as f:
+        json.dump(data, f)
+    return path
