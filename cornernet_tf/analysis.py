@@ -7,9 +7,10 @@ Inputs are what evaluation already has: the ground truth as a pycocotools COCO a
 detections as COCO result dicts (`[x, y, w, h]` original-image pixels, dataset category
 ids). Everything here is host-side numpy, pycocotools and matplotlib (the plotting library
 of the scientific-Python ecosystem; TensorBoard's PR-curve plugin needs TF summaries and
-a running server, which an evaluation folder should not). Boxes are compared with
-pycocotools' own IoU (`pycocotools.mask.iou`), the one COCOeval uses, so "matched at IoU
-0.5" means here what it means in the AP50 the table reports.
+a running server, which an evaluation folder should not). Box conversions and IoU are
+`boxes.py`'s, in float64: the same intersection-over-union of COCO `[x, y, w, h]`
+rectangles that COCOeval computes, so "matched at IoU 0.5" means here what it means in
+the AP50 the table reports (tests/test_analysis.py checks a value by hand).
 """
 
 from __future__ import annotations
@@ -22,15 +23,16 @@ import os
 from typing import Optional, Sequence
 
 import numpy as np
-from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 import matplotlib
+import tensorflow as tf
 
 matplotlib.use("Agg")  # files only; never a window (CI and servers have no display)
 import matplotlib.pyplot as plt  # noqa: E402
 
+from cornernet_tf import boxes as box_lib  # noqa: E402
 from cornernet_tf import visualize  # noqa: E402
 
 BACKGROUND = "background"
@@ -57,7 +59,7 @@ def pairwise_iou(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
     b = np.asarray(boxes_b, np.float64).reshape(-1, 4)
     if len(a) == 0 or len(b) == 0:
         return np.zeros((len(a), len(b)))
-    return np.asarray(mask_utils.iou(a.tolist(), b.tolist(), [0] * len(b)), np.float64)
+    return box_lib.compute_iou(_xywh_to_xyxy(a), _xywh_to_xyxy(b))
 
 
 def match_greedy(iou: np.ndarray, scores: np.ndarray, allowed: Optional[np.ndarray] = None,
@@ -278,8 +280,8 @@ def plot_confusion(matrix: np.ndarray, labels: Sequence[str], path: str,
 
 
 def _xywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
-    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-    return np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1)
+    """[N, 4] COCO xywh -> [N, 4] float64 xyxy (boxes.py, host-side)."""
+    return box_lib.xywh_to_xyxy(np.asarray(boxes, np.float64).reshape(-1, 4), dtype=tf.float64)
 
 
 def draw_errors(image: np.ndarray, row: dict, names: dict) -> np.ndarray:
