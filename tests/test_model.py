@@ -43,13 +43,6 @@ def model():
     return build_model(tiny_config())
 
 
-def test_key_constants():
-    assert HEAD_KEYS == ("tl_heatmap", "br_heatmap", "tl_embedding", "br_embedding",
-                         "tl_offset", "br_offset")
-    assert (TL_HEATMAP, BR_HEATMAP, TL_EMBEDDING, BR_EMBEDDING, TL_OFFSET, BR_OFFSET) == \
-        HEAD_KEYS
-
-
 @pytest.mark.parametrize("backbone,stacks,grid", [
     ("hourglass104", 2, 16),  # stride 4: 64 -> 32 -> 16
     ("hourglass52", 1, 16),

@@ -25,17 +25,8 @@ from typing import Sequence, Union
 import numpy as np
 import tensorflow as tf
 
-# Output keys of `encode_targets`, defined once (STYLE.md principle 7).
-TL_HEATMAP = "tl_heatmap"
-BR_HEATMAP = "br_heatmap"
-TL_INDEX = "tl_index"
-BR_INDEX = "br_index"
-TL_OFFSET = "tl_offset"
-BR_OFFSET = "br_offset"
-MASK = "mask"
-NUM_OBJECTS = "num_objects"
-TARGET_KEYS = (TL_HEATMAP, BR_HEATMAP, TL_INDEX, BR_INDEX, TL_OFFSET, BR_OFFSET, MASK,
-               NUM_OBJECTS)
+from cornernet_tf.keys import (BR_HEATMAP, BR_INDEX, BR_OFFSET, MASK, NUM_OBJECTS, TL_HEATMAP,
+                               TL_INDEX, TL_OFFSET)
 
 # The reference zeroes Gaussian values below eps * max. For a (2R+1)^2 kernel with
 # sigma = (2R+1)/6 the smallest value is exp(-36 R^2 / (2 (2R+1)^2)) >= exp(-9), so the

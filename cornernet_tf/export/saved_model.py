@@ -23,6 +23,8 @@ import keras
 import tensorflow as tf
 
 from cornernet_tf.export.serving import build_detection_functions
+from cornernet_tf.keys import (BR_HEATMAP, DETECTION_BOXES, DETECTION_CLASSES, DETECTION_SCORES,
+                               NUM_DETECTIONS, TL_HEATMAP)
 
 IMAGES_SPEC = tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")
 BYTES_SPEC = tf.TensorSpec([None], tf.string, name="images")
@@ -100,14 +102,14 @@ def serving_description(cfg) -> dict:
             "serving_default": {"inputs": {"images": "uint8 [B, H, W, 3] RGB"}},
             "serving_bytes": {"inputs": {"images": "string [B] encoded JPEG/PNG"}},
             "serving_heatmaps": {"inputs": {"images": "uint8 [B, H, W, 3] RGB"},
-                                 "outputs": "tl_heatmap, br_heatmap [B, h, w, C] probabilities, "
-                                            "valid_fraction [B, 2]"},
+                                 "outputs": f"{TL_HEATMAP}, {BR_HEATMAP} [B, h, w, C] "
+                                            "probabilities, valid_fraction [B, 2]"},
         },
         "outputs": {
-            "detection_boxes": "float32 [B, N, 4] normalised [ymin, xmin, ymax, xmax]",
-            "detection_scores": "float32 [B, N], descending",
-            "detection_classes": "float32 [B, N], 1-based label ids = labels.json 'class' + 1",
-            "num_detections": "int32 [B]",
+            DETECTION_BOXES: "float32 [B, N, 4] normalised [ymin, xmin, ymax, xmax]",
+            DETECTION_SCORES: "float32 [B, N], descending",
+            DETECTION_CLASSES: "float32 [B, N], 1-based label ids = labels.json 'class' + 1",
+            NUM_DETECTIONS: "int32 [B]",
         },
         "tflite_input": f"uint8 [1, {cfg.model.input_size[0]}, {cfg.model.input_size[1]}, 3] "
                         "RGB, resized (no aspect kept) by the caller",
