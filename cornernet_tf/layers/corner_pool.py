@@ -68,8 +68,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from cornernet_tf.layers.choices import CORNER_POOL_IMPLS as IMPLS
+
 DIRECTIONS = ("top", "bottom", "left", "right")
-IMPLS = ("auto", "scan", "doubling", "xla")
 CORNERS = {"top_left": ("top", "left"), "bottom_right": ("bottom", "right")}
 
 # direction -> (pooled axis of [B, H, W, C], reverse: the scan starts at the last position)
