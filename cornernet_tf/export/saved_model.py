@@ -39,20 +39,25 @@ def next_version(base_dir: str) -> int:
 
 
 def write_archive(model: keras.Model, endpoints: dict, path: str) -> None:
-    """Writes a SavedModel whose signatures are `endpoints` {name: (fn, [TensorSpec])}."""
+    """Writes a SavedModel whose signatures are `endpoints` {name: (fn, [TensorSpec])}.
+
+    `model` is not passed to `ExportArchive.track`: `write_out` saves the variables the
+    endpoints capture, which is all the signatures need (checked in the tests with
+    saved_model_cli run). `track` would add the Keras variable wrappers as well, two
+    objects per weight, so every weight was stored (and restored, in TF Serving too) twice
+    (keras-team/keras#23553, open). `track` is needed only for lookup tables (none here)
+    and for the `variables` collections of the reloaded object (unused).
+
+    Args:
+      model: the built model whose variables the endpoints use (built: its variables exist).
+      endpoints: {signature name: (function, [tf.TensorSpec])}.
+      path: the SavedModel folder to write.
+    """
+    if not model.built:
+        raise ValueError("write_archive: the model must be built before export")
     archive = keras.export.ExportArchive()
-    archive.track(model)
     for name, (fn, signature) in endpoints.items():
         archive.add_endpoint(name=name, fn=fn, input_signature=signature)
-    # `track` keeps the Keras variable wrappers in three collections and `write_out` adds
-    # the endpoints' captured tf.Variables: two objects per weight, so every weight was
-    # stored (and restored, in TF Serving too) twice (keras-team/keras#23553, open). The
-    # endpoints' own variables are all that the signatures need (checked in the tests with
-    # saved_model_cli run), so the wrapper collections are emptied before writing.
-    trackable = getattr(archive, "_tf_trackable", None)
-    for collection in ("variables", "trainable_variables", "non_trainable_variables"):
-        if trackable is not None and hasattr(trackable, collection):
-            setattr(trackable, collection, [])
     archive.write_out(path, verbose=False)
 
 
