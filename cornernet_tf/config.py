@@ -11,7 +11,8 @@ This module imports no TensorFlow, so a bad config fails before any TF start-up 
 The allowed values of each string option come from the module that implements it, through
 a TensorFlow-free module of that module's package: `backbones/presets.py` (the backbone
 table), `layers/choices.py`, `data/choices.py`, `export/choices.py` and `choices.py`
-(training, evaluation, demo). The implementations import the same tuples.
+(training, evaluation, demo). Corner pooling, the data pipeline, evaluation resizing, TFLite
+conversion and training check their arguments against the same tuples.
 """
 
 from __future__ import annotations
