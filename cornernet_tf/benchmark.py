@@ -330,7 +330,7 @@ def write_report(sections: dict[str, str], path: str, command: str) -> str:
              "Figures measured by `python main.py --mode=benchmark` (a section per benchmark, "
              "`--benchmarks=` to rerun some). Wall-clock medians on a shared machine: read "
              "them as +-25%.", ""]
-    for name in BENCHMARKS:
+    for name in [*BENCHMARKS, *sorted(set(existing) - set(BENCHMARKS))]:  # keep hand-written
         if name in existing:
             lines += [f"## {name}", "", existing[name], ""]
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)

@@ -15,6 +15,9 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from cornernet_tf import visualize
+from cornernet_tf.keys import BR_HEATMAP, LOSS_KEYS, TL_HEATMAP, TOTAL_LOSS
+
 
 def weights_are_finite(model: keras.Model) -> bool:
     """True when no model weight (trainable or BN statistic) holds a NaN or an inf."""
@@ -36,13 +39,23 @@ class StopAtStep(keras.callbacks.Callback):
 
 
 class CheckpointCallback(keras.callbacks.Callback):
-    """Saves model + optimizer every `every` steps, at the end, and when fit is interrupted."""
+    """Saves model + optimizer every `every` steps, at the end, and when fit is interrupted.
+
+    It also owns the run's NaN state: once `stop_on_nan` has been called (by `NaNGuard` on a
+    non-finite loss, or by `save` on non-finite weights) nothing more is saved, so the newest
+    checkpoint stays the last good one.
+
+    Attributes:
+      last_saved: the newest checkpoint path written (or found at start), or None.
+      stopped_on_nan: True once training was stopped on a NaN/inf (read by `training.train`).
+    """
 
     def __init__(self, manager: tf.train.CheckpointManager, every: int):
         super().__init__()
         self.manager = manager
         self.every = every
         self.last_saved: Optional[str] = manager.latest_checkpoint
+        self.stopped_on_nan = False
 
     def save(self) -> Optional[str]:
         """Writes a checkpoint of the current step unless the weights are not finite.
@@ -51,10 +64,10 @@ class CheckpointCallback(keras.callbacks.Callback):
           The checkpoint written (or already there for this step), or None when the
           weights hold a NaN/inf: the last good checkpoint is then left as the newest.
         """
-        if getattr(self.model, "_nan_stopped", False):
+        if self.stopped_on_nan:
             return None
         if not weights_are_finite(self.model):
-            stop_on_nan(self.model, "a model weight is NaN/inf", self.last_saved)
+            self.stop_on_nan("a model weight is NaN/inf")
             return None
         step = int(self.model.optimizer.iterations.numpy())
         if self.manager.latest_checkpoint and \
@@ -63,43 +76,46 @@ class CheckpointCallback(keras.callbacks.Callback):
         self.last_saved = self.manager.save(checkpoint_number=step)
         return self.last_saved
 
+    def stop_on_nan(self, what: str) -> None:
+        """Stops `fit` (no more checkpoints) and says at which step and what to resume from."""
+        if self.stopped_on_nan:
+            return
+        self.stopped_on_nan = True
+        self.model.stop_training = True
+        step = int(self.model.optimizer.iterations.numpy())
+        msg = (f"{what} at step {step}; training stopped. Last good checkpoint: "
+               f"{self.last_saved or 'none yet'}. Lower train.learning_rate or add "
+               f"train.warmup_steps, then resume.")
+        logging.error(msg)
+        print(f"error: {msg}", flush=True)
+
     def on_train_batch_end(self, batch, logs=None):
-        loss = (logs or {}).get("total_loss")
+        loss = (logs or {}).get(TOTAL_LOSS)
         if loss is not None and not np.isfinite(float(loss)):
             return  # NaNGuard stops the run; never checkpoint a step with a bad loss
         if int(self.model.optimizer.iterations.numpy()) % self.every == 0:
             self.save()
 
     def on_train_end(self, logs=None):
-        if not getattr(self.model, "_nan_stopped", False):
+        if not self.stopped_on_nan:
             self.save()
 
 
-def stop_on_nan(model: keras.Model, what: str, last_good: Optional[str]) -> None:
-    """Stops `fit` (no more checkpoints) and says at which step and what to resume from."""
-    if getattr(model, "_nan_stopped", False):
-        return
-    step = int(model.optimizer.iterations.numpy())
-    model._nan_stopped = True
-    model.stop_training = True
-    msg = (f"{what} at step {step}; training stopped. Last good checkpoint: "
-           f"{last_good or 'none yet'}. Lower train.learning_rate or add "
-           f"train.warmup_steps, then resume.")
-    logging.error(msg)
-    print(f"error: {msg}", flush=True)
-
-
 class NaNGuard(keras.callbacks.Callback):
-    """Stops on a NaN/inf loss, naming the step and the last good checkpoint."""
+    """Stops on a NaN/inf loss, naming the step and the last good checkpoint.
+
+    Args:
+      checkpoints: the run's CheckpointCallback; it records the stop and saves no more.
+    """
 
     def __init__(self, checkpoints: CheckpointCallback):
         super().__init__()
         self.checkpoints = checkpoints
 
     def on_train_batch_end(self, batch, logs=None):
-        loss = (logs or {}).get("total_loss")
+        loss = (logs or {}).get(TOTAL_LOSS)
         if loss is not None and not np.isfinite(float(loss)):
-            stop_on_nan(self.model, f"total_loss is {float(loss)}", self.checkpoints.last_saved)
+            self.checkpoints.stop_on_nan(f"{TOTAL_LOSS} is {float(loss)}")
 
 
 class ProgressLogger(keras.callbacks.Callback):
@@ -124,7 +140,7 @@ class ProgressLogger(keras.callbacks.Callback):
     def _line(self, step, logs, rate):
         remaining = (self.total_steps - step) * self.batch_size / max(rate, 1e-9)
         terms = "  ".join(f"{k} {float(v):.4f}" for k, v in sorted((logs or {}).items())
-                          if k.endswith("_loss"))
+                          if k in LOSS_KEYS)
         lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         return (f"step {step}/{self.total_steps}  {terms}  lr {lr:.3g}  {rate:.1f} img/s  "
                 f"ETA {time.strftime('%H:%M:%S', time.gmtime(remaining))}")
@@ -161,12 +177,11 @@ class HeatmapImages(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if (epoch + 1) % self.every_epochs:
             return
-        from cornernet_tf import visualize  # local: keeps PIL out of the training import path
         outputs = self.model(self.images, training=False)[-1]
         pictures = []
         for i in range(int(self.images.shape[0])):
             image = np.clip(self.images[i].numpy(), 0, 255).astype(np.uint8)
-            for key in ("tl_heatmap", "br_heatmap"):
+            for key in (TL_HEATMAP, BR_HEATMAP):
                 heat = tf.sigmoid(outputs[key][i]).numpy()
                 pictures.append(visualize.heatmap_overlay(image, heat))
         step = int(self.model.optimizer.iterations.numpy())

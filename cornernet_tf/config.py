@@ -8,6 +8,11 @@ only state what differs from these defaults.
     cfg.model.num_classes  # -> int
 
 This module imports no TensorFlow, so a bad config fails before any TF start-up cost.
+The allowed values of each string option come from the module that implements it, through
+a TensorFlow-free module of that module's package: `backbones/presets.py` (the backbone
+table), `layers/choices.py`, `data/choices.py`, `export/choices.py` and `choices.py`
+(training, evaluation, demo). Corner pooling, the data pipeline, evaluation resizing, TFLite
+conversion and training check their arguments against the same tuples.
 """
 
 from __future__ import annotations
@@ -22,7 +27,13 @@ from typing import Any, Iterable, Optional, Sequence
 
 import yaml
 
+from cornernet_tf.backbones.presets import BACKBONES, check_grid, output_grid
+from cornernet_tf.choices import ABLATIONS, ORACLES, PRECISIONS, SCHEDULES, STRATEGIES
+from cornernet_tf.data.choices import DATASETS, EVAL_RESIZE_MODES
+from cornernet_tf.export.choices import TFLITE_MODES
+from cornernet_tf.layers.choices import CORNER_POOL_IMPLS
 from cornernet_tf.errors import UserError
+
 
 
 class ConfigError(UserError, ValueError):
@@ -33,35 +44,9 @@ class ConfigError(UserError, ValueError):
 # The tree. Field comments are the user documentation of each key.
 # --------------------------------------------------------------------------------------
 
-BACKBONES = ("hourglass104", "hourglass52", "squeeze")
-CORNER_POOL_IMPLS = ("auto", "scan", "doubling", "xla")
-STRATEGIES = ("auto", "mirrored", "multi_worker", "one_device", "default")
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
-SCHEDULES = ("step", "cosine", "constant")
-TFLITE_MODES = ("none", "fp32", "fp16", "dynamic_int8", "int8")
-ORACLES = ("none", "heatmaps", "heatmaps+offsets", "all")
-DATASETS = ("coco", "synthetic")
-EVAL_RESIZE = ("resize_pad", "pad127")
-ABLATIONS = ("none", "corner_pooling")
-
-# Preset architecture of each backbone (SPEC.md, Architecture). `None` in ModelConfig means
-# "the preset's value", so a YAML can shrink one dimension and keep the rest.
-BACKBONE_PRESETS: dict[str, dict[str, Any]] = {
-    "hourglass104": dict(
-        stacks=2, stem_channels=128, channels=(256, 256, 384, 384, 384, 512),
-        blocks=(2, 2, 2, 2, 2, 4), head_channels=256, pool_channels=128, stride=4),
-    "hourglass52": dict(
-        stacks=1, stem_channels=128, channels=(256, 256, 384, 384, 384, 512),
-        blocks=(2, 2, 2, 2, 2, 4), head_channels=256, pool_channels=128, stride=4),
-    "squeeze": dict(
-        stacks=2, stem_channels=128, channels=(256, 256, 384, 384, 512),
-        blocks=(2, 2, 2, 2, 4), head_channels=256, pool_channels=128, stride=8),
-}
-
-
 @dataclass(frozen=True)
 class ModelConfig:
-    backbone: str = "hourglass104"  # one of BACKBONES; fixes the family and the defaults below
+    backbone: str = "hourglass104"  # a row of backbones/presets.py: the defaults below and more
     num_classes: int = 80
     input_size: tuple[int, int] = (511, 511)  # (height, width) of the network input, pixels
     stacks: Optional[int] = None  # hourglass modules (intermediate supervision on each)
@@ -71,28 +56,23 @@ class ModelConfig:
     head_channels: Optional[int] = None  # width of the corner modules and heads
     pool_channels: Optional[int] = None  # width of the two branches fed to corner pooling
     corner_pooling: bool = True  # False: pooling replaced by identity (the paper's ablation)
-    corner_pool_impl: str = "auto"  # auto | scan | doubling | xla (see layers/corner_pool.py)
+    corner_pool_impl: str = "auto"  # auto | scan | doubling | xla (layers/corner_pool.py)
     sync_batchnorm: bool = False  # synchronized BN across replicas (exact replica invariance)
 
     def resolved(self, name: str) -> Any:
         """The value of architecture field `name`, falling back to the backbone preset."""
         value = getattr(self, name, None)
-        return BACKBONE_PRESETS[self.backbone][name] if value is None else value
+        return getattr(BACKBONES[self.backbone], name) if value is None else value
 
     @property
     def stride(self) -> int:
-        return BACKBONE_PRESETS[self.backbone]["stride"]
+        """Input pixels per output-grid cell (4, or 8 for "squeeze")."""
+        return BACKBONES[self.backbone].stride
 
     @property
     def output_size(self) -> tuple[int, int]:
-        """(height, width) of the heads' grid: each stride-2 conv maps n -> ceil(n / 2)."""
-        steps = int(math.log2(self.stride))
-        out = []
-        for n in self.input_size:
-            for _ in range(steps):
-                n = (n + 1) // 2
-            out.append(n)
-        return tuple(out)
+        """(height, width) of the heads' grid (`backbones.presets.output_grid`)."""
+        return output_grid(self.input_size, self.stride)
 
 
 @dataclass(frozen=True)
@@ -425,21 +405,34 @@ def _choice(key: str, value: str, allowed: Sequence[str]) -> None:
 
 def _positive(key: str, value, allow_zero: bool = False) -> None:
     if value < 0 or (value == 0 and not allow_zero):
-        raise ConfigError(f"config key {key!r}: expected a {'non-negative' if allow_zero else 'positive'}"
-                          f" value, found {value!r}")
+        kind = "non-negative" if allow_zero else "positive"
+        raise ConfigError(f"config key {key!r}: expected a {kind} value, found {value!r}")
 
 
 def validate(cfg: Config) -> None:
     """Checks values and combinations; raises ConfigError naming the key and the rule."""
-    m = cfg.model
-    _choice("model.backbone", m.backbone, BACKBONES)
+    _validate_model(cfg.model)
+    _validate_data(cfg.data)
+    for name in ("focal_alpha", "focal_beta", "pull_weight", "push_weight", "offset_weight"):
+        _positive(f"loss.{name}", getattr(cfg.loss, name), allow_zero=True)
+    _validate_train(cfg.train)
+    _validate_decode(cfg.decode)
+    _validate_evaluate(cfg.evaluate)
+    _validate_export(cfg.export)
+    _choice("demo.ablation", cfg.demo.ablation, ABLATIONS)
+    _positive("demo.predict_images", cfg.demo.predict_images, allow_zero=True)
+
+
+def _validate_model(m: ModelConfig) -> None:
+    _choice("model.backbone", m.backbone, tuple(BACKBONES))
     _choice("model.corner_pool_impl", m.corner_pool_impl, CORNER_POOL_IMPLS)
     _positive("model.num_classes", m.num_classes)
     for name in ("stacks", "stem_channels", "head_channels", "pool_channels"):
         _positive(f"model.{name}", m.resolved(name))
     channels, blocks = m.resolved("channels"), m.resolved("blocks")
     if len(channels) < 2:
-        raise ConfigError(f"config key 'model.channels': at least 2 levels needed, found {channels}")
+        raise ConfigError(f"config key 'model.channels': at least 2 levels needed, "
+                          f"found {channels}")
     if len(blocks) != len(channels):
         raise ConfigError(f"config keys 'model.channels' and 'model.blocks' must have the same "
                           f"length (one entry per hourglass level); found {len(channels)} and "
@@ -450,18 +443,15 @@ def validate(cfg: Config) -> None:
         _positive("model.blocks", b)
     for n in m.input_size:
         _positive("model.input_size", n)
-    levels = len(channels) - 1
-    out_h, out_w = m.output_size
-    if out_h % (2 ** levels) or out_w % (2 ** levels):
-        raise ConfigError(
-            f"config key 'model.input_size': {list(m.input_size)} gives a {out_h}x{out_w} output "
-            f"grid for backbone {m.backbone!r} (stride {m.stride}), which an hourglass of "
-            f"{levels} down-sampling levels cannot halve {levels} times; the output grid must be "
-            f"a multiple of {2 ** levels} (e.g. input 511 -> 128 for stride 4)")
+    try:
+        check_grid(m.input_size, m.stride, levels=len(channels) - 1)
+    except ValueError as e:
+        raise ConfigError(f"config key 'model.input_size' (backbone {m.backbone!r}): {e}") from None
 
-    d = cfg.data
+
+def _validate_data(d: DataConfig) -> None:
     _choice("data.dataset", d.dataset, DATASETS)
-    _choice("data.eval_resize", d.eval_resize, EVAL_RESIZE)
+    _choice("data.eval_resize", d.eval_resize, EVAL_RESIZE_MODES)
     _positive("data.max_objects", d.max_objects)
     _positive("data.shuffle_buffer", d.shuffle_buffer)
     s = d.synthetic
@@ -481,10 +471,8 @@ def validate(cfg: Config) -> None:
                           f"found {a.color_jitter}")
     _positive("data.augment.lighting_std", a.lighting_std, allow_zero=True)
 
-    for name in ("focal_alpha", "focal_beta", "pull_weight", "push_weight", "offset_weight"):
-        _positive(f"loss.{name}", getattr(cfg.loss, name), allow_zero=True)
 
-    t = cfg.train
+def _validate_train(t: TrainConfig) -> None:
     _choice("train.strategy", t.strategy, STRATEGIES)
     _choice("train.mixed_precision", t.mixed_precision, PRECISIONS)
     _choice("train.schedule", t.schedule, SCHEDULES)
@@ -501,9 +489,11 @@ def validate(cfg: Config) -> None:
                           f"multiple of train.log_every ({log_every}); checkpoints are taken at "
                           f"interval ends so that a resumed run continues at the exact step")
     if not 0 < t.decay_at <= 1:
-        raise ConfigError(f"config key 'train.decay_at': expected 0 < value <= 1, found {t.decay_at}")
+        raise ConfigError(f"config key 'train.decay_at': expected 0 < value <= 1, "
+                          f"found {t.decay_at}")
 
-    k = cfg.decode
+
+def _validate_decode(k: DecodeConfig) -> None:
     for name in ("k", "nms_kernel", "num_pairs", "max_detections", "soft_nms_sigma"):
         _positive(f"decode.{name}", getattr(k, name))
     if k.nms_kernel % 2 != 1:
@@ -516,21 +506,21 @@ def validate(cfg: Config) -> None:
                           f"decode.num_pairs ({k.num_pairs})")
     _positive("decode.score_threshold", k.score_threshold, allow_zero=True)
 
-    e = cfg.evaluate
+
+def _validate_evaluate(e: EvaluateConfig) -> None:
     _choice("evaluate.oracle", e.oracle, ORACLES)
     if not e.scales or any(x <= 0 for x in e.scales):
         raise ConfigError(f"config key 'evaluate.scales': positive scales expected, "
                           f"found {list(e.scales)}")
     _positive("evaluate.max_images", e.max_images, allow_zero=True)
 
-    x = cfg.export
-    _choice("export.tflite", x.tflite, TFLITE_MODES)
-    if not x.name or "/" in x.name or x.name in (".", ".."):
-        raise ConfigError(f"config key 'export.name': a plain folder name expected, found {x.name!r}")
-    _positive("export.representative_images", x.representative_images)
 
-    _choice("demo.ablation", cfg.demo.ablation, ABLATIONS)
-    _positive("demo.predict_images", cfg.demo.predict_images, allow_zero=True)
+def _validate_export(x: ExportConfig) -> None:
+    _choice("export.tflite", x.tflite, ("none",) + TFLITE_MODES)
+    if not x.name or "/" in x.name or x.name in (".", ".."):
+        raise ConfigError(f"config key 'export.name': a plain folder name expected, "
+                          f"found {x.name!r}")
+    _positive("export.representative_images", x.representative_images)
 
 
 def _to_plain(obj: Any) -> Any:

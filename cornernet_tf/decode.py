@@ -31,19 +31,13 @@ Where this differs from the reference (princeton-vl/CornerNet):
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Mapping, NamedTuple, Sequence
 
 import tensorflow as tf
 
 from cornernet_tf import boxes as box_lib
-from cornernet_tf.model import (BR_EMBEDDING, BR_HEATMAP, BR_OFFSET, HEAD_KEYS, TL_EMBEDDING,
-                                TL_HEATMAP, TL_OFFSET)
-
-# Keys of a candidate set (`decode_pairs`) and of a detection set (`decode`).
-BOXES = "boxes"
-SCORES = "scores"
-CLASSES = "classes"
-NUM_DETECTIONS = "num_detections"
+from cornernet_tf.keys import (BOXES, BR_EMBEDDING, BR_HEATMAP, BR_OFFSET, CLASSES, HEAD_KEYS,
+                               NUM_DETECTIONS, SCORES, TL_EMBEDDING, TL_HEATMAP, TL_OFFSET)
 
 
 def decode(outputs: Mapping[str, tf.Tensor], k: int = 100, ae_threshold: float = 0.5,
@@ -105,12 +99,12 @@ def decode_pairs(outputs: Mapping[str, tf.Tensor], k: int = 100, ae_threshold: f
 
     # Pair (i, j) = (i-th TL corner, j-th BR corner): TL along axis 1, BR along axis 2.
     # [B, K, K]
-    scores = (tl["scores"][:, :, None] + br["scores"][:, None, :]) / 2.0
+    scores = (tl.scores[:, :, None] + br.scores[:, None, :]) / 2.0
     rejected = tf.logical_or(
-        tf.not_equal(tl["classes"][:, :, None], br["classes"][:, None, :]),
-        tf.abs(tl["embeddings"][:, :, None] - br["embeddings"][:, None, :]) > ae_threshold)
-    rejected = tf.logical_or(rejected, br["x"][:, None, :] < tl["x"][:, :, None])
-    rejected = tf.logical_or(rejected, br["y"][:, None, :] < tl["y"][:, :, None])
+        tf.not_equal(tl.classes[:, :, None], br.classes[:, None, :]),
+        tf.abs(tl.embeddings[:, :, None] - br.embeddings[:, None, :]) > ae_threshold)
+    rejected = tf.logical_or(rejected, br.x[:, None, :] < tl.x[:, :, None])
+    rejected = tf.logical_or(rejected, br.y[:, None, :] < tl.y[:, :, None])
     scores = tf.where(rejected, -tf.ones_like(scores), scores)
 
     # [B, P]; valid pairs score >= 0 and so rank above every rejected one (-1).
@@ -120,19 +114,28 @@ def decode_pairs(outputs: Mapping[str, tf.Tensor], k: int = 100, ae_threshold: f
     tl_index = tf.reshape(pair_index // k + base, [-1])
     br_index = tf.reshape(pair_index % k + base, [-1])
 
-    def pick(corners, key, index):
-        return tf.reshape(tf.gather(tf.reshape(corners[key], [-1]), index), [batch, num_pairs])
+    def pick(values, index):
+        return tf.reshape(tf.gather(tf.reshape(values, [-1]), index), [batch, num_pairs])
 
-    boxes = tf.stack([pick(tl, "x", tl_index), pick(tl, "y", tl_index),
-                      pick(br, "x", br_index), pick(br, "y", br_index)], axis=-1)
+    boxes = tf.stack([pick(tl.x, tl_index), pick(tl.y, tl_index),
+                      pick(br.x, br_index), pick(br.y, br_index)], axis=-1)
     valid = pair_scores >= 0.0
-    classes = tf.where(valid, pick(tl, "classes", tl_index), -tf.ones_like(pair_index))
+    classes = tf.where(valid, pick(tl.classes, tl_index), -tf.ones_like(pair_index))
     return {BOXES: boxes, SCORES: tf.where(valid, pair_scores, tf.zeros_like(pair_scores)),
             CLASSES: classes}
 
 
+class _Corners(NamedTuple):
+    """The top-k corners of one type, each field [B, K]."""
+    scores: tf.Tensor  # float32 sigmoid heatmap value
+    classes: tf.Tensor  # int32 0-based
+    embeddings: tf.Tensor  # float32
+    x: tf.Tensor  # float32 output-grid units, offset applied
+    y: tf.Tensor  # float32
+
+
 def _top_corners(heatmap: tf.Tensor, embedding: tf.Tensor, offset: tf.Tensor, k: int,
-                 nms_kernel: int) -> dict:
+                 nms_kernel: int) -> _Corners:
     """Top-k corners of one type: scores, classes, (x, y) with offsets, embeddings, [B, K]."""
     _, height, width, num_classes = heatmap.shape
     batch = tf.shape(heatmap)[0]
@@ -150,8 +153,8 @@ def _top_corners(heatmap: tf.Tensor, embedding: tf.Tensor, offset: tf.Tensor, k:
                      [batch, k])
     off = tf.reshape(tf.gather(tf.reshape(tf.cast(offset, tf.float32), [-1, 2]), flat),
                      [batch, k, 2])
-    return {"scores": scores, "classes": classes, "embeddings": emb,
-            "x": xs + off[..., 0], "y": ys + off[..., 1]}
+    return _Corners(scores=scores, classes=classes, embeddings=emb, x=xs + off[..., 0],
+                    y=ys + off[..., 1])
 
 
 def batched_soft_nms(boxes: tf.Tensor, scores: tf.Tensor, classes: tf.Tensor,

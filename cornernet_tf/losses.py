@@ -26,11 +26,10 @@ from typing import Mapping, Optional, Sequence, Union
 
 import tensorflow as tf
 
-# Keys of one stack of network outputs, of the targets, and of the normalisers.
-OUTPUT_KEYS = ("tl_heatmap", "br_heatmap", "tl_embedding", "br_embedding", "tl_offset", "br_offset")
-TARGET_KEYS = ("tl_heatmap", "br_heatmap", "tl_index", "br_index", "tl_offset", "br_offset", "mask")
-NORMALIZER_KEYS = ("tl_positives", "br_positives", "num_objects", "num_images")
-LOSS_KEYS = ("focal_loss", "pull_loss", "push_loss", "offset_loss", "total_loss")
+from cornernet_tf.keys import (BR_EMBEDDING, BR_HEATMAP, BR_INDEX, BR_OFFSET, BR_POSITIVES,
+                               HEAD_KEYS, LOSS_KEYS, LOSS_TARGET_KEYS, MASK, NORMALIZER_KEYS,
+                               NUM_IMAGES, NUM_OBJECTS, TL_EMBEDDING, TL_HEATMAP, TL_INDEX,
+                               TL_OFFSET, TL_POSITIVES)
 
 # p = clip(sigmoid(z), EPS, 1 - EPS) as in the reference: bounds log p and log(1 - p).
 _PROB_EPS = 1e-4
@@ -292,7 +291,7 @@ def compute_normalizers(targets: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor
     Raises:
         KeyError: if a needed key is missing.
     """
-    missing = [k for k in ("tl_heatmap", "br_heatmap", "mask") if k not in targets]
+    missing = [k for k in (TL_HEATMAP, BR_HEATMAP, MASK) if k not in targets]
     if missing:
         raise KeyError(f"compute_normalizers: targets lack {missing}; got keys {sorted(targets)}")
 
@@ -300,12 +299,12 @@ def compute_normalizers(targets: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor
         heatmap = tf.cast(heatmap, tf.float32)
         return tf.reduce_sum(tf.cast(tf.equal(heatmap, 1.0), tf.float32))
 
-    mask = tf.cast(targets["mask"], tf.float32)
+    mask = tf.cast(targets[MASK], tf.float32)
     return {
-        "tl_positives": positives(targets["tl_heatmap"]),
-        "br_positives": positives(targets["br_heatmap"]),
-        "num_objects": tf.reduce_sum(mask),
-        "num_images": tf.cast(tf.shape(mask)[0], tf.float32),
+        TL_POSITIVES: positives(targets[TL_HEATMAP]),
+        BR_POSITIVES: positives(targets[BR_HEATMAP]),
+        NUM_OBJECTS: tf.reduce_sum(mask),
+        NUM_IMAGES: tf.cast(tf.shape(mask)[0], tf.float32),
     }
 
 
@@ -359,9 +358,9 @@ def cornernet_loss(outputs: Union[Sequence[Mapping[str, tf.Tensor]], Mapping[str
     stacks = [outputs] if isinstance(outputs, Mapping) else list(outputs)
     if not stacks:
         raise ValueError("cornernet_loss: outputs must hold at least one stack, got an empty list")
-    _check_keys(targets, TARGET_KEYS, "cornernet_loss targets")
+    _check_keys(targets, LOSS_TARGET_KEYS, "cornernet_loss targets")
     for s, stack in enumerate(stacks):
-        _check_keys(stack, OUTPUT_KEYS, f"cornernet_loss outputs[{s}]")
+        _check_keys(stack, HEAD_KEYS, f"cornernet_loss outputs[{s}]")
     if normalizers is None:
         normalizers = compute_normalizers(targets)
     else:
@@ -373,17 +372,17 @@ def cornernet_loss(outputs: Union[Sequence[Mapping[str, tf.Tensor]], Mapping[str
 
     sums = {key: tf.constant(0.0, tf.float32) for key in LOSS_KEYS}
     for stack in stacks:
-        focal = (focal_loss(stack["tl_heatmap"], targets["tl_heatmap"], focal_alpha, focal_beta,
-                            num_positives=normalizers["tl_positives"])
-                 + focal_loss(stack["br_heatmap"], targets["br_heatmap"], focal_alpha, focal_beta,
-                              num_positives=normalizers["br_positives"]))
-        pull, push = pull_push_loss(stack["tl_embedding"], stack["br_embedding"],
-                                    targets["tl_index"], targets["br_index"], targets["mask"],
-                                    num_images=normalizers["num_images"])
-        offset = (offset_loss(stack["tl_offset"], targets["tl_index"], targets["tl_offset"],
-                              targets["mask"], num_objects=normalizers["num_objects"])
-                  + offset_loss(stack["br_offset"], targets["br_index"], targets["br_offset"],
-                                targets["mask"], num_objects=normalizers["num_objects"]))
+        focal = (focal_loss(stack[TL_HEATMAP], targets[TL_HEATMAP], focal_alpha, focal_beta,
+                            num_positives=normalizers[TL_POSITIVES])
+                 + focal_loss(stack[BR_HEATMAP], targets[BR_HEATMAP], focal_alpha, focal_beta,
+                              num_positives=normalizers[BR_POSITIVES]))
+        pull, push = pull_push_loss(stack[TL_EMBEDDING], stack[BR_EMBEDDING],
+                                    targets[TL_INDEX], targets[BR_INDEX], targets[MASK],
+                                    num_images=normalizers[NUM_IMAGES])
+        offset = (offset_loss(stack[TL_OFFSET], targets[TL_INDEX], targets[TL_OFFSET],
+                              targets[MASK], num_objects=normalizers[NUM_OBJECTS])
+                  + offset_loss(stack[BR_OFFSET], targets[BR_INDEX], targets[BR_OFFSET],
+                                targets[MASK], num_objects=normalizers[NUM_OBJECTS]))
         total = focal + pull_weight * pull + push_weight * push + offset_weight * offset
         for key, value in zip(LOSS_KEYS, (focal, pull, push, offset, total)):
             sums[key] = sums[key] + value

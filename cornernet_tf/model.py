@@ -2,7 +2,7 @@
 
     model = build_model(cfg.model)            # built: variables exist
     outputs = model(images, training=True)    # list, one dict per stack
-    outputs[-1][TL_HEATMAP]                   # [B, h, w, C] float32 logits
+    outputs[-1][keys.TL_HEATMAP]              # [B, h, w, C] float32 logits
 
 In inference (`training=False`) only the last stack's heads run and the list has one dict.
 """
@@ -15,33 +15,16 @@ import keras
 import tensorflow as tf
 
 from cornernet_tf.backbones.hourglass import HourglassBackbone
-from cornernet_tf.config import BACKBONE_PRESETS, BACKBONES, ModelConfig
+from cornernet_tf.backbones.presets import BACKBONES, WIDTH_FIELDS, check_grid
+from cornernet_tf.config import ModelConfig
 from cornernet_tf.layers.heads import CornerHeads, CornerModule
-from cornernet_tf.losses import LOSS_KEYS, compute_normalizers, cornernet_loss
-
-# Output keys, one dict per stack. Heatmaps are logits (sigmoid in loss and decode).
-TL_HEATMAP = "tl_heatmap"  # [B, h, w, C] float32 logits
-BR_HEATMAP = "br_heatmap"  # [B, h, w, C] float32 logits
-TL_EMBEDDING = "tl_embedding"  # [B, h, w, 1] float32
-BR_EMBEDDING = "br_embedding"  # [B, h, w, 1] float32
-TL_OFFSET = "tl_offset"  # [B, h, w, 2] float32, (x, y) in output-grid cells
-BR_OFFSET = "br_offset"  # [B, h, w, 2] float32, (x, y) in output-grid cells
-HEAD_KEYS = (TL_HEATMAP, BR_HEATMAP, TL_EMBEDDING, BR_EMBEDDING, TL_OFFSET, BR_OFFSET)
+from cornernet_tf.keys import (BR_EMBEDDING, BR_HEATMAP, BR_OFFSET, LOSS_KEYS, TL_EMBEDDING,
+                               TL_HEATMAP, TL_OFFSET, TOTAL_LOSS)
+from cornernet_tf.losses import compute_normalizers, cornernet_loss
 
 # Per-channel RGB statistics of COCO images scaled to [0, 1] (the reference's values).
 IMAGE_MEAN = (0.47026115, 0.44719302, 0.40789654)
 IMAGE_STD = (0.27809835, 0.27408164, 0.28863828)
-
-# What each backbone family changes besides its widths (which come from BACKBONE_PRESETS):
-# block type, up-sampling, stride-2 residuals after the stem conv, heads' hidden kernel.
-FAMILIES = {
-    "hourglass104": dict(block="residual", upsample="nearest", stem_residuals=1,
-                         head_kernel_size=3),
-    "hourglass52": dict(block="residual", upsample="nearest", stem_residuals=1,
-                        head_kernel_size=3),
-    "squeeze": dict(block="fire", upsample="transpose", stem_residuals=2, head_kernel_size=1),
-}
-_WIDTHS = ("stacks", "stem_channels", "channels", "blocks", "head_channels", "pool_channels")
 
 
 @keras.saving.register_keras_serializable(package="cornernet_tf")
@@ -50,14 +33,15 @@ class CornerNet(keras.Model):
 
     `call(images)`: images `[B, H, W, 3]` float32 RGB in [0, 255] (normalised inside).
     Returns a list with one dict per stack (training=True) or only the last stack
-    (training=False), keys `HEAD_KEYS`: heatmaps `[B, h, w, num_classes]` float32 logits,
+    (training=False), keys `keys.HEAD_KEYS`: heatmaps `[B, h, w, num_classes]` float32 logits,
     embeddings `[B, h, w, 1]` float32, offsets `[B, h, w, 2]` float32, where h, w are H, W
     reduced by ceil(n / 2) per stride-2 stage (stride 4, or 8 for "squeeze": 511 -> 128 / 64).
 
     Args:
       num_classes: object classes (heatmap channels).
-      backbone: one of `FAMILIES` ("hourglass104", "hourglass52", "squeeze"): fixes the block
-        type, up-sampling, stem depth, heads' kernel and the defaults of the widths below.
+      backbone: a row of `backbones.presets.BACKBONES` ("hourglass104", "hourglass52",
+        "squeeze"): fixes the block type, up-sampling, stem depth, heads' kernel and the
+        defaults of the widths below.
       stacks, stem_channels, channels, blocks, head_channels, pool_channels: architecture
         (see `cornernet_tf.config.ModelConfig`); None takes the backbone preset's value.
       corner_pooling: False replaces corner pooling by the identity (the paper's ablation).
@@ -75,16 +59,16 @@ class CornerNet(keras.Model):
                  corner_pooling: bool = True, corner_pool_impl: str = "auto",
                  sync_batchnorm: bool = False, **kwargs):
         super().__init__(**kwargs)
-        if backbone not in FAMILIES:
-            raise ValueError(f"CornerNet: backbone must be one of {tuple(FAMILIES)}, "
+        if backbone not in BACKBONES:
+            raise ValueError(f"CornerNet: backbone must be one of {tuple(BACKBONES)}, "
                              f"found {backbone!r}")
         if not isinstance(num_classes, int) or num_classes <= 0:
             raise ValueError(f"CornerNet: num_classes must be a positive integer, "
                              f"found {num_classes!r}")
-        preset = BACKBONE_PRESETS[backbone]
+        preset = BACKBONES[backbone]
         given = dict(stacks=stacks, stem_channels=stem_channels, channels=channels,
                      blocks=blocks, head_channels=head_channels, pool_channels=pool_channels)
-        widths = {k: preset[k] if v is None else v for k, v in given.items()}
+        widths = {k: getattr(preset, k) if v is None else v for k, v in given.items()}
         self.num_classes = num_classes
         self.backbone_name = backbone
         self.stacks = int(widths["stacks"])
@@ -96,17 +80,16 @@ class CornerNet(keras.Model):
         self.corner_pooling = corner_pooling
         self.corner_pool_impl = corner_pool_impl
         self.sync_batchnorm = sync_batchnorm
-        family = FAMILIES[backbone]
         self.backbone = HourglassBackbone(
             stacks=self.stacks, stem_channels=self.stem_channels, channels=self.channels,
-            blocks=self.blocks, out_channels=self.head_channels, block=family["block"],
-            upsample=family["upsample"], stem_residuals=family["stem_residuals"],
+            blocks=self.blocks, out_channels=self.head_channels, block=preset.block,
+            upsample=preset.upsample, stem_residuals=preset.stem_residuals,
             sync_batchnorm=sync_batchnorm)
         module = dict(channels=self.head_channels, pool_channels=self.pool_channels,
                       corner_pooling=corner_pooling, corner_pool_impl=corner_pool_impl,
                       sync_batchnorm=sync_batchnorm)
         heads = dict(num_classes=num_classes, channels=self.head_channels,
-                     kernel_size=family["head_kernel_size"])
+                     kernel_size=preset.head_kernel_size)
         self.tl_modules = [CornerModule("top_left", **module) for _ in range(self.stacks)]
         self.br_modules = [CornerModule("bottom_right", **module) for _ in range(self.stacks)]
         self.tl_heads = [CornerHeads(**heads) for _ in range(self.stacks)]
@@ -127,19 +110,10 @@ class CornerNet(keras.Model):
           ValueError: the input size gives an output grid the hourglass cannot halve
             len(channels) - 1 times.
         """
-        multiple = 2 ** (len(self.channels) - 1)
-        for axis, n in (("height", input_shape[1]), ("width", input_shape[2])):
-            if n is None:
-                continue
-            grid = n
-            for _ in range(self.backbone.stem_residuals + 1):
-                grid = (grid + 1) // 2
-            if grid % multiple:
-                raise ValueError(
-                    f"CornerNet: input {axis} {n} gives an output grid of {grid} cells "
-                    f"(stride {self.stride}, each stride-2 stage maps n -> ceil(n / 2)), which "
-                    f"the {len(self.channels) - 1}-level hourglass cannot halve exactly; the "
-                    f"grid must be a multiple of {multiple} (e.g. input 511 -> 128 at stride 4)")
+        try:
+            check_grid(tuple(input_shape[1:3]), self.stride, levels=len(self.channels) - 1)
+        except ValueError as e:
+            raise ValueError(f"CornerNet: {e}") from None
         self.compute_outputs(keras.KerasTensor(tuple(input_shape), dtype="float32"),
                              all_stacks=True)
 
@@ -162,7 +136,7 @@ class CornerNet(keras.Model):
           training: BN mode.
 
         Returns:
-          A list of dicts (keys `HEAD_KEYS`), one per stack run, outer to last.
+          A list of dicts (keys `keys.HEAD_KEYS`), one per stack run, outer to last.
         """
         features = self.backbone(self.normalize(images), training=training)
         chosen = range(self.stacks) if all_stacks else [self.stacks - 1]
@@ -270,7 +244,7 @@ class CornerNet(keras.Model):
         images, targets, _ = keras.utils.unpack_x_y_sample_weight(data)
         with tf.GradientTape() as tape:
             terms, global_terms = self.loss_terms(images, targets, training=True)
-            scaled = self.optimizer.scale_loss(terms["total_loss"])
+            scaled = self.optimizer.scale_loss(terms[TOTAL_LOSS])
         variables = self.trainable_variables
         gradients = tape.gradient(scaled, variables)
         self.optimizer.apply_gradients(zip(gradients, variables))
@@ -310,10 +284,7 @@ def build_model(model_config: ModelConfig) -> CornerNet:
     Raises:
       ValueError: unknown backbone or invalid architecture values.
     """
-    if model_config.backbone not in BACKBONES:
-        raise ValueError(f"model.backbone: expected one of {BACKBONES}, "
-                         f"found {model_config.backbone!r}")
-    widths = {name: model_config.resolved(name) for name in _WIDTHS}
+    widths = {name: getattr(model_config, name) for name in WIDTH_FIELDS}  # None: the preset
     model = CornerNet(num_classes=model_config.num_classes, backbone=model_config.backbone,
                       corner_pooling=model_config.corner_pooling,
                       corner_pool_impl=model_config.corner_pool_impl,

@@ -5,8 +5,9 @@ pipeline, the model (under the distribution strategy's scope), the optimizer and
 callbacks, and resumes from the newest checkpoint in `model_dir` when there is one.
 
 Checkpoints are `tf.train.Checkpoint`s of the model's variables and the optimizer, written
-by a `CheckpointManager` every `train.checkpoint_every` steps into `<model_dir>/checkpoints/`. The manager writes the
-new files before it points the `checkpoint` index at them, so a run killed mid-write still
+by a `CheckpointManager` every `train.checkpoint_every` steps into `<model_dir>/checkpoints/`.
+The manager writes the new files before it points the `checkpoint` index at them, so a run
+killed mid-write still
 resumes from the previous checkpoint; resuming restores the weights, the optimizer state
 (Adam moments) and the step counter, and `fit` continues at that step. This replaces Keras'
 `ModelCheckpoint` + `BackupAndRestore` pair: Keras 3's BackupAndRestore rewrites one
@@ -27,6 +28,9 @@ import tensorflow as tf
 from cornernet_tf import config as config_lib
 from cornernet_tf.callbacks import (CheckpointCallback, HeatmapImages, NaNGuard, ProgressLogger,
                                     StopAtStep)
+from cornernet_tf.choices import PRECISIONS, SCHEDULES, STRATEGIES
+from cornernet_tf.data import pipeline
+from cornernet_tf.model import CornerNet, build_model
 
 CHECKPOINT_SUBDIR = "checkpoints"
 
@@ -47,7 +51,12 @@ def get_strategy(name: str) -> tf.distribute.Strategy:
 
     Returns:
       A strategy; the global batch (train.batch_size) is split evenly over its replicas.
+
+    Raises:
+      ValueError: unknown name, or "multi_worker" without TF_CONFIG.
     """
+    if name not in STRATEGIES:
+        raise ValueError(f"train.strategy: expected one of {STRATEGIES}, found {name!r}")
     if name == "multi_worker":
         # First, before anything lists devices: listing initialises the TF runtime, and
         # collective ops must be configured before that.
@@ -87,6 +96,8 @@ class CornerNetSchedule(keras.optimizers.schedules.LearningRateSchedule):
 
     def __init__(self, learning_rate: float, total_steps: int, schedule: str = "step",
                  decay_at: float = 0.9, decay_factor: float = 0.1, warmup_steps: int = 0):
+        if schedule not in SCHEDULES:
+            raise ValueError(f"train.schedule: expected one of {SCHEDULES}, found {schedule!r}")
         self.learning_rate = float(learning_rate)
         self.total_steps = int(total_steps)
         self.schedule = schedule
@@ -189,7 +200,10 @@ def write_run_files(cfg: config_lib.Config, model_dir: str, label_map) -> None:
 
 
 def set_precision(policy: str) -> None:
-    """Sets the global Keras dtype policy (`train.mixed_precision`)."""
+    """Sets the global Keras dtype policy (`train.mixed_precision`, one of PRECISIONS)."""
+    if policy not in PRECISIONS:
+        raise ValueError(f"train.mixed_precision: expected one of {PRECISIONS}, "
+                         f"found {policy!r}")
     keras.mixed_precision.set_global_policy(policy)
 
 
@@ -254,37 +268,12 @@ def train(cfg: config_lib.Config, model_dir: str, verbose: int = 1) -> dict:
 def _train(cfg: config_lib.Config, model_dir: str, strategy: tf.distribute.Strategy,
            scratch: Optional[str], verbose: int) -> dict:
     """`train` once the strategy and policy are set; `scratch` is a non-chief's folder."""
-    from cornernet_tf.data import pipeline
-    from cornernet_tf.model import build_model
-
     t = cfg.train
-    replicas = strategy.num_replicas_in_sync
-    if t.batch_size % replicas:
-        raise config_lib.ConfigError(
-            f"config key 'train.batch_size': {t.batch_size} does not split evenly over the "
-            f"{replicas} replicas of train.strategy={t.strategy!r}")
-    records, label_map, _ = pipeline.load_split(cfg.data, "train")
-    if label_map.num_classes != cfg.model.num_classes:
-        raise config_lib.ConfigError(
-            f"config key 'model.num_classes': {cfg.model.num_classes}, but "
-            f"{cfg.data.train_annotations} has {label_map.num_classes} categories")
-    dataset = pipeline.build_dataset(cfg.data, cfg.model, "train", training=True,
-                                     batch_size=t.batch_size, records=records)
+    _check_batch_split(t, strategy)
+    dataset, label_map = _training_data(cfg)
     write_dir = scratch or model_dir
     write_run_files(cfg, write_dir, label_map)
-    log_every = min(t.log_every, t.steps)
-    with strategy.scope():
-        model = build_model(cfg.model)
-        optimizer = build_optimizer(t)
-        compile_model(model, cfg, optimizer)
-        model.optimizer.build(model.trainable_variables)
-        manager = checkpoint_manager(model, write_dir, model.optimizer)
-        latest = tf.train.latest_checkpoint(os.path.join(model_dir, CHECKPOINT_SUBDIR))
-        if latest:
-            training_checkpoint(model, model.optimizer).restore(
-                latest).assert_existing_objects_matched()
-            print(f"resuming from {latest} "
-                  f"(step {int(model.optimizer.iterations.numpy())})", flush=True)
+    model, manager, latest = _build_or_resume(cfg, strategy, model_dir, write_dir)
     step = int(model.optimizer.iterations.numpy())
     if step >= t.steps:
         print(f"already trained: step {step} >= train.steps {t.steps}", flush=True)
@@ -293,29 +282,89 @@ def _train(cfg: config_lib.Config, model_dir: str, strategy: tf.distribute.Strat
     checkpoints = CheckpointCallback(manager, t.checkpoint_every)
     checkpoints.last_saved = latest
     progress = ProgressLogger(t.steps, t.batch_size)
-    sample = next(iter(dataset))[0][:2]
     log_dir = os.path.join(write_dir, "logs")
+    log_every = min(t.log_every, t.steps)
     # NaNGuard runs before CheckpointCallback so a bad step is never saved.
     callbacks = [StopAtStep(t.steps), progress, NaNGuard(checkpoints), checkpoints,
                  keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch"),
-                 HeatmapImages(sample, log_dir, every_epochs=max(1, t.checkpoint_every // log_every))]
-    print(f"training {t.steps} steps, global batch {t.batch_size} on {replicas} replica(s) "
-          f"({type(strategy).__name__}); checkpoints every {t.checkpoint_every} steps in "
-          f"{manager.directory}; TensorBoard logs in {log_dir}", flush=True)
+                 HeatmapImages(next(iter(dataset))[0][:2], log_dir,
+                               every_epochs=max(1, t.checkpoint_every // log_every))]
+    print(f"training {t.steps} steps, global batch {t.batch_size} on "
+          f"{strategy.num_replicas_in_sync} replica(s) ({type(strategy).__name__}); "
+          f"checkpoints every {t.checkpoint_every} steps in {manager.directory}; TensorBoard "
+          f"logs in {log_dir}", flush=True)
+    _fit(model, dataset, t, step, callbacks, checkpoints, verbose)
+    history = progress.history
+    return dict(checkpoint=checkpoints.last_saved,
+                steps=int(model.optimizer.iterations.numpy()), history=history,
+                images_per_second=history[-1].get("images_per_second", float("nan"))
+                if history else float("nan"), model=model,
+                stopped_on_nan=checkpoints.stopped_on_nan)
+
+
+def _check_batch_split(t: config_lib.TrainConfig, strategy: tf.distribute.Strategy) -> None:
+    replicas = strategy.num_replicas_in_sync
+    if t.batch_size % replicas:
+        raise config_lib.ConfigError(
+            f"config key 'train.batch_size': {t.batch_size} does not split evenly over the "
+            f"{replicas} replicas of train.strategy={t.strategy!r}")
+
+
+def _training_data(cfg: config_lib.Config) -> tuple[tf.data.Dataset, object]:
+    """The batched, augmented training dataset and the split's LabelMap.
+
+    Raises:
+      ConfigError: model.num_classes differs from the dataset's category count.
+    """
+    records, label_map, _ = pipeline.load_split(cfg.data, "train")
+    if label_map.num_classes != cfg.model.num_classes:
+        raise config_lib.ConfigError(
+            f"config key 'model.num_classes': {cfg.model.num_classes}, but "
+            f"{cfg.data.train_annotations} has {label_map.num_classes} categories")
+    dataset = pipeline.build_dataset(cfg.data, cfg.model, "train", training=True,
+                                     batch_size=cfg.train.batch_size, records=records)
+    return dataset, label_map
+
+
+def _build_or_resume(cfg: config_lib.Config, strategy: tf.distribute.Strategy, model_dir: str,
+                     write_dir: str) -> tuple[CornerNet, tf.train.CheckpointManager,
+                                              Optional[str]]:
+    """Model, optimizer and checkpoint manager under the strategy, restored when possible.
+
+    Returns:
+      (compiled model, manager writing to `<write_dir>/checkpoints`, the checkpoint resumed
+      from in `<model_dir>/checkpoints` or None).
+    """
+    with strategy.scope():
+        model = build_model(cfg.model)
+        compile_model(model, cfg, build_optimizer(cfg.train))
+        model.optimizer.build(model.trainable_variables)
+        manager = checkpoint_manager(model, write_dir, model.optimizer)
+        latest = tf.train.latest_checkpoint(os.path.join(model_dir, CHECKPOINT_SUBDIR))
+        if latest:
+            training_checkpoint(model, model.optimizer).restore(
+                latest).assert_existing_objects_matched()
+            print(f"resuming from {latest} "
+                  f"(step {int(model.optimizer.iterations.numpy())})", flush=True)
+    return model, manager, latest
+
+
+def _fit(model: CornerNet, dataset: tf.data.Dataset, t: config_lib.TrainConfig, step: int,
+         callbacks: list, checkpoints: CheckpointCallback, verbose: int) -> None:
+    """`model.fit` from `step` to `train.steps` in logging intervals (one epoch each).
+
+    A crash or Ctrl-C never loses the work since the last checkpoint: it is saved before
+    the exception propagates (unless the weights have gone bad: the last good checkpoint
+    is then kept as it is).
+    """
+    log_every = min(t.log_every, t.steps)
     initial_epoch = step // log_every
     try:
         model.fit(dataset, epochs=initial_epoch + math.ceil((t.steps - step) / log_every),
                   initial_epoch=initial_epoch, steps_per_epoch=log_every,
                   callbacks=callbacks, verbose=verbose, shuffle=False)
     except BaseException:
-        # A crash or Ctrl-C never loses the work since the last checkpoint (unless the
-        # weights have gone bad, in which case the last good checkpoint is kept as it is).
         path = checkpoints.save() if checkpoints.model is not None else None
         if path:
             print(f"interrupted: saved {path}", flush=True)
         raise
-    return dict(checkpoint=checkpoints.last_saved,
-                steps=int(model.optimizer.iterations.numpy()), history=progress.history,
-                images_per_second=progress.history[-1].get("images_per_second", float("nan"))
-                if progress.history else float("nan"), model=model,
-                stopped_on_nan=bool(getattr(model, "_nan_stopped", False)))

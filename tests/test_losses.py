@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from cornernet_tf.keys import LOSS_KEYS, NORMALIZER_KEYS
 from cornernet_tf.losses import (
-    LOSS_KEYS,
-    NORMALIZER_KEYS,
     compute_normalizers,
     cornernet_loss,
     focal_loss,

@@ -1,13 +1,16 @@
 """Tests of the CornerNet model: outputs per stack, building, saving, precision, sizes."""
 
+import hashlib
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from cornernet_tf.config import ModelConfig
-from cornernet_tf.model import (BR_EMBEDDING, BR_HEATMAP, BR_OFFSET, HEAD_KEYS, TL_EMBEDDING,
-                                TL_HEATMAP, TL_OFFSET, CornerNet, build_model)
+from cornernet_tf.keys import (BR_EMBEDDING, BR_HEATMAP, BR_OFFSET, HEAD_KEYS, TL_EMBEDDING,
+                               TL_HEATMAP, TL_OFFSET)
+from cornernet_tf.model import CornerNet, build_model
 
 TINY = dict(stem_channels=8, channels=(8, 12, 16), blocks=(1, 1, 1), head_channels=8,
             pool_channels=4)
@@ -41,13 +44,6 @@ def assert_same_outputs(a, b):
 @pytest.fixture(scope="module")
 def model():
     return build_model(tiny_config())
-
-
-def test_key_constants():
-    assert HEAD_KEYS == ("tl_heatmap", "br_heatmap", "tl_embedding", "br_embedding",
-                         "tl_offset", "br_offset")
-    assert (TL_HEATMAP, BR_HEATMAP, TL_EMBEDDING, BR_EMBEDDING, TL_OFFSET, BR_OFFSET) == \
-        HEAD_KEYS
 
 
 @pytest.mark.parametrize("backbone,stacks,grid", [
@@ -104,7 +100,7 @@ def test_build_model_creates_all_variables(model):
 def test_output_grid_matches_config(model):
     cfg = tiny_config(input_size=(63, 57))  # ceil twice: 63 -> 32 -> 16, 57 -> 29 -> 15
     assert cfg.output_size == (16, 15)
-    with pytest.raises(ValueError, match="input width 57 gives an output grid of 15 cells"):
+    with pytest.raises(ValueError, match=r"input size \[63, 57\] gives a 16x15 output grid"):
         build_model(cfg)
     outputs = model(images((1, 61, 64)))
     assert tuple(outputs[0][TL_HEATMAP].shape)[1:3] == (16, 16)
@@ -252,3 +248,19 @@ def test_reference_parameter_counts_and_output_grids():
     assert abs(total - 31.8e6) <= 0.001 * 31.8e6, total
     grid = squeeze.compute_outputs(keras.KerasTensor((1, 511, 511, 3)), all_stacks=False)
     assert tuple(grid[0][BR_HEATMAP].shape) == (1, 64, 64, 80)
+
+
+# Checkpoints are the ordered list `model.variables` (training.training_checkpoint), so a
+# refactoring must keep every variable, its creation order and its shape. Golden values:
+# count and sha256 (first 16 hex digits) of ";".join(str(tuple(v.shape)) for v in variables),
+# recorded on the code before the backbone table and ConvBN moved (commit b7e605e).
+@pytest.mark.parametrize("backbone,count,digest", [
+    ("hourglass104", 378, "d4bc74fd5dcd421f"),
+    ("hourglass52", 189, "f735cecab412dc50"),
+    ("squeeze", 375, "aa02836093333476"),
+])
+def test_variable_order_and_shapes_are_the_checkpoint_layout(backbone, count, digest):
+    net = build_model(tiny_config(backbone=backbone, stacks=None, input_size=(64, 64)))
+    shapes = ";".join(f"{tuple(v.shape)}" for v in net.variables)
+    assert len(net.variables) == count
+    assert hashlib.sha256(shapes.encode()).hexdigest()[:16] == digest

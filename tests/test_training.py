@@ -367,6 +367,7 @@ def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path, 
                                         "train.learning_rate=1e30"), model_dir, verbose=0)
     out = capsys.readouterr().out
     assert result["steps"] < 20
+    assert result["stopped_on_nan"] is True  # CheckpointCallback.stopped_on_nan, reported
     listed = listed_checkpoints(model_dir)
     last_good = listed[-1]
     for path in listed:

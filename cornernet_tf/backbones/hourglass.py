@@ -1,10 +1,8 @@
 """Hourglass backbones: Hourglass-104, Hourglass-52 and CornerNet-Squeeze (SPEC.md, Architecture).
 
-Building blocks, each a plain Keras layer with explicit keyword arguments:
+Building blocks, each a plain Keras layer with explicit keyword arguments, on top of
+`layers.conv_bn.ConvBN` (conv -> BN -> ReLU with PyTorch's padding and initialisation):
 
-- `ConvBN`: conv (no bias) -> BN -> optional ReLU; stride-2 convs pad explicitly and
-  symmetrically by (k - 1) // 2 like PyTorch, so n -> ceil(n / 2) with the same sampling grid
-  as the reference (on even sizes TF "SAME" pads only at the bottom/right instead).
 - `ResidualBlock`: conv3x3-BN-ReLU, conv3x3-BN, + skip (identity, or conv1x1-BN when the
   stride or the width changes), ReLU.
 - `FireModule`: CornerNet-Squeeze's block (squeeze 1x1, expand 1x1 || depthwise 3x3).
@@ -13,122 +11,20 @@ Building blocks, each a plain Keras layer with explicit keyword arguments:
 - `HourglassBackbone`: stem, stacked modules and the inter-stack connections; returns one
   feature map per stack.
 
-Initialisation follows PyTorch's defaults (the reference trains from scratch): kernels
-U(-1/sqrt(fan_in), 1/sqrt(fan_in)) = VarianceScaling(1/3, "fan_in", "uniform"), biases
-U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+Which of these a backbone uses (block type, up-sampling, stem depth) and its default widths
+are in the table `backbones/presets.py`.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import keras
 
-BLOCK_TYPES = ("residual", "fire")
-UPSAMPLE_TYPES = ("nearest", "transpose")
-
-_BN_MOMENTUM = 0.9  # PyTorch momentum 0.1 (weight of the new batch statistics)
-_BN_EPSILON = 1e-5
-
-
-def pytorch_kernel_initializer(mode: str = "fan_in") -> keras.initializers.Initializer:
-    """PyTorch's default conv kernel init, kaiming_uniform(a=sqrt(5)) = U(+-1/sqrt(fan)).
-
-    Args:
-      mode: "fan_in" for Conv2D / Conv2DTranspose kernels. Keras computes a depthwise
-        kernel's fan_in as in_channels * k * k, PyTorch as k * k (one input channel per
-        group); Keras' "fan_out" of a depthwise kernel is depth_multiplier * k * k, which
-        equals PyTorch's fan_in for multiplier 1, so depthwise kernels use "fan_out".
-    """
-    return keras.initializers.VarianceScaling(scale=1.0 / 3.0, mode=mode,
-                                              distribution="uniform")
-
-
-def pytorch_bias_initializer(fan_in: int) -> keras.initializers.Initializer:
-    """PyTorch's default conv bias init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
-    bound = 1.0 / math.sqrt(fan_in)
-    return keras.initializers.RandomUniform(minval=-bound, maxval=bound)
-
-
-def batch_norm(sync_batchnorm: bool = False) -> keras.layers.BatchNormalization:
-    """BN with PyTorch's numerics (momentum 0.1 there, 0.9 here; epsilon 1e-5)."""
-    return keras.layers.BatchNormalization(momentum=_BN_MOMENTUM, epsilon=_BN_EPSILON,
-                                           synchronized=sync_batchnorm)
-
-
-def _subsample(x, strides: int):
-    """x[:, ::s, ::s, :]: a strided 1x1 conv equals a 1x1 conv on this (n -> ceil(n / s)).
-
-    Used instead of Conv2D(1, strides=2): with TF 2.21's oneDNN CPU kernels the gradient of
-    a strided 1x1 conv corrupts the heap when in_channels < 16 (e.g. 16x16x8; likely
-    uxlfoundation/oneDNN#6035, the reduce-to-unit-stride path of 1x1 convs).
-    """
-    return x if strides == 1 else x[:, ::strides, ::strides, :]
-
-
-def _padding_layers(kernel_size: int, strides: int) -> tuple[list, str]:
-    """Explicit symmetric padding for strided convs, "same" (symmetric) for stride 1."""
-    pad = (kernel_size - 1) // 2
-    if strides == 1 or pad == 0:
-        return [], "same" if strides == 1 else "valid"
-    return [keras.layers.ZeroPadding2D(padding=pad)], "valid"
-
-
-def _check_positive(owner: str, **values) -> None:
-    for name, value in values.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise ValueError(f"{owner}: {name} must be a positive integer, found {value!r}")
-
-
-@keras.saving.register_keras_serializable(package="cornernet_tf")
-class ConvBN(keras.layers.Layer):
-    """Conv2D (no bias) -> BatchNormalization -> optional ReLU.
-
-    Input `[B, H, W, C_in]`, output `[B, ceil(H / strides), ceil(W / strides), filters]`,
-    in the compute dtype.
-
-    Args:
-      filters: output channels.
-      kernel_size: odd square kernel size.
-      strides: 1 or 2; strided convs pad (kernel_size - 1) // 2 on every side, then "valid".
-      activation: apply ReLU after BN.
-      sync_batchnorm: synchronized BN across replicas.
-    """
-
-    def __init__(self, filters: int, kernel_size: int = 3, strides: int = 1,
-                 activation: bool = True, sync_batchnorm: bool = False, **kwargs):
-        super().__init__(**kwargs)
-        _check_positive("ConvBN", filters=filters, kernel_size=kernel_size, strides=strides)
-        if kernel_size % 2 != 1:
-            raise ValueError(f"ConvBN: kernel_size must be odd, found {kernel_size}")
-        self.filters = filters
-        self.kernel_size = kernel_size
-        self.strides = strides
-        self.activation = activation
-        self.sync_batchnorm = sync_batchnorm
-        self.pad, padding = _padding_layers(kernel_size, strides)
-        # 1x1 strided convs subsample first (see _subsample), then convolve with stride 1.
-        conv_strides = 1 if kernel_size == 1 else strides
-        self.conv = keras.layers.Conv2D(filters, kernel_size, strides=conv_strides,
-                                        padding=padding, use_bias=False,
-                                        kernel_initializer=pytorch_kernel_initializer())
-        self.bn = batch_norm(sync_batchnorm)
-
-    def call(self, x, training=None):
-        for layer in self.pad:
-            x = layer(x)
-        if self.kernel_size == 1:
-            x = _subsample(x, self.strides)
-        x = self.bn(self.conv(x), training=training)
-        return keras.ops.relu(x) if self.activation else x
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(filters=self.filters, kernel_size=self.kernel_size, strides=self.strides,
-                      activation=self.activation, sync_batchnorm=self.sync_batchnorm)
-        return config
-
+from cornernet_tf.backbones.presets import BLOCK_TYPES, UPSAMPLE_TYPES, stride_of
+from cornernet_tf.layers.conv_bn import (ConvBN, batch_norm, check_positive, padding_layers,
+                                         pytorch_bias_initializer, pytorch_kernel_initializer,
+                                         subsample)
 
 @keras.saving.register_keras_serializable(package="cornernet_tf")
 class ResidualBlock(keras.layers.Layer):
@@ -145,7 +41,7 @@ class ResidualBlock(keras.layers.Layer):
 
     def __init__(self, filters: int, strides: int = 1, sync_batchnorm: bool = False, **kwargs):
         super().__init__(**kwargs)
-        _check_positive("ResidualBlock", filters=filters, strides=strides)
+        check_positive("ResidualBlock", filters=filters, strides=strides)
         self.filters = filters
         self.strides = strides
         self.sync_batchnorm = sync_batchnorm
@@ -189,7 +85,7 @@ class FireModule(keras.layers.Layer):
 
     def __init__(self, filters: int, strides: int = 1, sync_batchnorm: bool = False, **kwargs):
         super().__init__(**kwargs)
-        _check_positive("FireModule", filters=filters, strides=strides)
+        check_positive("FireModule", filters=filters, strides=strides)
         if filters % 2:
             raise ValueError(f"FireModule: filters must be even (two halves), found {filters}")
         self.filters = filters
@@ -197,9 +93,9 @@ class FireModule(keras.layers.Layer):
         self.sync_batchnorm = sync_batchnorm
         half = filters // 2
         self.squeeze = ConvBN(half, 1, 1, activation=False, sync_batchnorm=sync_batchnorm)
-        self.expand_1x1 = keras.layers.Conv2D(half, 1, use_bias=False,  # see _subsample
+        self.expand_1x1 = keras.layers.Conv2D(half, 1, use_bias=False,  # see subsample
                                               kernel_initializer=pytorch_kernel_initializer())
-        self.pad_3x3, padding = _padding_layers(3, strides)
+        self.pad_3x3, padding = padding_layers(3, strides)
         self.expand_3x3 = keras.layers.DepthwiseConv2D(
             3, strides=strides, padding=padding, use_bias=False,
             depthwise_initializer=pytorch_kernel_initializer("fan_out"))
@@ -214,7 +110,7 @@ class FireModule(keras.layers.Layer):
         d = s
         for layer in self.pad_3x3:
             d = layer(d)
-        y = keras.ops.concatenate([self.expand_1x1(_subsample(s, self.strides)),
+        y = keras.ops.concatenate([self.expand_1x1(subsample(s, self.strides)),
                                    self.expand_3x3(d)], axis=-1)
         y = self.bn(y, training=training)
         return keras.ops.relu(y + x if self.use_skip else y)
@@ -237,7 +133,7 @@ def _check_levels(owner: str, channels: Sequence[int], blocks: Sequence[int]) ->
                          f"same length); found channels={list(channels)}, "
                          f"blocks={list(blocks)}")
     for c, b in zip(channels, blocks):
-        _check_positive(owner, channels=c, blocks=b)
+        check_positive(owner, channels=c, blocks=b)
 
 
 @keras.saving.register_keras_serializable(package="cornernet_tf")
@@ -357,7 +253,7 @@ class HourglassBackbone(keras.layers.Layer):
                  block: str = "residual", upsample: str = "nearest", stem_residuals: int = 1,
                  sync_batchnorm: bool = False, **kwargs):
         super().__init__(**kwargs)
-        _check_positive("HourglassBackbone", stacks=stacks, stem_channels=stem_channels,
+        check_positive("HourglassBackbone", stacks=stacks, stem_channels=stem_channels,
                         out_channels=out_channels, stem_residuals=stem_residuals)
         _check_levels("HourglassBackbone", channels, blocks)
         self.stacks = stacks
@@ -383,7 +279,7 @@ class HourglassBackbone(keras.layers.Layer):
     @property
     def stride(self) -> int:
         """Input pixels per output cell."""
-        return 2 ** (1 + self.stem_residuals)
+        return stride_of(self.stem_residuals)
 
     def call(self, images, training=None):
         inter = images

@@ -37,10 +37,11 @@ import numpy as np
 import tensorflow as tf
 
 from cornernet_tf import boxes as box_lib
+from cornernet_tf.data.choices import EVAL_RESIZE_MODES as EVAL_MODES
 
 SizeLike = Union[int, Sequence[int]]
 
-EVAL_MODES = ("resize_pad", "pad127")
+SizeLike = Union[int, Sequence[int]]
 
 # PCA of COCO pixel colours on [0, 1] images, from the reference (db/coco.py). The
 # reference image is BGR (cv2) and applies `image += eig_vec @ (eig_val * alpha)`, so the

@@ -30,12 +30,12 @@ import tensorflow as tf
 from absl import logging
 
 from cornernet_tf.data import coco
+from cornernet_tf.data.choices import DATASETS
 from cornernet_tf.data.augment import eval_resize, train_augment
 from cornernet_tf.data.synthetic import ensure_synthetic
 from cornernet_tf.data.targets import encode_targets
+from cornernet_tf.keys import LOSS_TARGET_KEYS
 
-TARGET_KEYS = ("tl_heatmap", "br_heatmap", "tl_index", "br_index", "tl_offset", "br_offset",
-               "mask")
 SPLITS = ("train", "val")
 
 
@@ -47,6 +47,9 @@ def split_files(data_config, split: str) -> tuple[str, str]:
     """
     if split not in SPLITS:
         raise ValueError(f"split: expected one of {SPLITS}, found {split!r}")
+    if data_config.dataset not in DATASETS:
+        raise ValueError(f"data.dataset: expected one of {DATASETS}, "
+                         f"found {data_config.dataset!r}")
     if data_config.dataset == "synthetic":
         ensure_synthetic(data_config)
     annotations = getattr(data_config, f"{split}_annotations")
@@ -221,7 +224,7 @@ def _train_fn(data_config, model_config):
         image = tf.ensure_shape(tf.cast(image, tf.float32), [*input_size, 3])
         targets = encode_targets(boxes, classes, model_config.num_classes, input_size,
                                  model_config.output_size, max_objects=max_objects)
-        return image, {key: targets[key] for key in TARGET_KEYS}
+        return image, {key: targets[key] for key in LOSS_TARGET_KEYS}
 
     return fn
 

@@ -25,17 +25,8 @@ from typing import Sequence, Union
 import numpy as np
 import tensorflow as tf
 
-# Output keys of `encode_targets`, defined once (STYLE.md principle 7).
-TL_HEATMAP = "tl_heatmap"
-BR_HEATMAP = "br_heatmap"
-TL_INDEX = "tl_index"
-BR_INDEX = "br_index"
-TL_OFFSET = "tl_offset"
-BR_OFFSET = "br_offset"
-MASK = "mask"
-NUM_OBJECTS = "num_objects"
-TARGET_KEYS = (TL_HEATMAP, BR_HEATMAP, TL_INDEX, BR_INDEX, TL_OFFSET, BR_OFFSET, MASK,
-               NUM_OBJECTS)
+from cornernet_tf.keys import (BR_HEATMAP, BR_INDEX, BR_OFFSET, MASK, NUM_OBJECTS, TL_HEATMAP,
+                               TL_INDEX, TL_OFFSET)
 
 # The reference zeroes Gaussian values below eps * max. For a (2R+1)^2 kernel with
 # sigma = (2R+1)/6 the smallest value is exp(-36 R^2 / (2 (2R+1)^2)) >= exp(-9), so the
@@ -134,14 +125,37 @@ def encode_targets(boxes: tf.Tensor, classes: tf.Tensor, num_classes: int, input
     """
     in_h, in_w = _size_pair(input_size, "input_size")
     out_h, out_w = _size_pair(output_size, "output_size")
-    if not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
-        raise ValueError(f"encode_targets: num_classes must be a positive int, "
-                         f"found {num_classes!r}")
-    if not isinstance(max_objects, (int, np.integer)) or max_objects < 1:
-        raise ValueError(f"encode_targets: max_objects must be a positive int, "
-                         f"found {max_objects!r}")
-    num_classes, max_objects = int(num_classes), int(max_objects)
+    num_classes = _positive_int(num_classes, "num_classes")
+    max_objects = _positive_int(max_objects, "max_objects")
+    boxes, classes = _check_objects(boxes, classes)
 
+    x1, y1, x2, y2, valid, num_objects = _clip_and_filter(boxes, classes, in_h, in_w,
+                                                          num_classes)
+    # The first M valid objects, in input order, in fixed slots.
+    (x1, y1, x2, y2, slot_class), mask = _compact_valid(
+        valid, max_objects, (x1, y1, x2, y2, classes))  # [M] each, mask [M] bool
+
+    ratio_x, ratio_y = out_w / in_w, out_h / in_h
+    radius = _corner_radius(x1, y1, x2, y2, ratio_x, ratio_y, mask)  # [M] float64
+    outputs = {MASK: tf.cast(mask, tf.float32), NUM_OBJECTS: num_objects}
+    corners = (((TL_HEATMAP, TL_INDEX, TL_OFFSET), x1, y1),
+               ((BR_HEATMAP, BR_INDEX, BR_OFFSET), x2, y2))
+    for (heatmap_key, index_key, offset_key), x, y in corners:
+        cx, cy, outputs[index_key], outputs[offset_key] = _corner_cells(
+            x * ratio_x, y * ratio_y, out_w, mask)
+        outputs[heatmap_key] = _draw_heatmap(cx, cy, tf.cast(radius, tf.float32), slot_class,
+                                             mask, num_classes, out_h, out_w)
+    return outputs
+
+
+def _positive_int(value, name: str) -> int:
+    if not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"encode_targets: {name} must be a positive int, found {value!r}")
+    return int(value)
+
+
+def _check_objects(boxes, classes) -> tuple[tf.Tensor, tf.Tensor]:
+    """boxes [N, 4] (any float dtype) and classes [N] as int32, with static rank checks."""
     boxes = tf.convert_to_tensor(boxes)
     classes = tf.convert_to_tensor(classes)
     if boxes.shape.rank != 2 or (boxes.shape[-1] is not None and boxes.shape[-1] != 4):
@@ -149,11 +163,26 @@ def encode_targets(boxes: tf.Tensor, classes: tf.Tensor, num_classes: int, input
                          f"{boxes.shape}")
     if classes.shape.rank != 1:
         raise ValueError(f"encode_targets: classes must be [N], found shape {classes.shape}")
-    classes = tf.cast(classes, tf.int32)
+    return boxes, tf.cast(classes, tf.int32)
+
+
+def _clip_and_filter(boxes: tf.Tensor, classes: tf.Tensor, in_h: int, in_w: int,
+                     num_classes: int):
+    """Clips boxes to [0, input - 1] and marks the valid ones (SPEC.md, Ground truth).
+
+    Args:
+      boxes: [N, 4] xyxy input pixels.
+      classes: [N] int32, -1 for padding.
+      in_h, in_w: network input size.
+      num_classes: C; a valid box with a class >= C fails at run time.
+
+    Returns:
+      (x1, y1, x2, y2) [N] float64 clipped, valid [N] bool (class >= 0 and positive size
+      after clipping), num_objects [] int32 (count of valid).
+    """
     checks = [tf.debugging.assert_equal(
         tf.shape(boxes)[0], tf.shape(classes)[0],
         message="encode_targets: boxes [N, 4] and classes [N] must have the same N")]
-
     with tf.control_dependencies(checks):
         b = tf.cast(boxes, tf.float64)  # [N, 4]
     x1 = tf.clip_by_value(b[:, 0], 0.0, in_w - 1.0)
@@ -167,39 +196,67 @@ def encode_targets(boxes: tf.Tensor, classes: tf.Tensor, num_classes: int, input
                 f"classes must be 0-based contiguous ids (or -1 for padding)")
     with tf.control_dependencies([class_check]):
         num_objects = tf.reduce_sum(tf.cast(valid, tf.int32))
+    return x1, y1, x2, y2, valid, num_objects
 
-    # Compact the first M valid rows, in order, into fixed slots; the rest go to a dummy
-    # slot M that is sliced away.
+
+def _compact_valid(valid: tf.Tensor, max_objects: int, values: Sequence[tf.Tensor]):
+    """Moves the first M valid rows, in order, into M fixed slots.
+
+    Args:
+      valid: [N] bool.
+      max_objects: M.
+      values: [N] tensors to compact.
+
+    Returns:
+      (compacted values, each [M] with 0 in empty slots; mask [M] bool, slots holding an
+      object). Rows past the first M valid ones go to a dummy slot M that is sliced away.
+    """
     rank = tf.cumsum(tf.cast(valid, tf.int32)) - 1  # [N]
     keep = valid & (rank < max_objects)
     slot = tf.where(keep, rank, max_objects)[:, None]  # [N, 1]
 
-    def compact(values: tf.Tensor) -> tf.Tensor:
-        return tf.scatter_nd(slot, values, [max_objects + 1])[:max_objects]
+    def compact(v: tf.Tensor) -> tf.Tensor:
+        return tf.scatter_nd(slot, v, [max_objects + 1])[:max_objects]
 
-    x1, y1, x2, y2 = compact(x1), compact(y1), compact(x2), compact(y2)  # [M] float64
-    slot_class = compact(classes)  # [M]
-    mask = compact(tf.cast(keep, tf.int32)) > 0  # [M] bool
+    return [compact(v) for v in values], compact(tf.cast(keep, tf.int32)) > 0
 
-    ratio_x, ratio_y = out_w / in_w, out_h / in_h
+
+def _corner_radius(x1, y1, x2, y2, ratio_x: float, ratio_y: float, mask: tf.Tensor):
+    """R = max(0, floor(gaussian_radius(ceil(h * r), ceil(w * r)))) per slot, 0 when empty.
+
+    Args:
+      x1, y1, x2, y2: [M] float64 input pixels.
+      ratio_x, ratio_y: output / input per axis.
+      mask: [M] bool.
+
+    Returns:
+      [M] float64 integral radii in output-grid cells.
+    """
     # Box size in output cells, rounded up, sets the radius (reference: math.ceil).
     box_w = tf.math.ceil((x2 - x1) * ratio_x)
     box_h = tf.math.ceil((y2 - y1) * ratio_y)
     radius = tf.maximum(tf.floor(gaussian_radius_tf(box_h, box_w)), 0.0)  # [M] float64
-    radius = tf.where(mask, radius, 0.0)
+    return tf.where(mask, radius, 0.0)
 
-    outputs = {MASK: tf.cast(mask, tf.float32), NUM_OBJECTS: num_objects}
-    for prefix, x, y in (("tl", x1, y1), ("br", x2, y2)):
-        fx, fy = x * ratio_x, y * ratio_y  # [M] float64, output-grid units
-        cx, cy = tf.floor(fx), tf.floor(fy)
-        offset = tf.stack([fx - cx, fy - cy], axis=-1)  # [M, 2]
-        ix, iy = tf.cast(cx, tf.int32), tf.cast(cy, tf.int32)
-        outputs[f"{prefix}_index"] = tf.where(mask, iy * out_w + ix, 0)
-        outputs[f"{prefix}_offset"] = tf.where(mask[:, None], tf.cast(offset, tf.float32), 0.0)
-        outputs[f"{prefix}_heatmap"] = _draw_heatmap(
-            tf.cast(cx, tf.float32), tf.cast(cy, tf.float32), tf.cast(radius, tf.float32),
-            slot_class, mask, num_classes, out_h, out_w)
-    return outputs
+
+def _corner_cells(fx: tf.Tensor, fy: tf.Tensor, out_w: int, mask: tf.Tensor):
+    """Cell, embedding index and sub-cell offset of corners at output-grid positions.
+
+    Args:
+      fx, fy: [M] float64 corner positions in output-grid units.
+      out_w: w of the grid (row-major index y * w + x).
+      mask: [M] bool.
+
+    Returns:
+      (cx, cy) [M] float32 integral cells; index [M] int32 (0 in empty slots); offset
+      [M, 2] float32 (x, y) in [0, 1) (0 in empty slots).
+    """
+    cx, cy = tf.floor(fx), tf.floor(fy)
+    offset = tf.stack([fx - cx, fy - cy], axis=-1)  # [M, 2]
+    ix, iy = tf.cast(cx, tf.int32), tf.cast(cy, tf.int32)
+    index = tf.where(mask, iy * out_w + ix, 0)
+    offset = tf.where(mask[:, None], tf.cast(offset, tf.float32), 0.0)
+    return tf.cast(cx, tf.float32), tf.cast(cy, tf.float32), index, offset
 
 
 def _draw_heatmap(cx: tf.Tensor, cy: tf.Tensor, radius: tf.Tensor, classes: tf.Tensor,

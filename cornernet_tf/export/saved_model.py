@@ -23,6 +23,8 @@ import keras
 import tensorflow as tf
 
 from cornernet_tf.export.serving import build_detection_functions
+from cornernet_tf.keys import (BR_HEATMAP, DETECTION_BOXES, DETECTION_CLASSES, DETECTION_SCORES,
+                               NUM_DETECTIONS, TL_HEATMAP)
 
 IMAGES_SPEC = tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")
 BYTES_SPEC = tf.TensorSpec([None], tf.string, name="images")
@@ -37,20 +39,25 @@ def next_version(base_dir: str) -> int:
 
 
 def write_archive(model: keras.Model, endpoints: dict, path: str) -> None:
-    """Writes a SavedModel whose signatures are `endpoints` {name: (fn, [TensorSpec])}."""
+    """Writes a SavedModel whose signatures are `endpoints` {name: (fn, [TensorSpec])}.
+
+    `model` is not passed to `ExportArchive.track`: `write_out` saves the variables the
+    endpoints capture, which is all the signatures need (checked in the tests with
+    saved_model_cli run). `track` would add the Keras variable wrappers as well, two
+    objects per weight, so every weight was stored (and restored, in TF Serving too) twice
+    (keras-team/keras#23553, open). `track` is needed only for lookup tables (none here)
+    and for the `variables` collections of the reloaded object (unused).
+
+    Args:
+      model: the built model whose variables the endpoints use (built: its variables exist).
+      endpoints: {signature name: (function, [tf.TensorSpec])}.
+      path: the SavedModel folder to write.
+    """
+    if not model.built:
+        raise ValueError("write_archive: the model must be built before export")
     archive = keras.export.ExportArchive()
-    archive.track(model)
     for name, (fn, signature) in endpoints.items():
         archive.add_endpoint(name=name, fn=fn, input_signature=signature)
-    # `track` keeps the Keras variable wrappers in three collections and `write_out` adds
-    # the endpoints' captured tf.Variables: two objects per weight, so every weight was
-    # stored (and restored, in TF Serving too) twice (keras-team/keras#23553, open). The
-    # endpoints' own variables are all that the signatures need (checked in the tests with
-    # saved_model_cli run), so the wrapper collections are emptied before writing.
-    trackable = getattr(archive, "_tf_trackable", None)
-    for collection in ("variables", "trainable_variables", "non_trainable_variables"):
-        if trackable is not None and hasattr(trackable, collection):
-            setattr(trackable, collection, [])
     archive.write_out(path, verbose=False)
 
 
@@ -100,14 +107,14 @@ def serving_description(cfg) -> dict:
             "serving_default": {"inputs": {"images": "uint8 [B, H, W, 3] RGB"}},
             "serving_bytes": {"inputs": {"images": "string [B] encoded JPEG/PNG"}},
             "serving_heatmaps": {"inputs": {"images": "uint8 [B, H, W, 3] RGB"},
-                                 "outputs": "tl_heatmap, br_heatmap [B, h, w, C] probabilities, "
-                                            "valid_fraction [B, 2]"},
+                                 "outputs": f"{TL_HEATMAP}, {BR_HEATMAP} [B, h, w, C] "
+                                            "probabilities, valid_fraction [B, 2]"},
         },
         "outputs": {
-            "detection_boxes": "float32 [B, N, 4] normalised [ymin, xmin, ymax, xmax]",
-            "detection_scores": "float32 [B, N], descending",
-            "detection_classes": "float32 [B, N], 1-based label ids = labels.json 'class' + 1",
-            "num_detections": "int32 [B]",
+            DETECTION_BOXES: "float32 [B, N, 4] normalised [ymin, xmin, ymax, xmax]",
+            DETECTION_SCORES: "float32 [B, N], descending",
+            DETECTION_CLASSES: "float32 [B, N], 1-based label ids = labels.json 'class' + 1",
+            NUM_DETECTIONS: "int32 [B]",
         },
         "tflite_input": f"uint8 [1, {cfg.model.input_size[0]}, {cfg.model.input_size[1]}, 3] "
                         "RGB, resized (no aspect kept) by the caller",

@@ -21,12 +21,14 @@ from typing import Callable, Iterable, Optional
 
 import numpy as np
 import tensorflow as tf
+from ai_edge_litert.interpreter import Interpreter
 
 from cornernet_tf import boxes as box_lib
+from cornernet_tf.export.choices import TFLITE_MODES
 from cornernet_tf.export.saved_model import write_archive
 from cornernet_tf.export.serving import DECODE_SCOPE, build_detection_functions
-
-OUTPUT_KEYS = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
+from cornernet_tf.keys import (DETECTION_BOXES, DETECTION_CLASSES, DETECTION_OUTPUT_KEYS,
+                               DETECTION_SCORES, NUM_DETECTIONS)
 
 # Parity tolerances per mode: (max |score difference| and min IoU of a matched detection,
 # max fraction of compared detections outside either). `check_parity` compares reference
@@ -40,6 +42,7 @@ OUTPUT_KEYS = ("detection_boxes", "detection_scores", "detection_classes", "num_
 # are corners and pairings the quantised heads flip (near-tied peaks, embedding distances
 # near ae_threshold), not box arithmetic; a quantised decode (boxes collapsed to ~0) puts
 # ~100% outside. The fractions leave room for the 4-image check of `--mode=export`.
+# One entry per mode of TFLITE_MODES.
 TOLERANCES = {
     "fp32": (1e-4, 0.99, 0.0),
     "fp16": (0.02, 0.9, 0.05),
@@ -72,8 +75,8 @@ def convert(model, cfg, mode: str, output_path: str,
       TFLiteExportError: conversion needs ops outside the TFLite builtins.
       ValueError: unknown mode, or int8 without representative images.
     """
-    if mode not in TOLERANCES:
-        raise ValueError(f"export.tflite: {mode!r} is not one of {', '.join(TOLERANCES)}")
+    if mode not in TFLITE_MODES:
+        raise ValueError(f"export.tflite: {mode!r} is not one of {', '.join(TFLITE_MODES)}")
     in_h, in_w = cfg.model.input_size
     fns = build_detection_functions(model, cfg)
     spec = tf.TensorSpec([1, in_h, in_w, 3], tf.uint8, name="images")
@@ -138,8 +141,6 @@ def _quantize_network(converter, dataset) -> bytes:
     Returns:
       the flatbuffer bytes.
     """
-    from ai_edge_litert.interpreter import Interpreter
-
     with warnings.catch_warnings():  # it builds a (deprecated) tf.lite.Interpreter inside
         warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
         debugger = tf.lite.experimental.QuantizationDebugger(
@@ -149,7 +150,7 @@ def _quantize_network(converter, dataset) -> bytes:
     calibrated = Interpreter(model_content=debugger.calibrated_model)
     names = {t["index"]: t["name"] for t in calibrated.get_tensor_details()}
     outputs = {d["index"] for d in calibrated.get_output_details()}
-    denylisted = sorted({names[i] for op in calibrated._get_ops_details() for i in op["outputs"]
+    denylisted = sorted({names[i] for op in ops_details(calibrated) for i in op["outputs"]
                          if DECODE_SCOPE in names[i] or i in outputs})
     if not denylisted:
         raise TFLiteExportError(f"int8: no op named under {DECODE_SCOPE!r} in the converted "
@@ -161,18 +162,45 @@ def _quantize_network(converter, dataset) -> bytes:
     return debugger.get_nondebug_quantized_model()
 
 
+def ops_details(interpreter: Interpreter) -> list[dict]:
+    """Every op (node) of a loaded TFLite model, in execution order.
+
+    ai_edge_litert's Interpreter has no public call for this (the public ones list tensors,
+    inputs, outputs and signatures), so this wraps its private `_get_ops_details`: the one
+    place the package calls it. `tests/export/test_tflite.py` checks the wrapper on a known
+    model, so a change of the private API fails that test instead of an export.
+
+    Args:
+      interpreter: an `ai_edge_litert.interpreter.Interpreter`.
+
+    Returns:
+      One dict per op with at least "op_name" (str, e.g. "CONV_2D"; Flex ops show as
+      "Flex..." / "DELEGATE"), "inputs" and "outputs" (tensor indices).
+
+    Raises:
+      RuntimeError: the private API is gone or returns something else.
+    """
+    get = getattr(interpreter, "_get_ops_details", None)
+    if get is None:
+        raise RuntimeError("ai_edge_litert Interpreter._get_ops_details is gone; "
+                           "cornernet_tf.export.tflite.ops_details needs another way to list ops")
+    details = list(get())
+    for op in details:
+        if not {"op_name", "inputs", "outputs"} <= set(op):
+            raise RuntimeError(f"ai_edge_litert Interpreter._get_ops_details changed: expected "
+                               f"op_name, inputs, outputs per op, found {sorted(op)}")
+    return details
+
+
 def op_names(path: str) -> list[str]:
     """The distinct op names of a .tflite file (Flex ops show as 'Flex...' / 'DELEGATE')."""
-    from ai_edge_litert.interpreter import Interpreter
-    interpreter = Interpreter(model_path=path)
-    return sorted({op["op_name"] for op in interpreter._get_ops_details()})
+    return sorted({op["op_name"] for op in ops_details(Interpreter(model_path=path))})
 
 
 class TFLiteDetector:
     """Runs an exported .tflite with ai_edge_litert; call with uint8 [1, h, w, 3]."""
 
     def __init__(self, path: str, num_threads: Optional[int] = None):
-        from ai_edge_litert.interpreter import Interpreter
         self.interpreter = Interpreter(model_path=path, num_threads=num_threads)
         self.runner = self.interpreter.get_signature_runner("serving_default")
         shape = self.runner.get_input_details()["images"]["shape"]
@@ -184,7 +212,7 @@ class TFLiteDetector:
             raise ValueError(f"TFLite model expects uint8 [1, {self.input_size[0]}, "
                              f"{self.input_size[1]}, 3]; found {images.dtype} {list(images.shape)}")
         out = self.runner(images=images)
-        return {k: np.asarray(out[k]) for k in OUTPUT_KEYS}
+        return {k: np.asarray(out[k]) for k in DETECTION_OUTPUT_KEYS}
 
 
 def compare_detections(reference: dict, other: dict, min_score: float = 0.1) -> dict:
@@ -205,9 +233,9 @@ def compare_detections(reference: dict, other: dict, min_score: float = 0.1) -> 
       "max_score_diff", "min_iou" (0.0 / 1.0 when nothing was compared).
     """
     def take(d):
-        n = int(d["num_detections"][0])
-        return (d["detection_boxes"][0, :n], d["detection_scores"][0, :n],
-                d["detection_classes"][0, :n])
+        n = int(d[NUM_DETECTIONS][0])
+        return (d[DETECTION_BOXES][0, :n], d[DETECTION_SCORES][0, :n],
+                d[DETECTION_CLASSES][0, :n])
 
     rb, rs, rc = take(reference)
     ob, os_, oc = take(other)

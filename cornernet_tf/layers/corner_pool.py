@@ -27,37 +27,14 @@ at the scan's first position) and receives the summed gradients of the run of eq
 An XLA while loop walks the rows against the scan, accumulating and handing the sum to each run
 start. With a dynamic pooled axis only "scan" applies, with TF's own scan gradient (same tie rule).
 
-impl="auto" (`resolve_impl`): with `training=True` (Keras passes the flag down) it is "xla", the
-fastest forward and forward+backward in the figures below (it traces and runs inside Keras
-`jit_compile=True` too); otherwise
-(inference, SavedModel and TFLite export) it is "doubling": exported graphs then hold only plain
-TF ops and TFLite builtins. All three convert to TFLite builtins at a static shape ("scan" and
-"xla" as a WHILE loop), but in the TFLite interpreter (1 thread) a CornerPool on two
-[1, 128, 128, 128] inputs took 31 ms with "doubling", 135 ms with "xla" and 533 ms with "scan".
-A dynamic pooled axis gives "scan".
-
-Measured on this 2-core CPU host shared with other jobs (load average ~1.5-2.4), one direction on
-[4, 128, 128, 128] float32, medians of 21 interleaved runs, x = multiple of the median time of a
-numpy `.copy()` of the same tensor in the same rounds (2.81 ms for top, 2.66 ms for left):
-
-    impl          top forward    top fwd+bwd     left forward   left fwd+bwd
-    naive scan    13.1 ms 4.7x   35.8 ms 12.8x   17.5 ms 6.6x   43.6 ms 16.4x
-    scan          12.6 ms 4.5x   25.5 ms  9.1x   13.5 ms 5.1x   30.3 ms 11.4x
-    doubling      17.2 ms 6.1x   29.3 ms 10.5x   20.1 ms 7.6x   36.6 ms 13.7x
-    xla            8.4 ms 3.0x   19.8 ms  7.1x    8.8 ms 3.3x   25.3 ms  9.5x
-
-    (bottom / right xla: 9.3 / 8.9 ms forward, 22.9 / 23.3 ms forward+backward, 3.4x / 8.4x, 3.3x
-    / 8.6x; "naive scan" = full 4-D transposes around tf.scan with TF's own scan gradient)
-
-    python -c "from cornernet_tf.benchmark import bench_corner_pool, format_rows; \
-        print(format_rows(bench_corner_pool(repeats=21, direction='top')))"
-
-Every forward+backward row except "naive scan" uses the shared XLA gradient (about 11-17 ms).
-The numpy copy itself varied between 2.6 and 3.5 ms across runs on the shared host (in a run where
-it took 3.35 ms, xla was 2.8x forward and 6.1x / 6.9x forward+backward for top / left), so the
-multiples move by about +-25% between runs; the ranking never changed. Jit-compiling the doubling
-forward made it slower (about 22 ms), and a blocked max_pool2d forward (8-12 ms) with a blocked
-non-XLA gradient (15-25 ms) lost to "xla" while neither converting to TFLite nor compiling in XLA.
+impl="auto" (`resolve_impl`): with `training=True` (Keras passes the flag down) it is "xla",
+the fastest forward and forward+backward of the three on CPU (it traces and runs inside Keras
+`jit_compile=True` too); otherwise (inference, SavedModel and TFLite export) it is
+"doubling": exported graphs then hold only plain TF ops and TFLite builtins. All three convert
+to TFLite builtins at a static shape ("scan" and "xla" as a WHILE loop), but in the TFLite
+interpreter "doubling" is the fastest by far. A dynamic pooled axis gives "scan". The figures
+behind these choices, and the alternatives measured and dropped, are in docs/benchmarks.md
+(sections corner_pool and corner_pool_notes).
 """
 
 from __future__ import annotations
@@ -68,8 +45,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from cornernet_tf.layers.choices import CORNER_POOL_IMPLS as IMPLS
+
 DIRECTIONS = ("top", "bottom", "left", "right")
-IMPLS = ("auto", "scan", "doubling", "xla")
 CORNERS = {"top_left": ("top", "left"), "bottom_right": ("bottom", "right")}
 
 # direction -> (pooled axis of [B, H, W, C], reverse: the scan starts at the last position)
@@ -168,7 +146,7 @@ def _row(t: tf.Tensor, i) -> tf.Tensor:
 
 
 def _unroll(n: int) -> int:
-    """Rows per loop iteration: 4 cut the XLA loops' time by ~20% against 1 (measured)."""
+    """Rows per loop iteration: 4 where n allows (faster than 1, docs/benchmarks.md)."""
     return next(u for u in (4, 2, 1) if n % u == 0)
 
 

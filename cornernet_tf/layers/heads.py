@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import keras
 
-from cornernet_tf.backbones.hourglass import (ConvBN, pytorch_bias_initializer,
-                                              pytorch_kernel_initializer)
+from cornernet_tf.layers.conv_bn import (ConvBN, pytorch_bias_initializer,
+                                         pytorch_kernel_initializer)
 from cornernet_tf.layers.corner_pool import CornerPool
 
 CORNERS = ("top_left", "bottom_right")

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cornernet_tf.backbones.hourglass import (ConvBN, FireModule, HourglassBackbone,
-                                              HourglassModule, ResidualBlock)
+from cornernet_tf.backbones.hourglass import (FireModule, HourglassBackbone, HourglassModule,
+                                              ResidualBlock)
+from cornernet_tf.layers.conv_bn import ConvBN
 
 BN_SCALE = 1.0 / math.sqrt(1.0 + 1e-5)
 

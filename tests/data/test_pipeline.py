@@ -12,6 +12,7 @@ from PIL import Image
 
 from cornernet_tf.config import load_config
 from cornernet_tf.data import coco, pipeline
+from cornernet_tf.keys import LOSS_TARGET_KEYS
 
 NUM_CLASSES, MAX_OBJECTS = 3, 4
 
@@ -54,7 +55,7 @@ def test_train_batch_keys_shapes_and_golden_targets(tmp_path):
     ds = pipeline.build_dataset(cfg.data, cfg.model, "train", training=True, batch_size=2)
     images, targets = next(iter(ds))
     assert images.shape == (2, 64, 64, 3) and images.dtype == tf.float32
-    assert sorted(targets) == sorted(pipeline.TARGET_KEYS)
+    assert sorted(targets) == sorted(LOSS_TARGET_KEYS)
     expected = {"tl_heatmap": ((2, 16, 16, 3), tf.float32),
                 "br_heatmap": ((2, 16, 16, 3), tf.float32),
                 "tl_index": ((2, 4), tf.int32), "br_index": ((2, 4), tf.int32),

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cornernet_tf.data.targets import TARGET_KEYS, encode_targets, gaussian_radius
+from cornernet_tf.data.targets import encode_targets, gaussian_radius
+from cornernet_tf.keys import TARGET_KEYS
 
 
 # ----------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from cornernet_tf.export import tflite
+from cornernet_tf.export.choices import TFLITE_MODES
 from cornernet_tf.export.serving import DECODE_SCOPE, build_detection_functions
 from tests.support.export_models import N, noise_image, tiny_config, tiny_model
 
@@ -106,7 +107,7 @@ def tensor_types(path):
     interpreter = Interpreter(model_path=path)
     tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
     return {tensors[i]["name"]: (op["op_name"], np.dtype(tensors[i]["dtype"]))
-            for op in interpreter._get_ops_details() for i in op["outputs"]}
+            for op in tflite.ops_details(interpreter) for i in op["outputs"]}
 
 
 @pytest.mark.slow
@@ -231,3 +232,25 @@ def test_check_parity_skips_near_threshold_detections_and_counts_outliers(tiny,
     gate = tflite.check_parity(with_extra(0.5), path, [image], "fp32")
     assert gate["compared"] == compared + 1 >= 2 and gate["outliers"] == 1
     assert gate["max_score_diff"] == pytest.approx(0.5) and gate["min_iou"] == 0.0
+
+
+def test_ops_details_wraps_the_private_interpreter_api():
+    # `ops_details` is the package's one use of a private ai_edge_litert API; this fails
+    # loudly (not an export later) if that API disappears or changes its format.
+    @tf.function(input_signature=[tf.TensorSpec([1, 4], tf.float32)])
+    def f(x):
+        return tf.reduce_sum(tf.maximum(x, 0.5), axis=1)
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([f.get_concrete_function()], f)
+    interpreter = tflite.Interpreter(model_content=converter.convert())
+    ops = tflite.ops_details(interpreter)
+    assert [op["op_name"] for op in ops] == ["MAXIMUM", "SUM"]
+    # The graph's wiring: MAXIMUM feeds SUM, and SUM writes the model output.
+    assert ops[0]["outputs"][0] in list(ops[1]["inputs"])
+    assert list(ops[1]["outputs"]) == [interpreter.get_output_details()[0]["index"]]
+
+
+def test_every_conversion_mode_has_a_tolerance():
+    assert set(tflite.TOLERANCES) == set(TFLITE_MODES)
+    with pytest.raises(ValueError, match="fp8.*not one of fp32, fp16, dynamic_int8, int8"):
+        tflite.convert(None, tiny_config(), "fp8", "unused.tflite")

@@ -35,7 +35,8 @@ def _one_step(cfg, strategy, initial, images, targets, local_normalizers=False):
     if local_normalizers:
         # Control: each replica divides by its own counts (what a naive port would do).
         def loss_terms(images, targets, training):
-            from cornernet_tf.losses import LOSS_KEYS, cornernet_loss
+            from cornernet_tf.keys import LOSS_KEYS
+            from cornernet_tf.losses import cornernet_loss
             outputs = model.compute_outputs(images, all_stacks=True, training=training)
             terms = cornernet_loss(outputs, targets, **dict(model._loss_weights))
             ctx = tf.distribute.get_replica_context()
