@@ -170,18 +170,20 @@ def oracle_heads(heads: dict, targets: list, oracle: str, offset: float = -100.0
     """
     out = {k: np.array(v) for k, v in heads.items()}
     eps = 1e-4
+    corners = ((keys.TL_HEATMAP, keys.TL_INDEX, keys.TL_OFFSET, keys.TL_EMBEDDING),
+               (keys.BR_HEATMAP, keys.BR_INDEX, keys.BR_OFFSET, keys.BR_EMBEDDING))
     for b, t in enumerate(targets):
-        for corner in ("tl", "br"):
-            y = np.clip(t[f"{corner}_heatmap"], eps, 1 - eps)
-            out[f"{corner}_heatmap"][b] = np.log(y / (1 - y))
+        for heatmap, index, offsets, embedding in corners:
+            y = np.clip(t[heatmap], eps, 1 - eps)
+            out[heatmap][b] = np.log(y / (1 - y))
             h, w = y.shape[:2]
             valid = np.flatnonzero(t[keys.MASK] > 0)
-            rows, cols = np.divmod(t[f"{corner}_index"][valid], w)
+            rows, cols = np.divmod(t[index][valid], w)
             if oracle in ("heatmaps+offsets", "all"):
-                out[f"{corner}_offset"][b, rows, cols] = t[f"{corner}_offset"][valid]
+                out[offsets][b, rows, cols] = t[offsets][valid]
             if oracle == "all":
-                out[f"{corner}_embedding"][b] = offset
-                out[f"{corner}_embedding"][b, rows, cols, 0] = 2.0 * np.arange(len(valid))
+                out[embedding][b] = offset
+                out[embedding][b, rows, cols, 0] = 2.0 * np.arange(len(valid))
     return out
 
 

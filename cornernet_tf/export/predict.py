@@ -150,7 +150,7 @@ def predict(model_path: str, image_paths: Sequence[str], output_dir: str,
                 raise ValueError(f"--heatmaps: the SavedModel {model_path!r} has no "
                                  f"serving_heatmaps signature")
             fh, fw = maps["valid_fraction"][0]
-            for key in ("tl_heatmap", "br_heatmap"):
+            for key in (keys.TL_HEATMAP, keys.BR_HEATMAP):
                 heat = maps[key][0]
                 heat = heat[:max(1, int(round(heat.shape[0] * fh))),
                             :max(1, int(round(heat.shape[1] * fw)))]
