@@ -145,16 +145,24 @@ def predict(model_path: str, image_paths: Sequence[str], output_dir: str,
                            detections=detections), f, indent=1)
         written += [png, js]
         if heatmaps:
-            maps = detector.heatmaps(image)
-            if maps is None:
-                raise ValueError(f"--heatmaps: the SavedModel {model_path!r} has no "
-                                 f"serving_heatmaps signature")
-            fh, fw = maps["valid_fraction"][0]
-            for key in (keys.TL_HEATMAP, keys.BR_HEATMAP):
-                heat = maps[key][0]
-                heat = heat[:max(1, int(round(heat.shape[0] * fh))),
-                            :max(1, int(round(heat.shape[1] * fw)))]
-                p = os.path.join(output_dir, f"{stem}_{key}.png")
-                visualize.save_png(visualize.heatmap_overlay(image, heat), p)
-                written.append(p)
+            written += _write_heatmaps(detector, image, os.path.join(output_dir, stem))
+    return written
+
+
+def _write_heatmaps(detector: ExportedDetector, image: np.ndarray, prefix: str) -> list[str]:
+    """`<prefix>_tl_heatmap.png` and `<prefix>_br_heatmap.png`: the corner heatmaps of the
+    image's part of the grid (padding cut off) over the image."""
+    maps = detector.heatmaps(image)
+    if maps is None:
+        raise ValueError(f"--heatmaps: the SavedModel {detector.path!r} has no "
+                         f"serving_heatmaps signature")
+    fh, fw = maps["valid_fraction"][0]
+    written = []
+    for key in (keys.TL_HEATMAP, keys.BR_HEATMAP):
+        heat = maps[key][0]
+        heat = heat[:max(1, int(round(heat.shape[0] * fh))),
+                    :max(1, int(round(heat.shape[1] * fw)))]
+        path = f"{prefix}_{key}.png"
+        visualize.save_png(visualize.heatmap_overlay(image, heat), path)
+        written.append(path)
     return written
