@@ -51,11 +51,30 @@ def _restored_model(cfg: config_lib.Config, model_dir: str):
 
 
 def _evaluate(cfg: config_lib.Config) -> None:
-    from cornernet_tf.evaluation import run_evaluation
+    from cornernet_tf import eval_runner
     model_dir = resolve_model_dir(FLAGS.config, FLAGS.model_dir)
+    if FLAGS.model:
+        if cfg.evaluate.oracle != "none":
+            raise app.UsageError(f"--model evaluates an exported file, which has no heads to "
+                                 f"replace; evaluate.oracle={cfg.evaluate.oracle!r} needs a "
+                                 f"checkpoint (drop --model)")
+        eval_runner.evaluate_export(FLAGS.model, cfg, export_eval_dir(model_dir, FLAGS.model),
+                                    max_images=cfg.evaluate.max_images)
+        return
     model = _restored_model(cfg, model_dir)
-    run_evaluation(model, cfg, os.path.join(model_dir, "eval"),
-                   max_images=cfg.evaluate.max_images, oracle=cfg.evaluate.oracle)
+    eval_runner.run_evaluation(model, cfg, os.path.join(model_dir, "eval"),
+                               max_images=cfg.evaluate.max_images, oracle=cfg.evaluate.oracle)
+
+
+def export_eval_dir(model_dir: str, model_path: str) -> str:
+    """Where `--mode=evaluate --model=...` writes: <model_dir>/eval/<file stem or
+    saved_model_<version>>."""
+    path = os.path.normpath(model_path)
+    if path.endswith(".tflite"):
+        name = os.path.splitext(os.path.basename(path))[0]
+    else:
+        name = f"saved_model_{os.path.basename(path)}"
+    return os.path.join(model_dir, "eval", name)
 
 
 def _export(cfg: config_lib.Config) -> None:
@@ -95,8 +114,9 @@ MODES: dict[str, Mode] = {
                  "export SavedModel + TFLite, predict, summary", _demo),
     "train": Mode("train (or resume) with model.fit; checkpoints, logs, labels.json in "
                   "--model_dir", _train),
-    "evaluate": Mode("COCO AP of the newest (or --checkpoint) checkpoint on the val split; "
-                     "writes <model_dir>/eval/", _evaluate),
+    "evaluate": Mode("COCO AP on the val split of the newest (or --checkpoint) checkpoint, "
+                     "or of an exported file with --model (SavedModel folder or .tflite; "
+                     "adds latency and size); writes <model_dir>/eval/", _evaluate),
     "export": Mode("SavedModel for TF Serving (+ TFLite with export.tflite) under "
                    "--export_dir, decode inside", _export),
     "predict": Mode("run an exported model (--model) on --images; annotated PNGs and JSON "
@@ -125,7 +145,8 @@ def _define_flags() -> None:
                         "newest in --model_dir.")
     flags.DEFINE_string("export_dir", "export", "export: root folder of SavedModels "
                         "(<export_dir>/<export.name>/<version>/).")
-    flags.DEFINE_string("model", None, "predict: a SavedModel version folder or a .tflite file.")
+    flags.DEFINE_string("model", None, "predict, evaluate: a SavedModel version folder or a "
+                        ".tflite file (evaluate: instead of a checkpoint).")
     flags.DEFINE_multi_string("images", [], "predict: image files or folders (repeatable).")
     flags.DEFINE_string("output", "predictions", "predict: output folder.")
     flags.DEFINE_bool("heatmaps", False, "predict: also write corner-heatmap overlays.")

@@ -42,7 +42,7 @@ def run_demo(cfg: config_lib.Config, model_dir: str, export_dir: str = "export",
     if cfg.demo.ablation == "corner_pooling":
         return run_ablation(cfg, model_dir)
     from cornernet_tf.data import pipeline
-    from cornernet_tf.evaluation import run_evaluation
+    from cornernet_tf.eval_runner import run_evaluation
     from cornernet_tf.export.job import export_model
     from cornernet_tf.export.predict import predict
     from cornernet_tf.model import build_model
@@ -125,7 +125,8 @@ def format_summary(s: dict) -> str:
 
 def run_ablation(cfg: config_lib.Config, model_dir: str) -> dict:
     """Trains with and without corner pooling; prints the two AP tables side by side."""
-    from cornernet_tf.evaluation import METRIC_NAMES, run_evaluation
+    from cornernet_tf.eval_runner import run_evaluation
+    from cornernet_tf.evaluation import METRIC_NAMES
     from cornernet_tf.model import build_model
     from cornernet_tf.training import restore_weights, train
 

@@ -6,7 +6,8 @@
     print(format_coco_table(metrics))
 
 This module is the COCO edge of the package: 0-based contiguous classes become dataset
-category ids here, boxes become [x, y, w, h]. It imports no TensorFlow.
+category ids here, boxes become [x, y, w, h]. It imports no TensorFlow; running a model
+(a checkpoint or an exported file) over the validation split is `eval_runner.py`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import json
 import os
 from typing import Iterable, Optional, Sequence, Union
 
@@ -38,8 +38,10 @@ _SUMMARY = {
 _DETECTION_KEYS = ("image_id", "category_id", "bbox", "score")
 
 
-def load_coco(ground_truth: Union[str, os.PathLike, COCO]) -> COCO:
+def load_ground_truth(ground_truth: Union[str, os.PathLike, COCO]) -> COCO:
     """A pycocotools COCO of a json path (loaded quietly), or the COCO given.
+
+    (Not `data.coco.load_coco`, which reads and validates a dataset into records.)
 
     Raises:
       FileNotFoundError: the path does not exist.
@@ -80,7 +82,7 @@ def coco_evaluate(ground_truth: Union[str, os.PathLike, COCO], detections: Seque
     """
     if int(max_dets) < 1:
         raise ValueError(f"coco_evaluate: max_dets must be >= 1, found {max_dets}")
-    coco_gt = load_coco(ground_truth)
+    coco_gt = load_ground_truth(ground_truth)
     _check_detections(coco_gt, detections)
     quiet = contextlib.redirect_stdout(io.StringIO())
     with quiet:
@@ -219,178 +221,3 @@ def format_coco_table(metrics: dict) -> str:
         lines.append(f" {title} @[ IoU={iou_text:<9} | area={area:>6s} | "
                      f"maxDets={slots[slot]:>3d} ] = {metrics[name]:0.3f}")
     return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------------------
-# Running a model over the evaluation split (TensorFlow imported here, not at module load)
-# --------------------------------------------------------------------------------------
-
-def oracle_heads(heads: dict, targets: list, oracle: str, offset: float = -100.0) -> dict:
-    """Replaces predicted heads by ground truth, for the paper's error analysis (Table 7).
-
-    Args:
-      heads: one stack's raw heads, numpy or tensors, batch B.
-      targets: B dicts from `encode_targets` (numpy) for the images of the batch.
-      oracle: "heatmaps" (GT heatmaps), "heatmaps+offsets" (and GT offsets at the GT
-        corners), "all" (and embeddings: object k gets value 2k at both corners).
-      offset: the embedding value away from the ground-truth corners (far from every
-        object's 2k, so background cells never pair with a true corner).
-
-    Returns:
-      heads with the chosen maps replaced (heatmaps as logits of the clipped Gaussians).
-    """
-    out = {k: np.array(v) for k, v in heads.items()}
-    eps = 1e-4
-    for b, t in enumerate(targets):
-        for corner in ("tl", "br"):
-            y = np.clip(t[f"{corner}_heatmap"], eps, 1 - eps)
-            out[f"{corner}_heatmap"][b] = np.log(y / (1 - y))
-            h, w = y.shape[:2]
-            valid = np.flatnonzero(t["mask"] > 0)
-            rows, cols = np.divmod(t[f"{corner}_index"][valid], w)
-            if oracle in ("heatmaps+offsets", "all"):
-                out[f"{corner}_offset"][b, rows, cols] = t[f"{corner}_offset"][valid]
-            if oracle == "all":
-                out[f"{corner}_embedding"][b] = offset
-                out[f"{corner}_embedding"][b, rows, cols, 0] = 2.0 * np.arange(len(valid))
-    return out
-
-
-def run_evaluation(model, cfg, output_dir: str, max_images: int = 0, oracle: str = "none",
-                   batch_size: int = 8, verbose: bool = True) -> dict:
-    """Detects on the validation split, writes COCO results and metrics, returns metrics.
-
-    Args:
-      model: a CornerNet (only the last stack's heads are used).
-      cfg: resolved Config (data.val_*, decode, evaluate.flip_test).
-      output_dir: `detections.json` and `metrics.json` are written here.
-      max_images: evaluate the first N images only (0: all).
-      oracle: "none" or an error-analysis mode (see `oracle_heads`; no flip test and no
-        multi-scale then).
-      batch_size: images per forward pass.
-      verbose: print the COCO table and per-class AP.
-
-    Returns:
-      the metrics dict of `coco_evaluate` (with "per_class_AP"), plus "images",
-      "seconds" and "oracle".
-    """
-    import time
-
-    import tensorflow as tf
-
-    from cornernet_tf.data import pipeline
-    from cornernet_tf.data.augment import boxes_to_original
-    from cornernet_tf.data.targets import encode_targets
-    from cornernet_tf.decode import (decode, decode_kwargs_from_config, decode_pairs,
-                                     decode_with_flip, flip_boxes, merge_detections)
-
-    start = time.time()
-    records, label_map, _ = pipeline.load_split(cfg.data, "val")
-    if max_images:
-        records = records[:max_images]
-    by_id = {int(r.image_id): r for r in records}
-    dataset = pipeline.build_dataset(cfg.data, cfg.model, "val", training=False,
-                                     batch_size=batch_size, records=records)
-    kwargs = decode_kwargs_from_config(cfg.decode)
-    flip = cfg.evaluate.flip_test
-
-    @tf.function(reduce_retracing=True)
-    def forward(images):
-        heads = model(images, training=False)[-1]
-        flipped = model(images[:, :, ::-1], training=False)[-1] if flip else heads
-        return heads, flipped
-
-    scales = tuple(cfg.evaluate.scales)
-    multi_scale = scales != (1.0,) and oracle == "none"
-    multiple = 2 ** (len(cfg.model.resolved("channels")) - 1)  # grid cells the hourglass halves
-
-    def scaled_size(n: int, s: float) -> int:
-        """An input size near n * s whose output grid the hourglass can halve."""
-        if s == 1.0:
-            return n
-        stride = cfg.model.stride
-        return max(multiple, int(round(n * s / stride / multiple)) * multiple) * stride
-
-    @tf.function(reduce_retracing=True)
-    def multi_scale_fn(images):
-        # The reference's multi-scale test: pre-NMS pairs of every scale (and flip) mapped to
-        # network-input pixels, pooled, one soft-NMS (decode.merge_detections).
-        in_h, in_w = images.shape[1], images.shape[2]
-        pair_kwargs = {k: kwargs[k] for k in ("k", "ae_threshold", "nms_kernel", "num_pairs")}
-        sets = []
-        for s in scales:
-            size = [scaled_size(in_h, s), scaled_size(in_w, s)]
-            x = images if size == [in_h, in_w] else tf.image.resize(images, size)
-            for flipped in ((False, True) if flip else (False,)):
-                heads = model(x[:, :, ::-1] if flipped else x, training=False)[-1]
-                out_h, out_w = heads["tl_heatmap"].shape[1:3]
-                c = decode_pairs(heads, **pair_kwargs)
-                boxes = flip_boxes(c["boxes"], out_w) if flipped else c["boxes"]
-                to_input = tf.constant([in_w / out_w, in_h / out_h] * 2, tf.float32)
-                sets.append(dict(c, boxes=boxes * to_input))
-        return merge_detections(sets, max_detections=kwargs["max_detections"],
-                                soft_nms_sigma=kwargs["soft_nms_sigma"],
-                                score_threshold=kwargs["score_threshold"])
-
-    @tf.function(reduce_retracing=True)
-    def decode_fn(heads, flipped):
-        return decode_with_flip(heads, flipped, **kwargs) if flip else decode(heads, **kwargs)
-
-    results = []
-    for images, meta in dataset:
-        in_h, in_w = int(images.shape[1]), int(images.shape[2])
-        if multi_scale:
-            det = multi_scale_fn(images)  # boxes already in network-input pixels
-            boxes = boxes_to_original(det["boxes"], meta["transform"], meta["original_size"])
-            results += detections_to_coco(boxes.numpy(), det["scores"].numpy(),
-                                          det["classes"].numpy(), det["num_detections"].numpy(),
-                                          meta["image_id"].numpy(), label_map.category_ids)
-            continue
-        heads, flipped = forward(images)
-        in_h, in_w = int(images.shape[1]), int(images.shape[2])
-        out_h, out_w = (int(d) for d in heads["tl_heatmap"].shape[1:3])
-        if oracle != "none":
-            targets = []
-            for b, image_id in enumerate(meta["image_id"].numpy()):
-                r = by_id[int(image_id)]
-                sy, sx, oy, ox = meta["transform"][b].numpy()
-                boxes = np.asarray(r.boxes, np.float32).reshape(-1, 4) * [sx, sy, sx, sy] + \
-                    [ox, oy, ox, oy]
-                t = encode_targets(boxes, np.asarray(r.classes, np.int32), cfg.model.num_classes,
-                                   (in_h, in_w), (out_h, out_w),
-                                   max_objects=max(len(r.classes), 1))
-                targets.append({k: v.numpy() for k, v in t.items()})
-            heads = {k: tf.constant(v) for k, v in oracle_heads(heads, targets, oracle).items()}
-            det = decode(heads, **kwargs)  # ground truth has no flipped view to merge
-        else:
-            det = decode_fn(heads, flipped)
-        scale = tf.constant([in_w / out_w, in_h / out_h, in_w / out_w, in_h / out_h])
-        boxes = boxes_to_original(det["boxes"] * scale, meta["transform"],
-                                  meta["original_size"])
-        results += detections_to_coco(boxes.numpy(), det["scores"].numpy(),
-                                      det["classes"].numpy(), det["num_detections"].numpy(),
-                                      meta["image_id"].numpy(), label_map.category_ids)
-    os.makedirs(output_dir, exist_ok=True)
-    with open(os.path.join(output_dir, "detections.json"), "w", encoding="utf-8") as f:
-        json.dump(results, f)
-    val_annotations = pipeline.split_files(cfg.data, "val")[0]
-    metrics = coco_evaluate(val_annotations, results, max_dets=max(100, cfg.decode.max_detections),
-                            image_ids=list(by_id), per_class=True)
-    metrics.update(images=len(records), seconds=time.time() - start, oracle=oracle,
-                   scales=list(scales) if multi_scale else [1.0],
-                   flip_test=flip)
-    with open(os.path.join(output_dir, "metrics.json"), "w", encoding="utf-8") as f:
-        json.dump(metrics, f, indent=1)
-    if verbose:
-        title = f"COCO bbox on {len(records)} images of {val_annotations}"
-        if oracle != "none":
-            title += f" (oracle: ground-truth {oracle})"
-        print(title)
-        print(format_coco_table(metrics))
-        if metrics["max_dets"] > 100:
-            print(f"(maxDets raised to decode.max_detections = {metrics['max_dets']})")
-        print("per-class AP: " + ", ".join(f"{k} {v:.3f}"
-                                           for k, v in metrics["per_class_AP"].items()))
-        print(f"wrote {os.path.join(output_dir, 'detections.json')} and "
-              f"{os.path.join(output_dir, 'metrics.json')}")
-    return metrics

@@ -10,11 +10,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cornernet_tf import training
+from cornernet_tf import preprocess, training
 from cornernet_tf.backbones.presets import BACKBONES
 from cornernet_tf.choices import PRECISIONS, SCHEDULES, STRATEGIES
 from cornernet_tf.config import ConfigError, load_config
-from cornernet_tf.data import augment
 from cornernet_tf.data.choices import EVAL_RESIZE_MODES
 from cornernet_tf.layers.choices import CORNER_POOL_IMPLS
 from cornernet_tf.layers.corner_pool import CornerPool, directional_pool
@@ -35,7 +34,7 @@ def test_every_corner_pool_impl_is_implemented_and_exact():
 def test_every_eval_resize_mode_is_implemented():
     image = tf.zeros((30, 40, 3), tf.uint8)
     for mode in EVAL_RESIZE_MODES:
-        resized, transform = augment.eval_resize(image, (32, 32), mode=mode)
+        resized, transform = preprocess.fit_to_input(image, (32, 32), mode=mode)
         assert resized.shape[-1] == 3 and transform.shape == (4,)
     with pytest.raises(ConfigError, match="data.eval_resize.*stretch.*resize_pad, pad127"):
         load_config(None, ["data.eval_resize=stretch"])

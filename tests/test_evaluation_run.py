@@ -10,11 +10,13 @@ row (a 4-pixel-wide box becomes 3 wide: IoU 0.75).
 import json
 import os
 
+import numpy as np
 import pytest
 
 from cornernet_tf.config import load_config
 from cornernet_tf.data.synthetic import generate_shapes_dataset
-from cornernet_tf.evaluation import METRIC_NAMES, run_evaluation
+from cornernet_tf.eval_runner import run_evaluation
+from cornernet_tf.evaluation import METRIC_NAMES
 from cornernet_tf.model import build_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,18 +42,36 @@ def setup(tmp_path_factory):
 
 
 def test_evaluation_writes_metrics_and_detections(setup, tmp_path):
-    cfg, model, _ = setup
-    metrics = run_evaluation(model, cfg, str(tmp_path), max_images=6, verbose=False)
-    for name in METRIC_NAMES:
-        assert name in metrics
+    # The 128 x 128 images are fitted to a 96 x 96 input (scale 0.75), so detections
+    # must be mapped back to the original image to match the json's boxes. With the
+    # ground-truth heads ("all") every annotation must come back, in original pixels.
+    cfg, _, root = setup
+    cfg = cfg.replace(["model.input_size=[96, 96]"])
+    metrics = run_evaluation(build_model(cfg.model), cfg, str(tmp_path), max_images=6,
+                             oracle="all", verbose=False)
     with open(tmp_path / "metrics.json") as f:
         saved = json.load(f)
-    assert saved["images"] == 6 and saved["flip_test"] is True
+    assert saved["images"] == 6 and saved["flip_test"] is False and saved["oracle"] == "all"
+    assert [saved[name] for name in METRIC_NAMES] == [metrics[name] for name in METRIC_NAMES]
     with open(tmp_path / "detections.json") as f:
         detections = json.load(f)
-    # an untrained model still returns padded-then-trimmed COCO results on the 6 images
-    assert {d["image_id"] for d in detections} <= set(range(1, 1000))
-    assert all(len(d["bbox"]) == 4 and d["category_id"] in (1, 2, 3, 4) for d in detections)
+    with open(os.path.join(root, "annotations", "instances_val.json")) as f:
+        truth = json.load(f)
+    first = sorted(image["id"] for image in truth["images"])[:6]
+    annotations = [a for a in truth["annotations"] if a["image_id"] in first]
+    # exactly the evaluated images that have objects (an empty image gives no corners)
+    assert {d["image_id"] for d in detections} == {a["image_id"] for a in annotations} != set()
+    for a in annotations:
+        x, y, w, h = a["bbox"]
+        same = [d for d in detections
+                if (d["image_id"], d["category_id"]) == (a["image_id"], a["category_id"])]
+        # xywh -> xyxy by hand; the best match is within 1.4 px: offsets are exact, only the
+        # input clip to [0, 95] (= 126.7 original px) moves a box touching the right or
+        # bottom border.
+        error = min(max(abs(d["bbox"][0] - x), abs(d["bbox"][1] - y),
+                        abs(d["bbox"][0] + d["bbox"][2] - (x + w)),
+                        abs(d["bbox"][1] + d["bbox"][3] - (y + h))) for d in same)
+        assert error <= 1.4, (a, same[:3])
 
 
 def test_oracle_all_recovers_ground_truth(setup, tmp_path):
@@ -89,3 +109,42 @@ def test_multi_scale_runs_and_a_single_set_merge_equals_decode(setup, tmp_path):
     merged = merge_detections([decode_pairs(heads, k=20, num_pairs=100)], max_detections=20)
     for key in ("boxes", "scores", "classes", "num_detections"):
         assert (single[key].numpy() == merged[key].numpy()).all(), key
+
+
+def test_pad127_evaluation_of_images_of_different_sizes(tmp_path):
+    # The reference test input (data.eval_resize=pad127, the COCO configs) gives every
+    # image its own network size. The loop used to wrap decode in a retrace-reducing
+    # tf.function, which after two sizes traced with an unknown grid that decode rejects
+    # ("static h, w, C"); each size must get its own trace.
+    from PIL import Image
+    sizes = [(100, 120), (200, 90), (130, 260)]
+    images, annotations = [], []
+    (tmp_path / "val").mkdir()
+    for k, (h, w) in enumerate(sizes, 1):
+        pixels = np.random.default_rng(k).integers(0, 256, (h, w, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(tmp_path / "val" / f"{k}.png")
+        images.append({"id": k, "file_name": f"{k}.png", "width": w, "height": h})
+        annotations.append({"id": k, "image_id": k, "category_id": 1, "bbox": [10, 10, 40, 30],
+                            "area": 1200, "iscrowd": 0})
+    with open(tmp_path / "val.json", "w") as f:
+        json.dump({"images": images, "annotations": annotations,
+                   "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}, f)
+    cfg = load_config(None, [
+        "model.backbone=hourglass52", "model.num_classes=2", "model.input_size=[64,64]",
+        "model.stacks=1", "model.stem_channels=16", "model.channels=[16,16,24]",
+        "model.blocks=[1,1,1]", "model.head_channels=16", "model.pool_channels=8",
+        "decode.k=20", "decode.num_pairs=100", "decode.max_detections=20", "data.dataset=coco",
+        f"data.val_annotations={tmp_path}/val.json", f"data.val_images={tmp_path}/val",
+        f"data.train_annotations={tmp_path}/val.json", f"data.train_images={tmp_path}/val",
+        "data.eval_resize=pad127"])
+    metrics = run_evaluation(build_model(cfg.model), cfg, str(tmp_path / "out"), batch_size=1,
+                             verbose=False)
+    assert metrics["images"] == 3
+    with open(tmp_path / "out" / "detections.json") as f:
+        detections = json.load(f)
+    # every image detected on, boxes inside that image (mapped back from its own canvas)
+    assert {d["image_id"] for d in detections} == {1, 2, 3}
+    for d in detections:
+        h, w = sizes[d["image_id"] - 1]
+        x, y, bw, bh = d["bbox"]
+        assert 0 <= x <= x + bw <= w + 1e-3 and 0 <= y <= y + bh <= h + 1e-3, d

@@ -1,4 +1,6 @@
-"""Training augmentation and evaluation resizing, with boxes following every geometric op.
+"""Training augmentation, with boxes following every geometric op.
+
+(Test-time fitting to the network is `cornernet_tf/preprocess.py`.)
 
 Training (`train_augment`) reproduces the reference sampler of CornerNet
 (princeton-vl/CornerNet `sample/coco.py` and `sample/utils.py`; SPEC.md, Training recipe):
@@ -31,17 +33,12 @@ drawn with `tf.random.uniform`, which follows `tf.random.set_seed`.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence
 
-import numpy as np
 import tensorflow as tf
 
 from cornernet_tf import boxes as box_lib
-from cornernet_tf.data.choices import EVAL_RESIZE_MODES as EVAL_MODES
-
-SizeLike = Union[int, Sequence[int]]
-
-SizeLike = Union[int, Sequence[int]]
+from cornernet_tf.preprocess import SizeLike, size_pair
 
 # PCA of COCO pixel colours on [0, 1] images, from the reference (db/coco.py). The
 # reference image is BGR (cv2) and applies `image += eig_vec @ (eig_val * alpha)`, so the
@@ -59,25 +56,6 @@ _GRAY_WEIGHTS = (0.299, 0.587, 0.114)
 # Independent streams split from the seed: scale, centre y, centre x, flip, jitter order,
 # jitter factors, lighting.
 _NUM_STREAMS = 7
-
-
-def flip_boxes(boxes: tf.Tensor, width) -> tf.Tensor:
-    """Horizontal flip of boxes in an image `width` pixels wide: x' = W - 1 - x, x1/x2 swapped.
-
-    Args:
-      boxes: [..., 4] float32 `[x1, y1, x2, y2]` pixels. Rows with x2 <= x1 or y2 <= y1
-        (e.g. `-1` padding) are padding and come back as `[-1, -1, -1, -1]`.
-      width: image width W in pixels (python number or scalar tensor).
-
-    Returns:
-      [..., 4] float32 flipped boxes.
-    """
-    boxes = tf.convert_to_tensor(boxes, tf.float32)
-    w = tf.cast(width, tf.float32)
-    x1, y1, x2, y2 = tf.unstack(boxes, 4, axis=-1)
-    flipped = tf.stack([w - 1.0 - x2, y1, w - 1.0 - x1, y2], axis=-1)
-    valid = (x2 > x1) & (y2 > y1)
-    return tf.where(valid[..., None], flipped, -1.0)
 
 
 def train_augment(image: tf.Tensor, boxes: tf.Tensor, classes: tf.Tensor, input_size: SizeLike,
@@ -110,7 +88,7 @@ def train_augment(image: tf.Tensor, boxes: tf.Tensor, classes: tf.Tensor, input_
     Raises:
       ValueError: bad python arguments or statically wrong ranks/channels.
     """
-    in_h, in_w = _size_pair(input_size, "train_augment")
+    in_h, in_w = size_pair(input_size, "input_size", "train_augment")
     scales = tuple(float(s) for s in crop_scales)
     if not scales or min(int(min(in_h, in_w) * s) for s in scales) < 1:
         raise ValueError(f"train_augment: crop_scales must give crops of at least 1 pixel "
@@ -160,94 +138,6 @@ def train_augment(image: tf.Tensor, boxes: tf.Tensor, classes: tf.Tensor, input_
 
     classes = tf.where(valid, classes, -1)
     return image, boxes, classes
-
-
-def eval_resize(image: tf.Tensor, input_size: SizeLike, mode: str = "resize_pad", *,
-                scale: float = 1.0) -> tuple[tf.Tensor, tf.Tensor]:
-    """Fits an image to the network for evaluation and says how coordinates map.
-
-    Modes:
-      resize_pad: scale by min(h / H, w / W) (aspect kept), bilinear, zero-pad bottom/right
-        to exactly `input_size`. Output [h, w, 3].
-      pad127: the reference test input: the image at `scale` times its resolution (1 by
-        default: no resize), zero-padded CENTRED to `(H' | 127, W' | 127)` where H', W' =
-        int(H * scale), int(W * scale); e.g. 480x640 -> 511x767. The output size varies
-        per image (and `input_size` is unused), so batch such images one at a time or pad
-        them further. Every size n | 127 is 128k - 1, which a stride-4 hourglass maps to an
-        exact grid of (n + 1) / 4.
-
-    Args:
-      image: [H, W, 3] uint8 or float RGB in [0, 255]; H, W may be dynamic.
-      input_size: (h, w) of the network input, or one int (resize_pad only).
-      mode: "resize_pad" or "pad127".
-      scale: pad127 only, the multi-scale test factor.
-
-    Returns:
-      image: [h, w, 3] float32 (resize_pad) or [H'|127, W'|127, 3] float32 (pad127).
-      transform: [4] float32 `(scale_y, scale_x, offset_y, offset_x)` with
-        `network_xy = original_xy * scale + offset`; invert with `boxes_to_original`.
-
-    Raises:
-      ValueError: unknown mode, bad sizes or statically wrong image shape.
-    """
-    if mode not in EVAL_MODES:
-        raise ValueError(f"eval_resize: mode must be one of {EVAL_MODES}, found {mode!r}")
-    image = _check_image(image, "eval_resize")
-    shape = tf.shape(image)
-    height, width = shape[0], shape[1]
-    hf, wf = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
-    if mode == "resize_pad":
-        in_h, in_w = _size_pair(input_size, "eval_resize")
-        ratio = tf.minimum(in_h / hf, in_w / wf)
-        new_h = tf.clip_by_value(tf.cast(tf.round(hf * ratio), tf.int32), 1, in_h)
-        new_w = tf.clip_by_value(tf.cast(tf.round(wf * ratio), tf.int32), 1, in_w)
-        resized = tf.image.resize(image, tf.stack([new_h, new_w]), method="bilinear")
-        out = tf.image.pad_to_bounding_box(resized, 0, 0, in_h, in_w)
-        out = tf.ensure_shape(out, [in_h, in_w, 3])
-        offset_y = offset_x = tf.constant(0, tf.int32)
-    else:
-        if not scale > 0:
-            raise ValueError(f"eval_resize: scale must be positive, found {scale!r}")
-        new_h = tf.cast(tf.floor(hf * scale), tf.int32)
-        new_w = tf.cast(tf.floor(wf * scale), tf.int32)
-        resized = image
-        if scale != 1.0:
-            resized = tf.image.resize(image, tf.stack([new_h, new_w]), method="bilinear")
-        pad_h, pad_w = tf.bitwise.bitwise_or(new_h, 127), tf.bitwise.bitwise_or(new_w, 127)
-        # The reference's centring: the image centre n // 2 lands on the canvas centre.
-        offset_y, offset_x = pad_h // 2 - new_h // 2, pad_w // 2 - new_w // 2
-        out = tf.image.pad_to_bounding_box(resized, offset_y, offset_x, pad_h, pad_w)
-    transform = tf.stack([tf.cast(new_h, tf.float32) / hf, tf.cast(new_w, tf.float32) / wf,
-                          tf.cast(offset_y, tf.float32), tf.cast(offset_x, tf.float32)])
-    return out, transform
-
-
-def boxes_to_original(boxes: tf.Tensor, transform: tf.Tensor, original_size) -> tf.Tensor:
-    """Maps network-input boxes back to the original image and clips them to it.
-
-    Inverse of the `eval_resize` transform: `original = (network - offset) / scale`, then
-    x clipped to [0, W] and y to [0, H] (edge coordinates, as the reference's test code and
-    COCO boxes). Rows equal to `[-1, -1, -1, -1]` stay padding.
-
-    Args:
-      boxes: [..., N, 4] float32 `[x1, y1, x2, y2]` network-input pixels.
-      transform: [..., 4] float32 `(scale_y, scale_x, offset_y, offset_x)` from eval_resize.
-      original_size: [..., 2] (H, W) of the original image(s), number or tensor.
-
-    Returns:
-      [..., N, 4] float32 boxes in original-image pixels.
-    """
-    boxes = tf.convert_to_tensor(boxes, tf.float32)
-    transform = tf.cast(transform, tf.float32)[..., None, :]  # [..., 1, 4]
-    size = tf.cast(original_size, tf.float32)[..., None, :]  # [..., 1, 2]
-    scale_y, scale_x, off_y, off_x = tf.unstack(transform, 4, axis=-1)  # [..., 1] each
-    x = (tf.stack([boxes[..., 0], boxes[..., 2]], -1) - off_x[..., None]) / scale_x[..., None]
-    y = (tf.stack([boxes[..., 1], boxes[..., 3]], -1) - off_y[..., None]) / scale_y[..., None]
-    x = tf.clip_by_value(x, 0.0, size[..., 1:2])
-    y = tf.clip_by_value(y, 0.0, size[..., 0:1])
-    out = tf.stack([x[..., 0], y[..., 0], x[..., 1], y[..., 1]], axis=-1)
-    padding = tf.reduce_all(tf.equal(boxes, -1.0), axis=-1, keepdims=True)
-    return tf.where(padding, -1.0, out)
 
 
 def _crop_params(height: tf.Tensor, width: tf.Tensor, in_h: int, in_w: int, random_crop: bool,
@@ -337,19 +227,8 @@ def _lighting(image: tf.Tensor, std: float, seed: tf.Tensor) -> tf.Tensor:
     return image + delta
 
 
-def _size_pair(size: SizeLike, where: str) -> tuple[int, int]:
-    """(height, width) from an int or a pair of positive ints."""
-    try:
-        pair = (int(size),) * 2 if np.ndim(size) == 0 else tuple(int(s) for s in size)
-    except (TypeError, ValueError):
-        pair = ()
-    if len(pair) != 2 or min(pair) < 1:
-        raise ValueError(f"{where}: input_size must be a positive int or (height, width), "
-                         f"found {size!r}")
-    return pair
-
-
-def _check_image(image: tf.Tensor, where: str) -> tf.Tensor:
+def _check_image_tensor(image: tf.Tensor, where: str) -> tf.Tensor:
+    """[H, W, 3] statically checked, as float32 (`data.coco._check_image_file` checks files)."""
     image = tf.convert_to_tensor(image)
     if image.shape.rank != 3 or (image.shape[-1] is not None and image.shape[-1] != 3):
         raise ValueError(f"{where}: image must be [H, W, 3] RGB, found shape {image.shape}")
@@ -357,7 +236,7 @@ def _check_image(image: tf.Tensor, where: str) -> tf.Tensor:
 
 
 def _check_inputs(image, boxes, classes, where: str):
-    image = _check_image(image, where)
+    image = _check_image_tensor(image, where)
     boxes = tf.convert_to_tensor(boxes, tf.float32)
     classes = tf.convert_to_tensor(classes)
     if boxes.shape.rank != 2 or (boxes.shape[-1] is not None and boxes.shape[-1] != 4):

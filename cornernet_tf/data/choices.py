@@ -10,5 +10,5 @@ tuples, so each list is written once.
 # named in the config, "synthetic" generates the shapes dataset first (data/synthetic.py).
 DATASETS = ("coco", "synthetic")
 
-# config `data.eval_resize`, implemented by `augment.eval_resize` (see its docstring).
+# config `data.eval_resize`, implemented by `preprocess.fit_to_input` (see its docstring).
 EVAL_RESIZE_MODES = ("resize_pad", "pad127")

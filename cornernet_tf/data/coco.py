@@ -332,7 +332,7 @@ def _read_images(entries: list, image_dir: str, check_images: str,
             report.add(MISSING_FILE, f"image file not found: {path}; image dropped", image_id)
             images[image_id] = None
             continue
-        if check_images != "none" and not _check_image(path, int(width), int(height),
+        if check_images != "none" and not _check_image_file(path, int(width), int(height),
                                                        check_images, image_id, report):
             images[image_id] = None
             continue
@@ -341,8 +341,10 @@ def _read_images(entries: list, image_dir: str, check_images: str,
     return images
 
 
-def _check_image(path: str, width: int, height: int, mode: str, image_id: Any,
-                 report: DatasetReport) -> bool:
+def _check_image_file(path: str, width: int, height: int, mode: str, image_id: Any,
+                      report: DatasetReport) -> bool:
+    """Opens an image file with PIL ("header": verify, "decode": load) and checks its size
+    against the json; reports and returns False when it fails."""
     from PIL import Image  # pylint: disable=import-outside-toplevel
     try:
         with Image.open(path) as img:

@@ -30,11 +30,12 @@ import tensorflow as tf
 from absl import logging
 
 from cornernet_tf.data import coco
+from cornernet_tf.data.augment import train_augment
 from cornernet_tf.data.choices import DATASETS
-from cornernet_tf.data.augment import eval_resize, train_augment
 from cornernet_tf.data.synthetic import ensure_synthetic
 from cornernet_tf.data.targets import encode_targets
 from cornernet_tf.keys import LOSS_TARGET_KEYS
+from cornernet_tf.preprocess import fit_to_input, read_image
 
 SPLITS = ("train", "val")
 
@@ -107,22 +108,6 @@ def _record_slices(records: list, max_objects: int) -> dict:
     }
 
 
-def decode_image(path: tf.Tensor) -> tf.Tensor:
-    """Reads and decodes one image file to RGB uint8.
-
-    Args:
-      path: [] string, a JPEG, PNG, GIF (first frame), BMP or WebP file.
-
-    Returns:
-      [H, W, 3] uint8 RGB: grayscale is replicated to 3 channels, an alpha channel is
-      dropped, 16-bit PNG samples are scaled to 8 bits.
-    """
-    image = tf.io.decode_image(tf.io.read_file(path), channels=3, dtype=tf.uint8,
-                               expand_animations=False)
-    image.set_shape([None, None, 3])
-    return image
-
-
 def _pad_objects(boxes: tf.Tensor, classes: tf.Tensor, max_objects: int):
     """[n, 4], [n] (n <= M) -> [M, 4] float32 and [M] int32 padded with -1."""
     pad = max_objects - tf.shape(classes)[0]
@@ -146,7 +131,8 @@ def build_dataset(data_config, model_config, split: str, training: bool,
     (stateless seed [data.seed, element number] per element) are the same on every run.
 
     Evaluation (`training=False`): each image once in record order (image id), resized by
-    `eval_resize(mode=data.eval_resize)`, no augmentation, last batch kept. Yields
+    `preprocess.fit_to_input(mode=data.eval_resize)` (the function the serving graph
+    uses), no augmentation, last batch kept. Yields
       images: [B, H, W, 3] float32 RGB 0..255 ((H, W) = input_size for resize_pad; for
         pad127 the per-image sizes vary and a batch is zero-padded bottom/right to its
         largest image, which leaves each transform valid);
@@ -189,7 +175,7 @@ def build_dataset(data_config, model_config, split: str, training: bool,
                         seed=data_config.seed if deterministic else None,
                         reshuffle_each_iteration=True).repeat()
         ds = ds.enumerate()  # element number: the stateless augmentation seed
-        ds = ds.map(lambda i, r: (i, decode_image(r["path"]), r["boxes"], r["classes"]),
+        ds = ds.map(lambda i, r: (i, read_image(r["path"]), r["boxes"], r["classes"]),
                     num_parallel_calls=parallel, deterministic=deterministic)
         ds = ds.ignore_errors(log_warning=True)
         ds = ds.map(_train_fn(data_config, model_config), num_parallel_calls=parallel,
@@ -197,7 +183,7 @@ def build_dataset(data_config, model_config, split: str, training: bool,
         if batch_size is not None:
             ds = ds.batch(batch_size, drop_remainder=True)
     else:
-        ds = ds.map(lambda r: (decode_image(r["path"]), r["image_id"]),
+        ds = ds.map(lambda r: (read_image(r["path"]), r["image_id"]),
                     num_parallel_calls=parallel, deterministic=True)
         ds = ds.ignore_errors(log_warning=True)
         ds = ds.map(_eval_fn(data_config, model_config), num_parallel_calls=parallel,
@@ -234,7 +220,7 @@ def _eval_fn(data_config, model_config):
 
     def fn(image, image_id):
         original_size = tf.shape(image)[:2]
-        resized, transform = eval_resize(image, input_size, mode=data_config.eval_resize)
+        resized, transform = fit_to_input(image, input_size, mode=data_config.eval_resize)
         meta = {"image_id": image_id, "transform": tf.cast(transform, tf.float32),
                 "original_size": tf.cast(original_size, tf.int32)}
         return tf.cast(resized, tf.float32), meta

@@ -27,6 +27,7 @@ import tensorflow as tf
 
 from cornernet_tf.keys import (BR_HEATMAP, BR_INDEX, BR_OFFSET, MASK, NUM_OBJECTS, TL_HEATMAP,
                                TL_INDEX, TL_OFFSET)
+from cornernet_tf.preprocess import size_pair
 
 # The reference zeroes Gaussian values below eps * max. For a (2R+1)^2 kernel with
 # sigma = (2R+1)/6 the smallest value is exp(-36 R^2 / (2 (2R+1)^2)) >= exp(-9), so the
@@ -123,8 +124,8 @@ def encode_targets(boxes: tf.Tensor, classes: tf.Tensor, num_classes: int, input
       tf.errors.InvalidArgumentError (at run time): boxes and classes disagree in length,
         or a valid box has a class id >= num_classes.
     """
-    in_h, in_w = _size_pair(input_size, "input_size")
-    out_h, out_w = _size_pair(output_size, "output_size")
+    in_h, in_w = size_pair(input_size, "input_size", "encode_targets")
+    out_h, out_w = size_pair(output_size, "output_size", "encode_targets")
     num_classes = _positive_int(num_classes, "num_classes")
     max_objects = _positive_int(max_objects, "max_objects")
     boxes, classes = _check_objects(boxes, classes)
@@ -297,18 +298,3 @@ def _check_overlap(min_overlap) -> float:
     if not 0.0 < t < 1.0:
         raise ValueError(f"gaussian_radius: min_overlap must be in (0, 1), found {min_overlap!r}")
     return t
-
-
-def _size_pair(size: SizeLike, name: str) -> tuple[int, int]:
-    """(height, width) from an int or a pair of ints, validated."""
-    if isinstance(size, (int, np.integer)):
-        pair = (int(size), int(size))
-    else:
-        try:
-            pair = tuple(int(s) for s in size)
-        except TypeError:
-            raise ValueError(f"encode_targets: {name} must be an int or (height, width), "
-                             f"found {size!r}") from None
-    if len(pair) != 2 or min(pair) < 1:
-        raise ValueError(f"encode_targets: {name} must be positive (height, width), found {size!r}")
-    return pair

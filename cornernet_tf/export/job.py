@@ -11,14 +11,15 @@ import os
 from typing import Optional, Sequence
 
 import numpy as np
-from PIL import Image
+
+from cornernet_tf import preprocess
 
 
-def _stretched(paths: Sequence[str], size) -> list[np.ndarray]:
-    """Images read as RGB uint8 and resized (bilinear, no aspect kept) to (h, w)."""
-    from cornernet_tf.export.predict import read_rgb
-    h, w = size
-    return [np.asarray(Image.fromarray(read_rgb(p)).resize((w, h), Image.BILINEAR))
+def _tflite_inputs(paths: Sequence[str], size) -> list[np.ndarray]:
+    """Images as a TFLite file receives them: uint8 [h, w, 3] fitted by
+    `preprocess.tflite_input` (aspect kept, zero-padded), the host side of predict and
+    evaluation of .tflite files."""
+    return [preprocess.tflite_input(preprocess.read_image(p).numpy(), size)[0][0]
             for p in paths]
 
 
@@ -68,12 +69,12 @@ def export_model(cfg, model_dir: str, export_dir: str = "export",
         return {k: v.numpy() for k, v in serving(images=tf.constant(batch)).items()}
 
     val_records = pipeline.load_split(cfg.data, "val", check_images="none")[0]
-    check = _stretched([r.path for r in val_records[:parity_images]], cfg.model.input_size)
+    check = _tflite_inputs([r.path for r in val_records[:parity_images]], cfg.model.input_size)
     train_records = pipeline.load_split(cfg.data, "train", check_images="none")[0]
     calibration_paths = [r.path for r in train_records[:cfg.export.representative_images]]
     for mode in tflite_modes:
         out = os.path.join(path, f"{cfg.export.name}_{mode}.tflite")
-        tflite.convert(model, cfg, mode, out, representative_images=lambda: _stretched(
+        tflite.convert(model, cfg, mode, out, representative_images=lambda: _tflite_inputs(
             calibration_paths, cfg.model.input_size))
         parity = tflite.check_parity(saved_model_fn, out, check, mode)
         result["tflite"][mode] = dict(path=out, bytes=os.path.getsize(out), parity=parity)

@@ -13,9 +13,11 @@ import os
 from typing import Optional, Sequence
 
 import numpy as np
-from PIL import Image
+import tensorflow as tf
 
-from cornernet_tf import visualize
+from cornernet_tf import keys, preprocess, visualize
+from cornernet_tf.data.coco import LabelMap
+from cornernet_tf.export.tflite import TFLiteDetector
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 
@@ -45,51 +47,51 @@ def read_class_names(model_path: str) -> list[str]:
 
     Returns [] when there is no labels.json (detections are then named by their label id).
     """
-    from cornernet_tf.data.coco import LabelMap
     folder = model_path if os.path.isdir(model_path) else os.path.dirname(model_path)
     path = os.path.join(folder, "labels.json")
     return list(LabelMap.from_json(path).names) if os.path.isfile(path) else []
 
 
 class ExportedDetector:
-    """A SavedModel or .tflite export behind one call: uint8 [H, W, 3] -> numpy outputs."""
+    """A SavedModel or .tflite export behind one call: uint8 [H, W, 3] -> contract outputs.
+
+    Both formats return `detection_boxes` normalised to the image given. A SavedModel
+    fits the image inside its graph; for a .tflite file the image is fitted on the host by
+    the same function (`preprocess.tflite_input`) and the boxes mapped back by
+    `preprocess.tflite_boxes_to_original`.
+
+    Raises:
+      FileNotFoundError: model_path is neither a SavedModel folder nor a .tflite file.
+    """
 
     def __init__(self, model_path: str):
         self.path = model_path
         self.is_tflite = model_path.endswith(".tflite")
+        self.format = "tflite" if self.is_tflite else "saved_model"
         if self.is_tflite:
-            from cornernet_tf.export.tflite import TFLiteDetector
+            if not os.path.isfile(model_path):
+                raise FileNotFoundError(f"--model: {model_path!r} does not exist")
             self.tflite = TFLiteDetector(model_path)
         else:
-            import tensorflow as tf
             if not os.path.isfile(os.path.join(model_path, "saved_model.pb")):
                 raise FileNotFoundError(f"--model: {model_path!r} is not a SavedModel folder "
                                         f"(no saved_model.pb) nor a .tflite file")
             self.loaded = tf.saved_model.load(model_path)
 
     def __call__(self, image: np.ndarray) -> dict:
+        """[H, W, 3] uint8 RGB -> the contract's numpy outputs, batch 1."""
         if self.is_tflite:
-            h, w = self.tflite.input_size
-            resized = np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
-            return self.tflite(resized[None])
-        out = self.loaded.signatures["serving_default"](images=image[None])
+            inputs, transform = preprocess.tflite_input(image, self.tflite.input_size)
+            return preprocess.tflite_boxes_to_original(self.tflite(inputs), transform,
+                                                       self.tflite.input_size, *image.shape[:2])
+        out = self.loaded.signatures["serving_default"](images=tf.constant(image[None]))
         return {k: v.numpy() for k, v in out.items()}
 
     def heatmaps(self, image: np.ndarray) -> Optional[dict]:
         if self.is_tflite or "serving_heatmaps" not in self.loaded.signatures:
             return None
-        out = self.loaded.signatures["serving_heatmaps"](images=image[None])
+        out = self.loaded.signatures["serving_heatmaps"](images=tf.constant(image[None]))
         return {k: v.numpy() for k, v in out.items()}
-
-
-def read_rgb(path: str) -> np.ndarray:
-    """Any image file -> [H, W, 3] uint8 RGB (grayscale, palette, RGBA, 16-bit converted)."""
-    with Image.open(path) as im:
-        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-            arr = np.asarray(im, np.float64)
-            arr = (arr / max(arr.max(), 1.0) * 255.0).astype(np.uint8)
-            return np.stack([arr] * 3, axis=-1)
-        return np.asarray(im.convert("RGB"))
 
 
 def predict(model_path: str, image_paths: Sequence[str], output_dir: str,
@@ -121,14 +123,12 @@ def predict(model_path: str, image_paths: Sequence[str], output_dir: str,
     os.makedirs(output_dir, exist_ok=True)
     written = []
     for path in paths:
-        image = read_rgb(path)
+        image = preprocess.read_image(path).numpy()
         h, w = image.shape[:2]
         out = detector(image)
-        n = int(out["num_detections"][0])
-        boxes = out["detection_boxes"][0, :n] * np.array([h, w, h, w], np.float32)
-        xyxy = boxes[:, [1, 0, 3, 2]]
-        classes = out["detection_classes"][0, :n].astype(int) - 1
-        scores = out["detection_scores"][0, :n]
+        boxes, scores, classes, num = preprocess.contract_to_pixels(out, [[h, w]])
+        n = int(num[0])
+        xyxy, scores, classes = boxes[0, :n], scores[0, :n], classes[0, :n]
         stem = os.path.splitext(os.path.basename(path))[0]
         png = os.path.join(output_dir, stem + ".png")
         visualize.save_png(visualize.draw_detections(image, xyxy, classes, scores, names,
@@ -137,23 +137,32 @@ def predict(model_path: str, image_paths: Sequence[str], output_dir: str,
                            name=names[c] if 0 <= c < len(names) else str(int(c) + 1),
                            score=float(s), box_xyxy=[float(v) for v in b],
                            box_normalized_yxyx=[float(v) for v in nb])
-                      for c, s, b, nb in zip(classes, scores, xyxy, out["detection_boxes"][0, :n])]
+                      for c, s, b, nb in zip(classes, scores, xyxy,
+                                             out[keys.DETECTION_BOXES][0, :n])]
         js = os.path.join(output_dir, stem + ".json")
         with open(js, "w", encoding="utf-8") as f:
             json.dump(dict(image=path, width=w, height=h, model=model_path,
                            detections=detections), f, indent=1)
         written += [png, js]
         if heatmaps:
-            maps = detector.heatmaps(image)
-            if maps is None:
-                raise ValueError(f"--heatmaps: the SavedModel {model_path!r} has no "
-                                 f"serving_heatmaps signature")
-            fh, fw = maps["valid_fraction"][0]
-            for key in ("tl_heatmap", "br_heatmap"):
-                heat = maps[key][0]
-                heat = heat[:max(1, int(round(heat.shape[0] * fh))),
-                            :max(1, int(round(heat.shape[1] * fw)))]
-                p = os.path.join(output_dir, f"{stem}_{key}.png")
-                visualize.save_png(visualize.heatmap_overlay(image, heat), p)
-                written.append(p)
+            written += _write_heatmaps(detector, image, os.path.join(output_dir, stem))
+    return written
+
+
+def _write_heatmaps(detector: ExportedDetector, image: np.ndarray, prefix: str) -> list[str]:
+    """`<prefix>_tl_heatmap.png` and `<prefix>_br_heatmap.png`: the corner heatmaps of the
+    image's part of the grid (padding cut off) over the image."""
+    maps = detector.heatmaps(image)
+    if maps is None:
+        raise ValueError(f"--heatmaps: the SavedModel {detector.path!r} has no "
+                         f"serving_heatmaps signature")
+    fh, fw = maps["valid_fraction"][0]
+    written = []
+    for key in (keys.TL_HEATMAP, keys.BR_HEATMAP):
+        heat = maps[key][0]
+        heat = heat[:max(1, int(round(heat.shape[0] * fh))),
+                    :max(1, int(round(heat.shape[1] * fw)))]
+        path = f"{prefix}_{key}.png"
+        visualize.save_png(visualize.heatmap_overlay(image, heat), path)
+        written.append(path)
     return written

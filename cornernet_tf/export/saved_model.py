@@ -117,7 +117,7 @@ def serving_description(cfg) -> dict:
             NUM_DETECTIONS: "int32 [B]",
         },
         "tflite_input": f"uint8 [1, {cfg.model.input_size[0]}, {cfg.model.input_size[1]}, 3] "
-                        "RGB, resized (no aspect kept) by the caller",
+                        "RGB, fitted by the caller as serving_default fits (export/README.md)",
         "max_detections": d.max_detections,
         "network_input_size": list(cfg.model.input_size),
         "preprocessing": "resize keeping aspect ratio, zero-pad bottom/right to the input size",

@@ -14,63 +14,55 @@ export.score_threshold are removed in the graph.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import tensorflow as tf
 
-from cornernet_tf.decode import decode, decode_kwargs_from_config  # noqa: F401 (re-export)
+from cornernet_tf import keys, preprocess
+from cornernet_tf.decode import (decode, decode_kwargs_from_config, decode_pairs,
+                                 decode_with_flip, flip_boxes, merge_detections)
 
 # Name scope of the post-network part of the serving graph (decode and box mapping).
 DECODE_SCOPE = "detection_decode"
 
 
 class DetectionFunctions:
-    """The serving functions around a trained CornerNet.
+    """The detection functions around a trained CornerNet: what ships and what is evaluated.
+
+    The exported signatures are methods of this class (single scale, no flip), and
+    `--mode=evaluate` runs `detect` of an instance built from the same config with the
+    evaluation's flip test and scales, so the evaluated arithmetic is the shipped one.
 
     Args:
       model: a CornerNet keras.Model; `model(images, training=False)[-1]` gives the last
         stack's heads.
       input_size: (height, width) of the network input.
-      output_size: (height, width) of the heads' grid.
       decode_kwargs: keyword arguments of `decode` (k, ae_threshold, nms_kernel, num_pairs,
         max_detections, soft_nms_sigma, score_threshold).
       score_threshold: detections scoring below are dropped from the outputs.
+      flip_test: also run the mirrored input and pool both views' pairs (decode_with_flip).
+      scales: multi-scale test factors of the network input (1.0 alone: single scale).
+      size_step: (stride, grid multiple) of the backbone: a scaled input side is a multiple
+        of stride * grid multiple (the hourglass halves its grid). Needed for scales only.
     """
 
-    def __init__(self, model, input_size, output_size, decode_kwargs: dict,
-                 score_threshold: float = 0.0):
+    def __init__(self, model, input_size, decode_kwargs: dict, score_threshold: float = 0.0,
+                 flip_test: bool = False, scales: Sequence[float] = (1.0,),
+                 size_step: Optional[tuple] = None):
         self.model = model
-        self.input_size = (int(input_size[0]), int(input_size[1]))
-        self.output_size = (int(output_size[0]), int(output_size[1]))
+        self.input_size = preprocess.size_pair(input_size, "input_size", "DetectionFunctions")
         self.decode_kwargs = dict(decode_kwargs)
         self.score_threshold = float(score_threshold)
+        self.flip_test = bool(flip_test)
+        self.scales = tuple(float(s) for s in scales)
+        if self.scales != (1.0,) and size_step is None:
+            raise ValueError(f"DetectionFunctions: scales {self.scales} need size_step "
+                             f"(stride, grid multiple) of the backbone; found None")
+        self.size_step = size_step
 
     # ----------------------------------------------------------------------------------
-    def _fit(self, height: tf.Tensor, width: tf.Tensor):
-        """Resized size and transform for an H x W image (aspect kept, fits the input)."""
-        tf.debugging.assert_positive(
-            tf.stack([height, width]),
-            message="images must have height and width >= 1 (an empty image was given)")
-        h = tf.cast(height, tf.float32)
-        w = tf.cast(width, tf.float32)
-        in_h, in_w = self.input_size
-        scale = tf.minimum(in_h / h, in_w / w)
-        new_h = tf.clip_by_value(tf.cast(tf.round(h * scale), tf.int32), 1, in_h)
-        new_w = tf.clip_by_value(tf.cast(tf.round(w * scale), tf.int32), 1, in_w)
-        transform = tf.stack([tf.cast(new_h, tf.float32) / h, tf.cast(new_w, tf.float32) / w,
-                              0.0, 0.0])
-        return new_h, new_w, transform, tf.stack([h, w])
-
-    def _resize_pad(self, images: tf.Tensor, new_h: tf.Tensor, new_w: tf.Tensor) -> tf.Tensor:
-        """[B, H, W, 3] -> [B, in_h, in_w, 3] float32: bilinear resize, zero pad bottom/right."""
-        in_h, in_w = self.input_size
-        resized = tf.image.resize(tf.cast(images, tf.float32), tf.stack([new_h, new_w]),
-                                  method="bilinear")
-        padded = tf.pad(resized, [[0, 0], [0, in_h - new_h], [0, in_w - new_w], [0, 0]])
-        return tf.reshape(padded, [-1, in_h, in_w, 3])
-
     def preprocess(self, image: tf.Tensor):
-        """One image to the network input.
+        """One image to the network input (`preprocess.fit_to_input`, resize_pad).
 
         Args:
           image: [H, W, 3] uint8.
@@ -80,66 +72,109 @@ class DetectionFunctions:
           offset_y, offset_x) with network_xy = original_xy * scale + offset,
           size [2] float32 (H, W)).
         """
-        shape = tf.shape(image)
-        new_h, new_w, transform, size = self._fit(shape[0], shape[1])
-        return self._resize_pad(image[None], new_h, new_w)[0], transform, size
+        inputs, transform = preprocess.fit_to_input(image, self.input_size)
+        return inputs, transform, tf.cast(tf.shape(image)[:2], tf.float32)
 
     def preprocess_batch(self, images: tf.Tensor):
         """[B, H, W, 3] uint8 (one size) -> (inputs [B, in_h, in_w, 3], transforms [B, 4],
         sizes [B, 2])."""
+        inputs, transform = preprocess.fit_to_input(images, self.input_size)
         shape = tf.shape(images)
-        # The signature's [None, None, None, 3] is not checked when a loaded signature is
-        # called with a tensor: a 4-channel image would otherwise fail in a reshape.
-        check = tf.debugging.assert_equal(
-            shape[-1], 3, message="images: expected uint8 [B, H, W, 3] RGB (3 channels); "
-                                  "the last dimension found is")
-        with tf.control_dependencies([check]):
-            new_h, new_w, transform, size = self._fit(shape[1], shape[2])
-        inputs = self._resize_pad(images, new_h, new_w)
-        return inputs, tf.tile(transform[None], [shape[0], 1]), tf.tile(size[None], [shape[0], 1])
+        size = tf.cast(shape[1:3], tf.float32)
+        return (inputs, tf.tile(transform[None], [shape[0], 1]),
+                tf.tile(size[None], [shape[0], 1]))
+
+    def heads(self, inputs: tf.Tensor) -> dict:
+        """The last stack's raw heads of network inputs [B, h, w, 3] float32 0..255."""
+        return self.model(inputs, training=False)[-1]
 
     def detect(self, inputs: tf.Tensor, transforms: tf.Tensor, sizes: tf.Tensor) -> dict:
-        """Network + decode + boxes back to normalised original coordinates.
+        """Network (every view) + decode + boxes back to normalised original coordinates.
 
         Args:
-          inputs: [B, in_h, in_w, 3] float32 0..255.
+          inputs: [B, h, w, 3] float32 0..255, h and w static (`fit_to_input` output).
           transforms: [B, 4] float32 (scale_y, scale_x, offset_y, offset_x).
           sizes: [B, 2] float32 original (H, W).
 
         Returns:
+          the contract's output dict (module docstring).
+        """
+        if self.scales != (1.0,):
+            return self._detect_multi_scale(inputs, transforms, sizes)
+        heads = self.heads(inputs)
+        flipped = self.heads(inputs[:, :, ::-1]) if self.flip_test else None
+        return self.postprocess(heads, inputs.shape[1:3], transforms, sizes, flipped)
+
+    def postprocess(self, heads: dict, input_hw, transforms: tf.Tensor, sizes: tf.Tensor,
+                    flipped_heads: Optional[dict] = None) -> dict:
+        """Decode (with the flipped view's pairs when given) + map to the contract.
+
+        Args:
+          heads: one stack's raw heads [B, out_h, out_w, ...] of inputs of size input_hw.
+          input_hw: (h, w) of the network input, python ints.
+          transforms, sizes: as in `detect`.
+          flipped_heads: heads of `inputs[:, :, ::-1]`, or None.
+
+        Returns:
           the contract's output dict.
         """
-        heads = self.model(inputs, training=False)[-1]
         # Everything after the network is named under DECODE_SCOPE: full-int8 TFLite
         # conversion keeps these ops in float32 (tflite.py denylists them by name).
         with tf.name_scope(DECODE_SCOPE):
-            return self._decode(heads, transforms, sizes)
+            if flipped_heads is None:
+                det = decode(heads, **self.decode_kwargs)
+            else:
+                det = decode_with_flip(heads, flipped_heads, **self.decode_kwargs)
+            out_h, out_w = heads[keys.TL_HEATMAP].shape[1:3]
+            # output grid -> network input pixels: divide by r = out / in (SPEC.md)
+            ratio = (out_h / int(input_hw[0]), out_w / int(input_hw[1]))
+            return self._contract(det, ratio, transforms, sizes)
 
-    def _decode(self, heads: dict, transforms: tf.Tensor, sizes: tf.Tensor) -> dict:
-        """Decode + boxes back to normalised original coordinates (see `detect`)."""
-        det = decode(heads, **self.decode_kwargs)
-        # xyxy -> yxyx with a gather, not slices of the boxes: TFLite's int8 quantizer
-        # re-quantizes a float tensor feeding slices even when the slices are denylisted.
-        boxes = tf.gather(det["boxes"], [1, 0, 3, 2], axis=-1)  # [B, N, 4] output-grid units
-        # output grid -> network input pixels (divide by the ratio r = out / in, SPEC.md)
-        # -> original pixels (minus offset, divided by scale) -> normalised (divided by size)
-        ratio = tf.constant([self.output_size[0] / self.input_size[0],
-                             self.output_size[1] / self.input_size[1]] * 2, tf.float32)
-        scale = tf.tile(transforms[:, :2], [1, 2])[:, None, :]  # [B, 1, 4] sy, sx, sy, sx
-        offset = tf.tile(transforms[:, 2:], [1, 2])[:, None, :]
-        size = tf.tile(sizes, [1, 2])[:, None, :]
-        normalised = tf.clip_by_value((boxes / ratio - offset) / scale / size, 0.0, 1.0)
-        scores = det["scores"]
+    def _detect_multi_scale(self, inputs, transforms, sizes) -> dict:
+        """The reference's multi-scale test: pre-NMS pairs of every scale (and flip) mapped
+        to network-input pixels, pooled, one soft-NMS (decode.merge_detections)."""
+        in_h, in_w = int(inputs.shape[1]), int(inputs.shape[2])
+        kwargs = self.decode_kwargs
+        pair_kwargs = {k: kwargs[k] for k in ("k", "ae_threshold", "nms_kernel", "num_pairs")}
+        sets = []
+        for s in self.scales:
+            size = [self._scaled_side(in_h, s), self._scaled_side(in_w, s)]
+            x = inputs if size == [in_h, in_w] else tf.image.resize(inputs, size)
+            for mirrored in ((False, True) if self.flip_test else (False,)):
+                heads = self.heads(x[:, :, ::-1] if mirrored else x)
+                out_h, out_w = heads[keys.TL_HEATMAP].shape[1:3]
+                with tf.name_scope(DECODE_SCOPE):
+                    c = decode_pairs(heads, **pair_kwargs)
+                    boxes = flip_boxes(c[keys.BOXES], out_w) if mirrored else c[keys.BOXES]
+                    to_input = tf.constant([in_w / out_w, in_h / out_h] * 2, tf.float32)
+                    sets.append(dict(c, **{keys.BOXES: boxes * to_input}))
+        with tf.name_scope(DECODE_SCOPE):
+            det = merge_detections(sets, max_detections=kwargs["max_detections"],
+                                   soft_nms_sigma=kwargs["soft_nms_sigma"],
+                                   score_threshold=kwargs["score_threshold"])
+            return self._contract(det, (1.0, 1.0), transforms, sizes)
+
+    def _scaled_side(self, n: int, s: float) -> int:
+        """An input side near n * s whose output grid the hourglass can halve."""
+        if s == 1.0:
+            return n
+        stride, multiple = self.size_step
+        return max(multiple, int(round(n * s / stride / multiple)) * multiple) * stride
+
+    def _contract(self, det: dict, ratio, transforms: tf.Tensor, sizes: tf.Tensor) -> dict:
+        """`decode` output (boxes in ratio x input pixels) -> the serving contract."""
+        normalised = preprocess.boxes_to_original(det[keys.BOXES], transforms, sizes, ratio)
+        scores = det[keys.SCORES]
         n = tf.shape(scores)[1]
-        valid = tf.logical_and(tf.range(n)[None, :] < det["num_detections"][:, None],
+        valid = tf.logical_and(tf.range(n)[None, :] < det[keys.NUM_DETECTIONS][:, None],
                                scores >= self.score_threshold)
         valid = tf.logical_and(valid, scores > 0.0)
         validf = tf.cast(valid, tf.float32)
         return {
-            "detection_boxes": normalised * validf[..., None],
-            "detection_scores": scores * validf,
-            "detection_classes": (tf.cast(det["classes"], tf.float32) + 1.0) * validf,
-            "num_detections": tf.reduce_sum(tf.cast(valid, tf.int32), axis=1),
+            keys.DETECTION_BOXES: normalised * validf[..., None],
+            keys.DETECTION_SCORES: scores * validf,
+            keys.DETECTION_CLASSES: (tf.cast(det[keys.CLASSES], tf.float32) + 1.0) * validf,
+            keys.NUM_DETECTIONS: tf.reduce_sum(tf.cast(valid, tf.int32), axis=1),
         }
 
     # ----------------------------------------------------------------------------------
@@ -156,18 +191,17 @@ class DetectionFunctions:
           of that grid covered by the image (the rest is padding).
         """
         inputs, transforms, sizes = self.preprocess_batch(images)
-        heads = self.model(inputs, training=False)[-1]
+        heads = self.heads(inputs)
         in_size = tf.constant([float(self.input_size[0]), float(self.input_size[1])])
-        return {"tl_heatmap": tf.sigmoid(tf.cast(heads["tl_heatmap"], tf.float32)),
-                "br_heatmap": tf.sigmoid(tf.cast(heads["br_heatmap"], tf.float32)),
+        return {keys.TL_HEATMAP: tf.sigmoid(tf.cast(heads[keys.TL_HEATMAP], tf.float32)),
+                keys.BR_HEATMAP: tf.sigmoid(tf.cast(heads[keys.BR_HEATMAP], tf.float32)),
                 "valid_fraction": sizes * transforms[:, :2] / in_size}
 
     def serve_bytes(self, encoded: tf.Tensor) -> dict:
         """`serving_bytes`: encoded JPEG/PNG strings [B] (any sizes) -> detections."""
 
         def one(data):
-            image = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
-            return self.preprocess(image)
+            return self.preprocess(preprocess.decode_image(data))
 
         in_h, in_w = self.input_size
         inputs, transforms, sizes = tf.map_fn(
@@ -177,8 +211,9 @@ class DetectionFunctions:
         return self.detect(inputs, transforms, sizes)
 
     def serve_fixed(self, images: tf.Tensor) -> dict:
-        """The TFLite entry: uint8 [1, in_h, in_w, 3] (resize on the device beforehand;
-        normalised boxes are unchanged by a plain resize)."""
+        """The TFLite entry: uint8 [1, in_h, in_w, 3], fitted on the host beforehand
+        (`preprocess.tflite_input`); boxes come back normalised to that input
+        (`preprocess.tflite_boxes_to_original` maps them to the original image)."""
         inputs = tf.cast(images, tf.float32)
         b = tf.shape(images)[0]
         transforms = tf.tile(tf.constant([[1.0, 1.0, 0.0, 0.0]]), [b, 1])
@@ -187,9 +222,19 @@ class DetectionFunctions:
         return self.detect(inputs, transforms, sizes)
 
 
-def build_detection_functions(model, cfg, score_threshold: Optional[float] = None):
-    """DetectionFunctions for a model and its resolved Config."""
-    return DetectionFunctions(model, cfg.model.input_size, cfg.model.output_size,
+def build_detection_functions(model, cfg, score_threshold: Optional[float] = None,
+                              flip_test: bool = False, scales: Sequence[float] = (1.0,)):
+    """DetectionFunctions for a model and its resolved Config.
+
+    Args:
+      model: the CornerNet.
+      cfg: resolved Config (model sizes, decode, export.score_threshold).
+      score_threshold: default export.score_threshold (evaluation passes 0: keep all).
+      flip_test, scales: the test-time views (the export: none, single scale).
+    """
+    grid_multiple = 2 ** (len(cfg.model.resolved("channels")) - 1)
+    return DetectionFunctions(model, cfg.model.input_size,
                               decode_kwargs_from_config(cfg.decode),
                               cfg.export.score_threshold if score_threshold is None
-                              else score_threshold)
+                              else score_threshold, flip_test=flip_test, scales=scales,
+                              size_step=(cfg.model.stride, grid_multiple))

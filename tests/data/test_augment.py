@@ -1,12 +1,11 @@
-"""Tests of cornernet_tf.data.augment: boxes follow the pixels, reference crop, eval inverse."""
+"""Tests of cornernet_tf.data.augment: boxes follow the pixels, reference crop, flip."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from cornernet_tf.data import augment
-from cornernet_tf.data.augment import (boxes_to_original, eval_resize, flip_boxes,
-                                       train_augment)
+from cornernet_tf.data.augment import train_augment
 
 NO_COLOUR = dict(color_jitter=0.0, lighting_std=0.0)
 
@@ -126,14 +125,6 @@ def test_flip_in_augment_mirrors_image_and_boxes():
     assert seen == {"flip", "keep"}
 
 
-def test_flip_boxes_twice_is_identity_and_keeps_padding():
-    boxes = np.array([[0, 1, 10, 20], [5.5, 2, 99, 3], [-1, -1, -1, -1]], np.float32)
-    once = flip_boxes(boxes, 100).numpy()
-    np.testing.assert_allclose(once[0], [89, 1, 99, 20])  # x' = 100 - 1 - x, swapped
-    np.testing.assert_array_equal(once[2], [-1, -1, -1, -1])
-    np.testing.assert_allclose(flip_boxes(once, 100).numpy(), boxes)
-
-
 def test_deterministic_with_seed():
     rng = np.random.default_rng(3)
     image = rng.integers(0, 256, (150, 120, 3)).astype(np.uint8)
@@ -202,49 +193,10 @@ def test_graph_mode_dynamic_image_in_dataset():
         assert out_classes.numpy()[-1] == c[-1] or out_classes.numpy()[-1] == -1
 
 
-def test_eval_resize_pad_golden_and_inverse():
-    # 300 x 400 into 128: scale min(128/300, 128/400) = 0.32 -> 96 x 128, pad rows 96..127.
-    image = _box_image(300, 400, [100, 50, 250, 150])
-    out, transform = eval_resize(image, 128, "resize_pad")
-    np.testing.assert_allclose(transform.numpy(), [0.32, 0.32, 0, 0], rtol=1e-6)
-    assert out.shape == (128, 128, 3)
-    assert not out.numpy()[96:].any()
-    np.testing.assert_allclose(_mask_extent(out.numpy()), [32, 16, 80, 48], atol=1)
-    rng = np.random.default_rng(4)
-    boxes = np.sort(rng.uniform(0, 300, (5, 2, 2)), axis=1).reshape(5, 4)[:, [0, 2, 1, 3]]
-    boxes = boxes.astype(np.float32)
-    network = boxes * 0.32
-    back = boxes_to_original(network, transform, [300, 400]).numpy()
-    np.testing.assert_allclose(back, boxes, rtol=1e-5, atol=1e-4)
-
-
-def test_eval_pad127_golden_and_inverse():
-    # Reference test input: 300 | 127 = 383, 400 | 127 = 511; centred offsets
-    # 383 // 2 - 300 // 2 = 41 and 511 // 2 - 400 // 2 = 55; no resize at scale 1.
-    rng = np.random.default_rng(6)
-    image = rng.integers(0, 256, (300, 400, 3)).astype(np.uint8)
-    out, transform = eval_resize(image, 511, "pad127")
-    out = out.numpy()
-    assert out.shape == (383, 511, 3)
-    np.testing.assert_array_equal(out[41:341, 55:455], image.astype(np.float32))
-    assert out[:41].sum() == 0 and out[:, 455:].sum() == 0
-    np.testing.assert_allclose(transform.numpy(), [1, 1, 41, 55])
-    boxes = np.array([[[10, 20, 390, 299], [-1, -1, -1, -1]]], np.float32)  # batched [1, 2, 4]
-    network = boxes + np.array([55, 41, 55, 41], np.float32)
-    network[0, 1] = -1
-    back = boxes_to_original(network, transform[None], [[300, 400]]).numpy()
-    np.testing.assert_allclose(back, boxes, atol=1e-4)
-    # Clipped to the original image (edges 0..W, 0..H).
-    wide = boxes_to_original(np.array([[0, 0, 600, 400]], np.float32), transform, [300, 400])
-    np.testing.assert_allclose(wide.numpy(), [[0, 0, 400, 300]])
-
-
 def test_bad_inputs_are_errors():
     with pytest.raises(ValueError, match=r"image must be \[H, W, 3\]"):
         train_augment(np.zeros((10, 10), np.uint8), np.zeros((0, 4), np.float32),
                       np.zeros((0,), np.int32), 8)
-    with pytest.raises(ValueError, match="mode must be one of"):
-        eval_resize(np.zeros((10, 10, 3), np.uint8), 8, mode="stretch")
     with pytest.raises(ValueError, match="color_jitter"):
         train_augment(np.zeros((10, 10, 3), np.uint8), np.zeros((0, 4), np.float32),
                       np.zeros((0,), np.int32), 8, color_jitter=1.5)

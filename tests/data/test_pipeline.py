@@ -13,6 +13,7 @@ from PIL import Image
 from cornernet_tf.config import load_config
 from cornernet_tf.data import coco, pipeline
 from cornernet_tf.keys import LOSS_TARGET_KEYS
+from cornernet_tf.preprocess import read_image
 
 NUM_CLASSES, MAX_OBJECTS = 3, 4
 
@@ -177,7 +178,7 @@ def test_decode_grayscale_rgba_16bit(tmp_path):
     for name, data in files.items():
         path = tmp_path / name
         path.write_bytes(data)
-        image = pipeline.decode_image(tf.constant(str(path)))
+        image = read_image(tf.constant(str(path)))  # the one decoder (preprocess.py)
         assert image.dtype == tf.uint8 and image.shape == (5, 7, 3), name
         np.testing.assert_allclose(image.numpy().astype(int), expected[name].astype(int),
                                    atol=1, err_msg=name)

@@ -83,14 +83,23 @@ def test_predict_tflite(exports, tmp_path):
     written = predict_lib.predict(lite, [os.path.join(images, "wide.png")], out_dir)
     results = check_outputs(written, out_dir, lite, ["wide"])
     assert not any("heatmap" in p for p in written)
-    # the TFLite path stretches the image to 64x64 and runs the fp32 graph
+    # The TFLite path fits the 48x80 image as the SavedModel graph does (aspect kept:
+    # scale min(64/48, 64/80) = 0.8 -> 38x64, zero rows below), rounded to uint8, runs the
+    # fp32 graph, and maps boxes back: input px / (38/48, 0.8), normalised by (48, 80).
     image = np.asarray(Image.open(os.path.join(images, "wide.png")).convert("RGB"))
-    stretched = np.asarray(Image.fromarray(image).resize((64, 64), Image.BILINEAR))
-    out = tflite.TFLiteDetector(lite)(stretched[None])
+    fitted = np.zeros((1, 64, 64, 3), np.uint8)
+    fitted[0, :38] = np.clip(np.round(tf.image.resize(image.astype(np.float32), [38, 64])
+                                      .numpy()), 0, 255).astype(np.uint8)
+    out = tflite.TFLiteDetector(lite)(fitted)
     n = int(out["num_detections"][0])
     assert len(results["wide"]["detections"]) == n
     np.testing.assert_allclose([d["score"] for d in results["wide"]["detections"]],
                                out["detection_scores"][0, :n], atol=1e-6)
+    ymin, xmin, ymax, xmax = (out["detection_boxes"][0, :n] * 64).T  # input pixels
+    expected = np.stack([xmin / 0.8, ymin / (38 / 48), xmax / 0.8, ymax / (38 / 48)], -1)
+    expected = np.minimum(expected, [80, 48, 80, 48])
+    np.testing.assert_allclose([d["box_xyxy"] for d in results["wide"]["detections"]],
+                               expected, atol=1e-3)
 
 
 def test_tflite_heatmaps_is_a_clear_error_before_any_output(exports, tmp_path):

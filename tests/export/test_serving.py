@@ -43,8 +43,7 @@ class PeakNet:
 
 def functions(net, score_threshold=0.0):
     cfg = tiny_config()
-    return DetectionFunctions(net, IN, OUT, decode_kwargs_from_config(cfg.decode),
-                              score_threshold)
+    return DetectionFunctions(net, IN, decode_kwargs_from_config(cfg.decode), score_threshold)
 
 
 def sigmoid(x):
@@ -151,3 +150,49 @@ def test_bad_images_are_rejected_with_the_reason(shape, message):
                         input_signature=[tf.TensorSpec([None, None, None, None], tf.uint8)])
     with pytest.raises(tf.errors.InvalidArgumentError, match=message):
         serve(tf.zeros(shape, tf.uint8))
+
+
+def test_serve_bytes_sees_what_the_pipeline_and_predict_see(tmp_path):
+    # One decoder and one fit for every path: a 16-bit gray PNG sent as bytes reaches the
+    # network exactly as the file read by `read_image` (eval pipeline, predict) and fitted
+    # by `fit_to_input` (its high byte, replicated to RGB, resized keeping the aspect).
+    import io
+    from PIL import Image
+
+    from cornernet_tf.preprocess import fit_to_input, read_image
+    gray16 = np.random.default_rng(3).integers(0, 65536, (40, 50), dtype=np.uint16)
+    buf = io.BytesIO()
+    Image.fromarray(gray16).save(buf, "PNG")
+    (tmp_path / "g16.png").write_bytes(buf.getvalue())
+    net = PeakNet()
+    functions(net).serve_bytes(tf.constant([buf.getvalue()]))
+    from_file = read_image(str(tmp_path / "g16.png"))
+    np.testing.assert_array_equal(from_file.numpy(),
+                                  np.repeat((gray16 >> 8).astype(np.uint8)[..., None], 3, -1))
+    np.testing.assert_array_equal(net.seen[-1][0].numpy(), fit_to_input(from_file, IN)[0].numpy())
+
+
+def test_flip_test_pools_the_mirrored_view():
+    # The fake heads are the same for both views, TL x offset 0.25: the box of the plain
+    # view is [3.25, 2.5, 12.5, 10.5] grid cells = [13, 10, 50, 42] input px; the mirrored
+    # view's is mapped back by x -> 16 - x (decode.flip_boxes, continuous coordinates):
+    # [3.5, 2.5, 12.75, 10.5] = [14, 10, 51, 42] px. Both are pooled before one soft-NMS:
+    # the first keeps (sigmoid(2) + sigmoid(1)) / 2, the other is decayed by
+    # exp(-IoU^2 / 0.5) with IoU = 36 * 32 / (2 * 37 * 32 - 36 * 32) = 36 / 38.
+    net = PeakNet()
+    net.heads["tl_offset"][..., 0] = 0.25
+    cfg = tiny_config()
+    fns = DetectionFunctions(net, IN, decode_kwargs_from_config(cfg.decode), flip_test=True)
+    image = np.random.default_rng(5).integers(0, 256, (1, 64, 64, 3)).astype(np.uint8)
+    out = {k: v.numpy() for k, v in fns.serve_images(tf.constant(image)).items()}
+    np.testing.assert_array_equal(net.seen[-1].numpy(), net.seen[-2].numpy()[:, :, ::-1])
+    score = (sigmoid(2.0) + sigmoid(1.0)) / 2
+    found = {}
+    for box, s in zip(out["detection_boxes"][0], out["detection_scores"][0]):
+        for name, px in (("plain", [13, 10, 50, 42]), ("mirrored", [14, 10, 51, 42])):
+            expected = [px[1] / 64, px[0] / 64, px[3] / 64, px[2] / 64]
+            if np.allclose(box, expected, atol=1e-5):
+                found[name] = s
+    assert sorted(found) == ["mirrored", "plain"], found
+    assert found["plain"] == pytest.approx(score, abs=1e-6)
+    assert 0 < found["mirrored"] < score * np.exp(-(36 / 38) ** 2 / 0.5) + 1e-6

@@ -1,0 +1,281 @@
+"""COCO AP of a model on the validation split: a checkpoint's CornerNet or an exported file.
+
+    metrics = run_evaluation(model, cfg, "runs/quickstart/eval")            # checkpoint
+    metrics = evaluate_export("export/quickstart/1", cfg, "runs/quickstart/eval/saved_model")
+
+Both measure the shipped path. A checkpoint is run through `export/serving.py`'s
+`DetectionFunctions.detect` (the function behind the exported signatures, here with the
+evaluation's flip test and scales) on inputs fitted by `preprocess.fit_to_input`, and its
+contract outputs are scored like an export's. `evaluate_export` runs the file itself, one
+image per call as a server or a device would, and adds latency and file size. The metrics
+(pycocotools, no TensorFlow) are in `evaluation.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from cornernet_tf import keys, preprocess
+from cornernet_tf.data import pipeline
+from cornernet_tf.data.coco import LabelMap
+from cornernet_tf.data.targets import encode_targets
+from cornernet_tf.evaluation import coco_evaluate, detections_to_coco, format_coco_table
+from cornernet_tf.export.predict import ExportedDetector
+from cornernet_tf.export.serving import build_detection_functions
+
+ORACLES = ("none", "heatmaps", "heatmaps+offsets", "all")
+
+
+def run_evaluation(model, cfg, output_dir: str, max_images: int = 0, oracle: str = "none",
+                   batch_size: int = 8, verbose: bool = True) -> dict:
+    """Detects on the validation split, writes COCO results and metrics, returns metrics.
+
+    Args:
+      model: a CornerNet (only the last stack's heads are used).
+      cfg: resolved Config (data.val_*, data.eval_resize, decode, evaluate).
+      output_dir: `detections.json` and `metrics.json` are written here.
+      max_images: evaluate the first N images only (0: all).
+      oracle: "none" or an error-analysis mode (see `oracle_heads`; no flip test and no
+        multi-scale then).
+      batch_size: images per forward pass.
+      verbose: print the COCO table and per-class AP.
+
+    Returns:
+      the metrics dict of `coco_evaluate` (with "per_class_AP"), plus "images",
+      "seconds", "oracle", "scales" and "flip_test" (the views actually used).
+
+    Raises:
+      ValueError: unknown oracle.
+    """
+    if oracle not in ORACLES:
+        raise ValueError(f"evaluate.oracle: expected one of {ORACLES}, found {oracle!r}")
+    start = time.time()
+    records, label_map = _val_records(cfg, max_images)
+    views = oracle == "none"
+    scales = tuple(cfg.evaluate.scales) if views else (1.0,)
+    flip = bool(cfg.evaluate.flip_test) and views
+    fns = build_detection_functions(model, cfg, score_threshold=0.0, flip_test=flip,
+                                    scales=scales)
+    dataset = pipeline.build_dataset(cfg.data, cfg.model, "val", training=False,
+                                     batch_size=batch_size, records=records)
+    if views:
+        results = _detect_split(fns, dataset, label_map)
+    else:
+        results = _detect_split_with_oracle(fns, dataset, records, cfg, oracle, label_map)
+    metrics = _score(cfg, results, records, output_dir)
+    metrics.update(images=len(records), seconds=time.time() - start, oracle=oracle,
+                   scales=list(scales), flip_test=flip)
+    _write_json(metrics, output_dir, "metrics.json")
+    if verbose:
+        title = f"COCO bbox on {len(records)} images of {cfg.data.val_annotations}"
+        if oracle != "none":
+            title += f" (oracle: ground-truth {oracle})"
+        _print_report(title, metrics, output_dir)
+    return metrics
+
+
+def evaluate_export(model_path: str, cfg, output_dir: str, max_images: int = 0,
+                    verbose: bool = True) -> dict:
+    """COCO AP of an exported file (SavedModel folder or .tflite) on the validation split.
+
+    Each image is read by `preprocess.read_image` and given to the export alone, as
+    `predict` does (SavedModel: `serving_default`; TFLite: fitted on the host by
+    `preprocess.tflite_input`). The exported graph is single scale without flip.
+
+    Args:
+      model_path: SavedModel version folder or .tflite file, labels.json beside it.
+      cfg: resolved Config (data.val_*, decode.max_detections).
+      output_dir: `detections.json` and `metrics.json` are written here.
+      max_images: the first N images only (0: all).
+      verbose: print the COCO table, latency and size.
+
+    Returns:
+      the `coco_evaluate` metrics plus "model", "format", "bytes" (file size),
+      "latency_ms" (median per image, end to end, after one warm-up call),
+      "latency_ms_mean", "images", "seconds".
+
+    Raises:
+      FileNotFoundError: model_path is neither a SavedModel folder nor a .tflite file.
+      ValueError: the export's labels.json differs from the validation split's categories.
+    """
+    start = time.time()
+    records, label_map = _val_records(cfg, max_images)
+    detector = ExportedDetector(model_path)
+    _check_export_labels(model_path, label_map)
+    results, latencies = [], []
+    for r in records:
+        try:
+            image = preprocess.read_image(r.path).numpy()
+        except tf.errors.InvalidArgumentError as e:  # as the eval pipeline: skip, log
+            logging.warning("skipping image id %s (%s): %s", r.image_id, r.path, e.message)
+            continue
+        if not latencies:
+            detector(image)  # warm-up: graph tracing, interpreter allocation
+        t0 = time.perf_counter()
+        out = detector(image)
+        latencies.append(time.perf_counter() - t0)
+        boxes, scores, classes, num = preprocess.contract_to_pixels(out, [image.shape[:2]])
+        results += detections_to_coco(boxes, scores, classes, num, [r.image_id],
+                                      label_map.category_ids)
+    metrics = _score(cfg, results, records, output_dir)
+    metrics.update(model=model_path, format=detector.format, bytes=export_bytes(model_path),
+                   latency_ms=float(np.median(latencies) * 1e3) if latencies else -1.0,
+                   latency_ms_mean=float(np.mean(latencies) * 1e3) if latencies else -1.0,
+                   images=len(records), seconds=time.time() - start, oracle="none",
+                   scales=[1.0], flip_test=False)
+    _write_json(metrics, output_dir, "metrics.json")
+    if verbose:
+        _print_report(f"COCO bbox of {model_path} on {len(records)} images of "
+                      f"{cfg.data.val_annotations}", metrics, output_dir)
+        print(f"latency {metrics['latency_ms']:.1f} ms per image (median; mean "
+              f"{metrics['latency_ms_mean']:.1f} ms), {metrics['format']} size "
+              f"{metrics['bytes'] / 1e6:.2f} MB")
+    return metrics
+
+
+def export_bytes(model_path: str) -> int:
+    """Size of an export: the .tflite file, or a SavedModel's own files (saved_model.pb,
+    fingerprint, variables, assets; not other files kept in the folder, e.g. .tflite)."""
+    if not os.path.isdir(model_path):
+        return os.path.getsize(model_path)
+    total = 0
+    for name in ("saved_model.pb", "fingerprint.pb", "variables", "assets"):
+        path = os.path.join(model_path, name)
+        if os.path.isfile(path):
+            total += os.path.getsize(path)
+        for folder, _, files in os.walk(path):
+            total += sum(os.path.getsize(os.path.join(folder, f)) for f in files)
+    return total
+
+
+def oracle_heads(heads: dict, targets: list, oracle: str, offset: float = -100.0) -> dict:
+    """Replaces predicted heads by ground truth, for the paper's error analysis (Table 7).
+
+    Args:
+      heads: one stack's raw heads, numpy or tensors, batch B.
+      targets: B dicts from `encode_targets` (numpy) for the images of the batch.
+      oracle: "heatmaps" (GT heatmaps), "heatmaps+offsets" (and GT offsets at the GT
+        corners), "all" (and embeddings: object k gets value 2k at both corners).
+      offset: the embedding value away from the ground-truth corners (far from every
+        object's 2k, so background cells never pair with a true corner).
+
+    Returns:
+      heads with the chosen maps replaced (heatmaps as logits of the clipped Gaussians).
+    """
+    out = {k: np.array(v) for k, v in heads.items()}
+    eps = 1e-4
+    corners = ((keys.TL_HEATMAP, keys.TL_INDEX, keys.TL_OFFSET, keys.TL_EMBEDDING),
+               (keys.BR_HEATMAP, keys.BR_INDEX, keys.BR_OFFSET, keys.BR_EMBEDDING))
+    for b, t in enumerate(targets):
+        for heatmap, index, offsets, embedding in corners:
+            y = np.clip(t[heatmap], eps, 1 - eps)
+            out[heatmap][b] = np.log(y / (1 - y))
+            h, w = y.shape[:2]
+            valid = np.flatnonzero(t[keys.MASK] > 0)
+            rows, cols = np.divmod(t[index][valid], w)
+            if oracle in ("heatmaps+offsets", "all"):
+                out[offsets][b, rows, cols] = t[offsets][valid]
+            if oracle == "all":
+                out[embedding][b] = offset
+                out[embedding][b, rows, cols, 0] = 2.0 * np.arange(len(valid))
+    return out
+
+
+# ------------------------------------------------------------------------------- steps
+
+def _val_records(cfg, max_images: int):
+    """(records, label_map) of the validation split, the first max_images if > 0."""
+    records, label_map, _ = pipeline.load_split(cfg.data, "val")
+    return (records[:max_images] if max_images else records), label_map
+
+
+def _detect_split(fns, dataset, label_map) -> list:
+    """COCO results of `fns.detect` over the eval pipeline's batches."""
+    detect = tf.function(fns.detect)  # one trace per input shape (decode needs static grids)
+    results = []
+    for images, meta in dataset:
+        sizes = tf.cast(meta["original_size"], tf.float32)
+        out = detect(images, meta["transform"], sizes)
+        results += _batch_to_coco(out, meta, label_map)
+    return results
+
+
+def _detect_split_with_oracle(fns, dataset, records, cfg, oracle: str, label_map) -> list:
+    """COCO results with heads replaced by ground truth (`oracle_heads`), then the same
+    decode and box mapping (`fns.postprocess`)."""
+    by_id = {int(r.image_id): r for r in records}
+    heads_fn = tf.function(fns.heads)
+    results = []
+    for images, meta in dataset:
+        heads = heads_fn(images)
+        input_hw = tuple(int(d) for d in images.shape[1:3])
+        grid_hw = tuple(int(d) for d in heads[keys.TL_HEATMAP].shape[1:3])
+        targets = [_network_targets(by_id[int(i)], t, cfg.model.num_classes, input_hw, grid_hw)
+                   for i, t in zip(meta["image_id"].numpy(), meta["transform"].numpy())]
+        heads = {k: tf.constant(v) for k, v in oracle_heads(heads, targets, oracle).items()}
+        out = fns.postprocess(heads, input_hw, meta["transform"],
+                              tf.cast(meta["original_size"], tf.float32))
+        results += _batch_to_coco(out, meta, label_map)
+    return results
+
+
+def _network_targets(record, transform, num_classes: int, input_hw, grid_hw) -> dict:
+    """`encode_targets` (numpy) of a record's boxes mapped into the network input."""
+    sy, sx, oy, ox = transform
+    boxes = np.asarray(record.boxes, np.float32).reshape(-1, 4) * [sx, sy, sx, sy] + \
+        [ox, oy, ox, oy]
+    t = encode_targets(boxes, np.asarray(record.classes, np.int32), num_classes, input_hw,
+                       grid_hw, max_objects=max(len(record.classes), 1))
+    return {k: v.numpy() for k, v in t.items()}
+
+
+def _batch_to_coco(outputs: dict, meta: dict, label_map) -> list:
+    """Contract outputs of a batch -> COCO result dicts (original-image pixels)."""
+    outputs = {k: v.numpy() for k, v in outputs.items()}
+    boxes, scores, classes, num = preprocess.contract_to_pixels(
+        outputs, meta["original_size"].numpy())
+    return detections_to_coco(boxes, scores, classes, num, meta["image_id"].numpy(),
+                              label_map.category_ids)
+
+
+def _check_export_labels(model_path: str, label_map) -> None:
+    folder = model_path if os.path.isdir(model_path) else os.path.dirname(model_path)
+    path = os.path.join(folder, "labels.json")
+    if not os.path.isfile(path):
+        return  # classes are then taken to be the split's, in order
+    exported = LabelMap.from_json(path)
+    if list(exported.category_ids) != list(label_map.category_ids):
+        raise ValueError(f"{path}: the export's category ids {list(exported.category_ids)} "
+                         f"differ from the validation split's {list(label_map.category_ids)}; "
+                         f"evaluate an export with the config it was trained with")
+
+
+def _score(cfg, results: list, records: list, output_dir: str) -> dict:
+    """Writes detections.json and returns the COCO metrics over the records' images."""
+    _write_json(results, output_dir, "detections.json")
+    return coco_evaluate(cfg.data.val_annotations, results,
+                         max_dets=max(100, cfg.decode.max_detections),
+                         image_ids=[int(r.image_id) for r in records], per_class=True)
+
+
+def _write_json(value, output_dir: str, name: str) -> None:
+    os.makedirs(output_dir, exist_ok=True)
+    with open(os.path.join(output_dir, name), "w", encoding="utf-8") as f:
+        json.dump(value, f, indent=1 if name == "metrics.json" else None)
+
+
+def _print_report(title: str, metrics: dict, output_dir: str) -> None:
+    print(title)
+    print(format_coco_table(metrics))
+    if metrics["max_dets"] > 100:
+        print(f"(maxDets raised to decode.max_detections = {metrics['max_dets']})")
+    print("per-class AP: " + ", ".join(f"{k} {v:.3f}"
+                                       for k, v in metrics["per_class_AP"].items()))
+    print(f"wrote {os.path.join(output_dir, 'detections.json')} and "
+          f"{os.path.join(output_dir, 'metrics.json')}")
