@@ -245,22 +245,6 @@ def _soft_nms_one(boxes, scores, classes, max_detections, soft_nms_sigma, score_
     return kept_boxes, kept_scores, kept_classes, tf.cast(count, tf.int32)
 
 
-def flip_boxes(boxes: tf.Tensor, width) -> tf.Tensor:
-    """Mirrors xyxy boxes horizontally: x -> width - x (x1 and x2 swap roles).
-
-    `boxes.flip_horizontal` in edge coordinates; kept under this name for its callers.
-
-    Args:
-      boxes: [..., 4] float32 xyxy in a frame of the given width (e.g. output-grid units
-        with width = w of the heads, as the reference's `out_width - x`).
-      width: scalar, the frame's width.
-
-    Returns:
-      [..., 4] float32 boxes in the mirrored frame (rows of -1 padding stay -1).
-    """
-    return box_lib.flip_horizontal(boxes, width)
-
-
 def decode_with_flip(outputs: Mapping[str, tf.Tensor],
                      flipped_outputs: Mapping[str, tf.Tensor], k: int = 100,
                      ae_threshold: float = 0.5, nms_kernel: int = 3, num_pairs: int = 1000,

@@ -16,16 +16,18 @@ from __future__ import annotations
 import json
 import os
 import time
+from typing import Sequence
 
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from cornernet_tf import boxes as box_lib
 from cornernet_tf import keys, preprocess
 from cornernet_tf.data import pipeline
 from cornernet_tf.data.coco import LabelMap
 from cornernet_tf.data.targets import encode_targets
-from cornernet_tf.evaluation import coco_evaluate, detections_to_coco, format_coco_table
+from cornernet_tf.evaluation import coco_evaluate, format_coco_table
 from cornernet_tf.export.predict import ExportedDetector
 from cornernet_tf.export.serving import build_detection_functions
 
@@ -279,3 +281,52 @@ def _print_report(title: str, metrics: dict, output_dir: str) -> None:
                                        for k, v in metrics["per_class_AP"].items()))
     print(f"wrote {os.path.join(output_dir, 'detections.json')} and "
           f"{os.path.join(output_dir, 'metrics.json')}")
+
+
+def detections_to_coco(boxes, scores, classes, num_detections, image_ids: Sequence[int],
+                       category_ids: Sequence[int]) -> list:
+    """Padded batch detections to COCO result dicts, padding dropped.
+
+    Args:
+      boxes: [B, N, 4] xyxy in original-image pixels (numpy or tensors).
+      scores: [B, N] float.
+      classes: [B, N] int, 0-based contiguous; rows with a negative class are padding.
+      num_detections: [B] int, valid rows per image (rows past it are padding).
+      image_ids: [B] dataset image ids.
+      category_ids: the label map: category_ids[c] is the dataset category id of class c.
+
+    Returns:
+      list of {"image_id": int, "category_id": int, "bbox": [x, y, w, h], "score": float}.
+
+    Raises:
+      ValueError: inconsistent shapes, or a class outside the label map.
+    """
+    boxes = np.asarray(boxes, np.float64)
+    scores = np.asarray(scores, np.float64)
+    classes = np.asarray(classes).astype(np.int64)
+    num_detections = np.asarray(num_detections).astype(np.int64).reshape(-1)
+    image_ids = [int(i) for i in np.asarray(image_ids).reshape(-1)]
+    category_ids = [int(c) for c in category_ids]
+    if boxes.ndim != 3 or boxes.shape[-1] != 4:
+        raise ValueError(f"detections_to_coco: boxes must be [B, N, 4], found {boxes.shape}")
+    if scores.shape != boxes.shape[:2] or classes.shape != boxes.shape[:2]:
+        raise ValueError(f"detections_to_coco: scores {scores.shape} and classes "
+                         f"{classes.shape} must be [B, N] = {boxes.shape[:2]}")
+    if len(num_detections) != boxes.shape[0] or len(image_ids) != boxes.shape[0]:
+        raise ValueError(f"detections_to_coco: num_detections ({len(num_detections)}) and "
+                         f"image_ids ({len(image_ids)}) need one entry per image "
+                         f"({boxes.shape[0]})")
+    xywh = box_lib.xyxy_to_xywh(boxes, dtype=tf.float64)  # [B, N, 4] COCO x, y, w, h
+    results = []
+    for b, image_id in enumerate(image_ids):
+        for i in range(min(int(num_detections[b]), boxes.shape[1])):
+            c = int(classes[b, i])
+            if c < 0:
+                continue
+            if c >= len(category_ids):
+                raise ValueError(f"detections_to_coco: image {image_id} row {i} has class {c}, "
+                                 f"but the label map has {len(category_ids)} classes")
+            results.append({"image_id": image_id, "category_id": category_ids[c],
+                            "bbox": [float(v) for v in xywh[b, i]],
+                            "score": float(scores[b, i])})
+    return results

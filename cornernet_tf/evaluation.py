@@ -1,12 +1,11 @@
 """COCO detection metrics via pycocotools: results in COCO format, the 12 COCOeval numbers.
 
-    results = detections_to_coco(boxes, scores, classes, num_detections, image_ids,
-                                 category_ids)          # numpy in, list of dicts out
+    results = eval_runner.detections_to_coco(...)  # numpy in, COCO result dicts out
     metrics = coco_evaluate("instances_val.json", results)
     print(format_coco_table(metrics))
 
-This module is the COCO edge of the package: 0-based contiguous classes become dataset
-category ids here, boxes become [x, y, w, h]. It imports no TensorFlow; running a model
+Detections become COCO result dicts (dataset category ids, [x, y, w, h] boxes) in
+`eval_runner.detections_to_coco`, through boxes.py. This module imports no TensorFlow; running a model
 (a checkpoint or an exported file) over the validation split is `eval_runner.py`.
 """
 
@@ -159,54 +158,6 @@ def _check_detections(coco_gt: COCO, detections: Sequence[dict]) -> None:
             raise ValueError(f"coco_evaluate: detection {i} has category_id "
                              f"{det['category_id']}, not in the ground truth's "
                              f"{sorted(category_ids)} (is the label map right?)")
-
-
-def detections_to_coco(boxes, scores, classes, num_detections, image_ids: Sequence[int],
-                       category_ids: Sequence[int]) -> list:
-    """Padded batch detections to COCO result dicts, padding dropped.
-
-    Args:
-      boxes: [B, N, 4] xyxy in original-image pixels (numpy or tensors).
-      scores: [B, N] float.
-      classes: [B, N] int, 0-based contiguous; rows with a negative class are padding.
-      num_detections: [B] int, valid rows per image (rows past it are padding).
-      image_ids: [B] dataset image ids.
-      category_ids: the label map: category_ids[c] is the dataset category id of class c.
-
-    Returns:
-      list of {"image_id": int, "category_id": int, "bbox": [x, y, w, h], "score": float}.
-
-    Raises:
-      ValueError: inconsistent shapes, or a class outside the label map.
-    """
-    boxes = np.asarray(boxes, np.float64)
-    scores = np.asarray(scores, np.float64)
-    classes = np.asarray(classes).astype(np.int64)
-    num_detections = np.asarray(num_detections).astype(np.int64).reshape(-1)
-    image_ids = [int(i) for i in np.asarray(image_ids).reshape(-1)]
-    category_ids = [int(c) for c in category_ids]
-    if boxes.ndim != 3 or boxes.shape[-1] != 4:
-        raise ValueError(f"detections_to_coco: boxes must be [B, N, 4], found {boxes.shape}")
-    if scores.shape != boxes.shape[:2] or classes.shape != boxes.shape[:2]:
-        raise ValueError(f"detections_to_coco: scores {scores.shape} and classes "
-                         f"{classes.shape} must be [B, N] = {boxes.shape[:2]}")
-    if len(num_detections) != boxes.shape[0] or len(image_ids) != boxes.shape[0]:
-        raise ValueError(f"detections_to_coco: num_detections ({len(num_detections)}) and "
-                         f"image_ids ({len(image_ids)}) need one entry per image "
-                         f"({boxes.shape[0]})")
-    results = []
-    for b, image_id in enumerate(image_ids):
-        for i in range(min(int(num_detections[b]), boxes.shape[1])):
-            c = int(classes[b, i])
-            if c < 0:
-                continue
-            if c >= len(category_ids):
-                raise ValueError(f"detections_to_coco: image {image_id} row {i} has class {c}, "
-                                 f"but the label map has {len(category_ids)} classes")
-            x1, y1, x2, y2 = (float(v) for v in boxes[b, i])
-            results.append({"image_id": image_id, "category_id": category_ids[c],
-                            "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(scores[b, i])})
-    return results
 
 
 def format_coco_table(metrics: dict) -> str:

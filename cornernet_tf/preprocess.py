@@ -21,6 +21,7 @@ from typing import Sequence, Union
 import numpy as np
 import tensorflow as tf
 
+from cornernet_tf import boxes as box_lib
 from cornernet_tf import keys
 from cornernet_tf.data.choices import EVAL_RESIZE_MODES
 
@@ -182,7 +183,7 @@ def boxes_to_original(boxes: tf.Tensor, transforms: tf.Tensor, sizes: tf.Tensor,
       [B, N, 4] float32 in [0, 1]; rows of padding are not meaningful (mask them by
       num_detections).
     """
-    yxyx = tf.gather(boxes, [1, 0, 3, 2], axis=-1)  # [B, N, 4]
+    yxyx = box_lib.xyxy_to_yxyx(boxes)  # [B, N, 4] (a gather: no slices)
     per_pixel = tf.constant([ratio[0], ratio[1]] * 2, tf.float32)
     transforms = tf.cast(transforms, tf.float32)
     scale = tf.tile(transforms[:, :2], [1, 2])[:, None, :]  # [B, 1, 4] sy, sx, sy, sx
@@ -226,7 +227,7 @@ def tflite_boxes_to_original(outputs: dict, transform: np.ndarray, input_size: S
     """
     in_h, in_w = size_pair(input_size, "input_size", "tflite_boxes_to_original")
     boxes = np.asarray(outputs[keys.DETECTION_BOXES], np.float32)  # [1, N, 4] yxyx, input
-    xyxy = boxes[..., [1, 0, 3, 2]] * np.array([in_w, in_h, in_w, in_h], np.float32)
+    xyxy = box_lib.normalized_yxyx_to_xyxy(boxes, in_h, in_w)
     mapped = boxes_to_original(tf.constant(xyxy), tf.constant(transform[None], tf.float32),
                                tf.constant([[float(height), float(width)]])).numpy()
     n = int(np.asarray(outputs[keys.NUM_DETECTIONS]).reshape(-1)[0])
@@ -246,11 +247,10 @@ def contract_to_pixels(outputs: dict, sizes) -> tuple:
       (boxes [B, N, 4] float64 xyxy pixels, scores [B, N], classes [B, N] int64 0-based
       with -1 past num_detections, num_detections [B] int64), numpy.
     """
-    boxes = np.asarray(outputs[keys.DETECTION_BOXES], np.float64)
-    sizes = np.asarray(sizes, np.float64).reshape(-1, 2)
-    h, w = sizes[:, 0, None], sizes[:, 1, None]  # [B, 1]
-    pixels = np.stack([boxes[..., 1] * w, boxes[..., 0] * h, boxes[..., 3] * w,
-                       boxes[..., 2] * h], axis=-1)
+    boxes = np.asarray(outputs[keys.DETECTION_BOXES], np.float32)
+    sizes = np.asarray(sizes, np.float32).reshape(-1, 2)
+    pixels = box_lib.normalized_yxyx_to_xyxy(boxes, sizes[:, 0, None], sizes[:, 1, None])
+    pixels = pixels.astype(np.float64)
     num = np.asarray(outputs[keys.NUM_DETECTIONS]).astype(np.int64).reshape(-1)
     classes = np.rint(np.asarray(outputs[keys.DETECTION_CLASSES])).astype(np.int64) - 1
     filled = np.arange(boxes.shape[1])[None, :] < num[:, None]

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from cornernet_tf.decode import (batched_soft_nms, decode, decode_pairs, decode_with_flip,
-                                 flip_boxes, merge_detections)
+                                 merge_detections)
 
 BACKGROUND_LOGIT = -10.0  # sigmoid = 4.5e-5, below the 0.001 score floor
 FAR_EMBEDDING = 100.0  # background corners never group with an object's corners
@@ -254,11 +254,6 @@ def test_merge_detections_equals_soft_nms_of_the_union():
 
 # ------------------------------------------------------------------------------------
 # Flip test.
-
-def test_flip_boxes_mirrors_x():
-    np.testing.assert_allclose(flip_boxes(tf.constant([[1.0, 2.0, 5.0, 7.0]]), 16),
-                               [[11.0, 2.0, 15.0, 7.0]])
-
 
 def test_flipped_detection_maps_back():
     w = 16

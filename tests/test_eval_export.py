@@ -22,7 +22,8 @@ from cornernet_tf.config import load_config
 from cornernet_tf.data import pipeline
 from cornernet_tf.data.synthetic import generate_shapes_dataset
 from cornernet_tf.eval_runner import evaluate_export, export_bytes, run_evaluation
-from cornernet_tf.evaluation import METRIC_NAMES, detections_to_coco
+from cornernet_tf.eval_runner import detections_to_coco
+from cornernet_tf.evaluation import METRIC_NAMES
 from cornernet_tf.export import saved_model, tflite
 from cornernet_tf.model import build_model
 

@@ -9,7 +9,8 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from cornernet_tf.evaluation import (METRIC_NAMES, coco_evaluate, detections_to_coco,
+from cornernet_tf.eval_runner import detections_to_coco
+from cornernet_tf.evaluation import (METRIC_NAMES, coco_evaluate,
                                      format_coco_table)
 
 # Category ids are not contiguous (1 and 3) on purpose: class 0 -> 1, class 1 -> 3.

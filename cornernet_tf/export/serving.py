@@ -18,9 +18,10 @@ from typing import Optional, Sequence
 
 import tensorflow as tf
 
+from cornernet_tf import boxes as box_lib
 from cornernet_tf import keys, preprocess
 from cornernet_tf.decode import (decode, decode_kwargs_from_config, decode_pairs,
-                                 decode_with_flip, flip_boxes, merge_detections)
+                                 decode_with_flip, merge_detections)
 
 # Name scope of the post-network part of the serving graph (decode and box mapping).
 DECODE_SCOPE = "detection_decode"
@@ -145,7 +146,8 @@ class DetectionFunctions:
                 out_h, out_w = heads[keys.TL_HEATMAP].shape[1:3]
                 with tf.name_scope(DECODE_SCOPE):
                     c = decode_pairs(heads, **pair_kwargs)
-                    boxes = flip_boxes(c[keys.BOXES], out_w) if mirrored else c[keys.BOXES]
+                    boxes = (box_lib.flip_horizontal(c[keys.BOXES], out_w) if mirrored
+                             else c[keys.BOXES])
                     to_input = tf.constant([in_w / out_w, in_h / out_h] * 2, tf.float32)
                     sets.append(dict(c, **{keys.BOXES: boxes * to_input}))
         with tf.name_scope(DECODE_SCOPE):

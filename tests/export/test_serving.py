@@ -175,7 +175,7 @@ def test_serve_bytes_sees_what_the_pipeline_and_predict_see(tmp_path):
 def test_flip_test_pools_the_mirrored_view():
     # The fake heads are the same for both views, TL x offset 0.25: the box of the plain
     # view is [3.25, 2.5, 12.5, 10.5] grid cells = [13, 10, 50, 42] input px; the mirrored
-    # view's is mapped back by x -> 16 - x (decode.flip_boxes, continuous coordinates):
+    # view's is mapped back by x -> 16 - x (boxes.flip_horizontal, continuous coordinates):
     # [3.5, 2.5, 12.75, 10.5] = [14, 10, 51, 42] px. Both are pooled before one soft-NMS:
     # the first keeps (sigmoid(2) + sigmoid(1)) / 2, the other is decayed by
     # exp(-IoU^2 / 0.5) with IoU = 36 * 32 / (2 * 37 * 32 - 36 * 32) = 36 / 38.
