@@ -15,16 +15,12 @@ the AP50 the table reports (tests/test_analysis.py checks a value by hand).
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import io
 import math
 import os
 from typing import Optional, Sequence
 
 import numpy as np
 from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
 import matplotlib
 import tensorflow as tf
@@ -33,6 +29,7 @@ matplotlib.use("Agg")  # files only; never a window (CI and servers have no disp
 import matplotlib.pyplot as plt  # noqa: E402
 
 from cornernet_tf import boxes as box_lib  # noqa: E402
+from cornernet_tf import evaluation  # noqa: E402
 from cornernet_tf import visualize  # noqa: E402
 
 BACKGROUND = "background"
@@ -88,7 +85,8 @@ def match_greedy(iou: np.ndarray, scores: np.ndarray, allowed: Optional[np.ndarr
     return matched
 
 
-def _per_image(coco_gt: COCO, detections: Sequence[dict], score_threshold: float):
+def _per_image(coco_gt: COCO, detections: Sequence[dict], score_threshold: float,
+               image_ids: Optional[Sequence[int]] = None):
     """Yields (image id, gt [G,4] xywh, gt category ids [G], det [D,4], det cats [D], scores [D]).
 
     Crowd ground truth is left out, as COCOeval leaves it out of the misses.
@@ -97,7 +95,7 @@ def _per_image(coco_gt: COCO, detections: Sequence[dict], score_threshold: float
     for det in detections:
         if det["score"] >= score_threshold:
             by_image.setdefault(det["image_id"], []).append(det)
-    for image_id in sorted(coco_gt.getImgIds()):
+    for image_id in sorted(coco_gt.getImgIds() if image_ids is None else image_ids):
         anns = [a for a in coco_gt.imgToAnns.get(image_id, []) if not a.get("iscrowd", 0)]
         dets = by_image.get(image_id, [])
         yield (image_id,
@@ -109,7 +107,8 @@ def _per_image(coco_gt: COCO, detections: Sequence[dict], score_threshold: float
 
 
 def confusion_matrix(coco_gt: COCO, detections: Sequence[dict], iou_threshold: float = 0.5,
-                     score_threshold: float = 0.3) -> tuple[np.ndarray, list]:
+                     score_threshold: float = 0.3,
+                     image_ids: Optional[Sequence[int]] = None) -> tuple[np.ndarray, list]:
     """Ground-truth class vs predicted class at an IoU, with background on both axes.
 
     Detections scoring >= score_threshold are matched to ground truth of any class (greedy,
@@ -123,6 +122,7 @@ def confusion_matrix(coco_gt: COCO, detections: Sequence[dict], iou_threshold: f
       detections: COCO result dicts.
       iou_threshold: the smallest IoU of a match.
       score_threshold: detections below are ignored.
+      image_ids: the images evaluated (default: every image of the ground truth).
 
     Returns:
       (matrix [K + 1, K + 1] int64, rows ground truth and columns predictions, index K is
@@ -134,7 +134,7 @@ def confusion_matrix(coco_gt: COCO, detections: Sequence[dict], iou_threshold: f
     bg = len(cat_ids)
     matrix = np.zeros((bg + 1, bg + 1), np.int64)
     for _, gt, gt_cats, det, det_cats, scores in _per_image(coco_gt, detections,
-                                                            score_threshold):
+                                                            score_threshold, image_ids):
         iou = pairwise_iou(det, gt)
         same = det_cats[:, None] == gt_cats[None, :]
         # Same-class matches first (they are what AP counts), then cross-class confusions.
@@ -156,33 +156,23 @@ def confusion_matrix(coco_gt: COCO, detections: Sequence[dict], iou_threshold: f
     return matrix, labels
 
 
-def precision_recall(coco_gt: COCO, detections: Sequence[dict], max_dets: int = 100) -> dict:
+def precision_recall(coco_gt: COCO, detections: Sequence[dict], max_dets: int = 100,
+                     image_ids: Optional[Sequence[int]] = None) -> dict:
     """COCOeval's interpolated precision-recall curves per class at IoU 0.5 and 0.75.
 
     Args:
       coco_gt: the ground truth.
       detections: COCO result dicts.
       max_dets: detections per image counted (COCOeval's largest maxDets).
+      image_ids: the images evaluated (default: every image of the ground truth).
 
     Returns:
       {"recall": [R] the 101 recall thresholds, "precision": {iou: [K, R]} (-1 where a class
       has no ground truth), "ap": {iou: [K]}, "names": [K] category names}.
     """
-    cat_ids = sorted(coco_gt.getCatIds())
-    with contextlib.redirect_stdout(io.StringIO()):
-        if detections:
-            coco_dt = coco_gt.loadRes(copy.deepcopy(list(detections)))
-        else:
-            coco_dt = COCO()
-            coco_dt.dataset = {"images": list(coco_gt.dataset.get("images", [])),
-                               "categories": copy.deepcopy(coco_gt.dataset["categories"]),
-                               "annotations": []}
-            coco_dt.createIndex()
-        evaluator = COCOeval(coco_gt, coco_dt, iouType="bbox")
-        evaluator.params.maxDets = [1, 10, int(max_dets)]
-        evaluator.params.catIds = cat_ids
-        evaluator.evaluate()
-        evaluator.accumulate()
+    cat_ids = sorted(coco_gt.getCatIds())  # COCOeval's class axis follows this order
+    evaluator = evaluation.run_cocoeval(coco_gt, detections, max_dets=max_dets,
+                                        image_ids=image_ids)
     # precision: [T IoUs, R recall thresholds, K classes, A areas, M maxDets]
     precision = evaluator.eval["precision"][:, :, :, 0, -1]
     out = {"recall": np.asarray(evaluator.params.recThrs), "precision": {}, "ap": {},
@@ -197,7 +187,7 @@ def precision_recall(coco_gt: COCO, detections: Sequence[dict], max_dets: int = 
 
 
 def image_errors(coco_gt: COCO, detections: Sequence[dict], iou_threshold: float = 0.5,
-                 score_threshold: float = 0.3) -> list:
+                 score_threshold: float = 0.3, image_ids: Optional[Sequence[int]] = None) -> list:
     """Misses and false detections per image (same-class greedy matching at an IoU).
 
     Returns:
@@ -208,7 +198,7 @@ def image_errors(coco_gt: COCO, detections: Sequence[dict], iou_threshold: float
     """
     rows = []
     for image_id, gt, gt_cats, det, det_cats, scores in _per_image(coco_gt, detections,
-                                                                   score_threshold):
+                                                                   score_threshold, image_ids):
         matched = match_greedy(pairwise_iou(det, gt), scores,
                                det_cats[:, None] == gt_cats[None, :], iou_threshold)
         hit = np.zeros(len(gt), bool)
@@ -337,7 +327,8 @@ def write_gallery(coco_gt: COCO, rows: Sequence[dict], image_dir: str, path: str
 
 def write_evaluation_pictures(coco_gt: COCO, detections: Sequence[dict], image_dir: str,
                               output_dir: str, score_threshold: float = 0.3,
-                              gallery_size: int = 8, max_dets: int = 100) -> dict:
+                              gallery_size: int = 8, max_dets: int = 100,
+                              image_ids: Optional[Sequence[int]] = None) -> dict:
     """Writes pr_curves.png, confusion_matrix.png (+ .json) and worst_images.png.
 
     Args:
@@ -349,6 +340,7 @@ def write_evaluation_pictures(coco_gt: COCO, detections: Sequence[dict], image_d
         (the PR curves use every detection, as AP does).
       gallery_size: images in the gallery.
       max_dets: detections per image for the PR curves.
+      image_ids: the images evaluated (default: every image of the ground truth).
 
     Returns:
       {"pr_curves", "confusion_matrix", "confusion_matrix_json", "worst_images"}: paths,
@@ -357,9 +349,11 @@ def write_evaluation_pictures(coco_gt: COCO, detections: Sequence[dict], image_d
     import json
 
     os.makedirs(output_dir, exist_ok=True)
-    curves = precision_recall(coco_gt, detections, max_dets=max_dets)
-    matrix, labels = confusion_matrix(coco_gt, detections, score_threshold=score_threshold)
-    rows = image_errors(coco_gt, detections, score_threshold=score_threshold)
+    curves = precision_recall(coco_gt, detections, max_dets=max_dets, image_ids=image_ids)
+    matrix, labels = confusion_matrix(coco_gt, detections, score_threshold=score_threshold,
+                                      image_ids=image_ids)
+    rows = image_errors(coco_gt, detections, score_threshold=score_threshold,
+                        image_ids=image_ids)
     out = {"pr_curves": plot_precision_recall(curves, os.path.join(output_dir,
                                                                    "pr_curves.png")),
            "confusion_matrix": plot_confusion(matrix, labels,

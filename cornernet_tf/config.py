@@ -157,6 +157,8 @@ class EvaluateConfig:
     scales: tuple[float, ...] = (1.0,)  # multi-scale test: (0.5, 0.75, 1, 1.25, 1.5)
     oracle: str = "none"  # error analysis: heatmaps | heatmaps+offsets | all
     max_images: int = 0  # 0 = the whole split
+    pictures: bool = True  # pr_curves.png, confusion_matrix.png/.json, worst_images.png
+    picture_score_threshold: float = 0.3  # detections drawn / counted in the confusion matrix
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,8 @@ from cornernet_tf import keys, preprocess
 from cornernet_tf.data import pipeline
 from cornernet_tf.data.coco import LabelMap
 from cornernet_tf.data.targets import encode_targets
-from cornernet_tf.evaluation import coco_evaluate, format_coco_table
+from cornernet_tf import analysis
+from cornernet_tf.evaluation import coco_evaluate, format_coco_table, load_ground_truth
 from cornernet_tf.export.predict import ExportedDetector
 from cornernet_tf.export.serving import build_detection_functions
 
@@ -261,9 +262,16 @@ def _check_export_labels(model_path: str, label_map) -> None:
 def _score(cfg, results: list, records: list, output_dir: str) -> dict:
     """Writes detections.json and returns the COCO metrics over the records' images."""
     _write_json(results, output_dir, "detections.json")
-    return coco_evaluate(cfg.data.val_annotations, results,
-                         max_dets=max(100, cfg.decode.max_detections),
-                         image_ids=[int(r.image_id) for r in records], per_class=True)
+    image_ids = [int(r.image_id) for r in records]
+    max_dets = max(100, cfg.decode.max_detections)
+    metrics = coco_evaluate(cfg.data.val_annotations, results, max_dets=max_dets,
+                            image_ids=image_ids, per_class=True)
+    if cfg.evaluate.pictures:
+        metrics["pictures"] = analysis.write_evaluation_pictures(
+            load_ground_truth(cfg.data.val_annotations), results, cfg.data.val_images,
+            output_dir, score_threshold=cfg.evaluate.picture_score_threshold,
+            max_dets=max_dets, image_ids=image_ids)
+    return metrics
 
 
 def _write_json(value, output_dir: str, name: str) -> None:
@@ -281,6 +289,10 @@ def _print_report(title: str, metrics: dict, output_dir: str) -> None:
                                        for k, v in metrics["per_class_AP"].items()))
     print(f"wrote {os.path.join(output_dir, 'detections.json')} and "
           f"{os.path.join(output_dir, 'metrics.json')}")
+    if "pictures" in metrics:
+        names = [os.path.basename(metrics["pictures"][k])
+                 for k in ("pr_curves", "confusion_matrix", "worst_images")]
+        print(f"pictures: {', '.join(names)} in {output_dir}")
 
 
 def detections_to_coco(boxes, scores, classes, num_detections, image_ids: Sequence[int],

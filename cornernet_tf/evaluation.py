@@ -83,8 +83,31 @@ def coco_evaluate(ground_truth: Union[str, os.PathLike, COCO], detections: Seque
         raise ValueError(f"coco_evaluate: max_dets must be >= 1, found {max_dets}")
     coco_gt = load_ground_truth(ground_truth)
     _check_detections(coco_gt, detections)
-    quiet = contextlib.redirect_stdout(io.StringIO())
-    with quiet:
+    evaluator = run_cocoeval(coco_gt, detections, max_dets, image_ids)
+    metrics = {name: _summary_value(evaluator, *_SUMMARY[name]) for name in METRIC_NAMES}
+    metrics["max_dets"] = int(max_dets)
+    if per_class:
+        metrics["per_class_AP"] = _per_class_ap(evaluator, coco_gt)
+    return metrics
+
+
+def run_cocoeval(coco_gt: COCO, detections: Sequence[dict], max_dets: int = 100,
+                 image_ids: Optional[Iterable[int]] = None) -> COCOeval:
+    """COCOeval (bbox) evaluated and accumulated, quietly; the one place it is set up.
+
+    Args:
+      coco_gt: the ground truth.
+      detections: COCO result dicts (checked by the caller).
+      max_dets: COCOeval's maxDets becomes [1, 10, max_dets].
+      image_ids: evaluate only these images; default every image of the ground truth.
+
+    Returns:
+      the COCOeval, with `eval["precision"]` [T, R, K, A, M] and `eval["recall"]`.
+
+    Raises:
+      ValueError: an image id that the ground truth does not have.
+    """
+    with contextlib.redirect_stdout(io.StringIO()):
         if detections:
             coco_dt = coco_gt.loadRes(copy.deepcopy(list(detections)))
         else:  # loadRes cannot take an empty list; an empty result set scores 0 recall
@@ -104,11 +127,7 @@ def coco_evaluate(ground_truth: Union[str, os.PathLike, COCO], detections: Seque
             evaluator.params.imgIds = ids
         evaluator.evaluate()
         evaluator.accumulate()
-    metrics = {name: _summary_value(evaluator, *_SUMMARY[name]) for name in METRIC_NAMES}
-    metrics["max_dets"] = int(max_dets)
-    if per_class:
-        metrics["per_class_AP"] = _per_class_ap(evaluator, coco_gt)
-    return metrics
+    return evaluator
 
 
 def _per_class_ap(evaluator: COCOeval, coco_gt: COCO) -> dict:

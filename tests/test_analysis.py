@@ -120,3 +120,14 @@ def test_pictures_are_written_with_both_colours(scene, tmp_path):
             assert im.format == "PNG"
     with Image.open(out["worst_images"]) as im:
         assert im.size == (2 * 256, 256)
+
+
+def test_only_the_evaluated_images_count(scene):
+    gt, dets = scene
+    # image 2 alone: D found by d6, nothing else (image 1's misses and false detections
+    # are not counted when it was not evaluated)
+    matrix, _ = analysis.confusion_matrix(gt, dets, image_ids=[2])
+    np.testing.assert_array_equal(matrix, [[0, 0, 0], [0, 1, 0], [0, 0, 0]])
+    assert [r["image_id"] for r in analysis.image_errors(gt, dets, image_ids=[2])] == [2]
+    curves = analysis.precision_recall(gt, dets, image_ids=[2])
+    assert curves["ap"][0.5][1] == pytest.approx(1.0)  # class b: one box, found first

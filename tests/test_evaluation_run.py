@@ -72,6 +72,15 @@ def test_evaluation_writes_metrics_and_detections(setup, tmp_path):
                         abs(d["bbox"][0] + d["bbox"][2] - (x + w)),
                         abs(d["bbox"][1] + d["bbox"][3] - (y + h))) for d in same)
         assert error <= 1.4, (a, same[:3])
+    # The pictures of the evaluation: with ground-truth heads every annotation of the six
+    # images is a correct detection (diagonal), none is missed (last column).
+    with open(tmp_path / "confusion_matrix.json") as f:
+        confusion = json.load(f)
+    matrix = np.array(confusion["matrix"])
+    assert confusion["labels"][-1] == "background" and matrix.shape == (5, 5)
+    assert np.trace(matrix) == len(annotations) and matrix[:-1, -1].sum() == 0
+    for name in ("pr_curves.png", "worst_images.png", "confusion_matrix.png"):
+        assert (tmp_path / name).stat().st_size > 1000
 
 
 def test_oracle_all_recovers_ground_truth(setup, tmp_path):
