@@ -27,7 +27,7 @@ from __future__ import annotations
 import collections
 import json
 import os
-from typing import NamedTuple, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -273,28 +273,45 @@ def _cached(manifest_path: str, manifest: dict, paths: SyntheticPaths) -> bool:
     return True
 
 
-def ensure_synthetic(data_config) -> SyntheticPaths:
-    """Generates the synthetic dataset on first use; checks the config points at it.
+def ensure_synthetic(data_config) -> Optional[SyntheticPaths]:
+    """Generates the synthetic dataset on first use, for the splits that read it.
+
+    Giving a split's data paths means "use these files": a split whose annotation file and
+    image folder both differ from `data.synthetic.output_dir`'s layout reads the user's
+    files, so `--config=quickstart --set data.train_annotations=my/ann.json --set
+    data.train_images=my/images ...` trains the quickstart model on the user's data. A split
+    left at the layout uses (and on first use generates) the shapes dataset.
 
     Args:
-      data_config: a `DataConfig`; its `synthetic` section says what to generate and where,
-        and its train/val annotation and image paths must be that location's layout.
+      data_config: a `DataConfig`.
 
     Returns:
-      SyntheticPaths (equal to the config's paths).
+      SyntheticPaths when some split reads the generated dataset, else None (nothing is
+      generated).
 
     Raises:
-      ConfigError: a data path does not match `data.synthetic.output_dir`'s layout.
+      ConfigError: a split names only one of its two paths (its annotation file and its
+        image folder must both be the user's, or both the generated dataset's).
     """
     s = data_config.synthetic
     expected = synthetic_paths(s.output_dir)
-    wrong = [(key, getattr(data_config, key), value) for key, value in expected._asdict().items()
-             if os.path.normpath(getattr(data_config, key) or ".") != os.path.normpath(value)]
-    if wrong:
-        lines = "; ".join(f"data.{k}={found!r} (expected {want!r})" for k, found, want in wrong)
-        raise ConfigError(f"data.synthetic.output_dir={s.output_dir!r} generates the dataset at "
-                          f"{s.output_dir}/{{train,val,annotations}}, but the config reads it "
-                          f"elsewhere: {lines}. Make the data paths and the output_dir agree.")
+    generated_splits = []
+    for split in ("train", "val"):
+        ann_key, img_key = f"{split}_annotations", f"{split}_images"
+        own = [os.path.normpath(getattr(data_config, key) or ".")
+               != os.path.normpath(getattr(expected, key)) for key in (ann_key, img_key)]
+        if all(own):
+            continue
+        if any(own):
+            mine, generated = (ann_key, img_key) if own[0] else (img_key, ann_key)
+            raise ConfigError(
+                f"data.{mine}={getattr(data_config, mine)!r} is your file, but "
+                f"data.{generated}={getattr(data_config, generated)!r} is still the generated "
+                f"shapes dataset's ({s.output_dir}); set both data.{ann_key} and "
+                f"data.{img_key} to your {split} split")
+        generated_splits.append(split)
+    if not generated_splits:
+        return None
     return generate_shapes_dataset(s.output_dir, s.num_train, s.num_val, s.image_size,
                                    s.max_objects, s.seed)
 

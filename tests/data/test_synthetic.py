@@ -138,6 +138,34 @@ def test_ensure_synthetic_checks_paths(tmp_path):
         synthetic.ensure_synthetic(bad.data)
 
 
+def test_own_data_paths_mean_use_these_files(tmp_path):
+    """The newcomer's first run: the quickstart config pointed at their own COCO files."""
+    from cornernet_tf.data import pipeline
+    root = str(tmp_path / "never_generated")
+    mine = {"data.train_annotations": str(tmp_path / "my" / "train.json"),
+            "data.train_images": str(tmp_path / "my" / "train"),
+            "data.val_annotations": str(tmp_path / "my" / "val.json"),
+            "data.val_images": str(tmp_path / "my" / "val")}
+    cfg = load_config("configs/quickstart.yaml", [f"data.synthetic.output_dir={root}"] +
+                      [f"{k}={v}" for k, v in mine.items()])
+    assert synthetic.ensure_synthetic(cfg.data) is None
+    assert not os.path.exists(root)  # nothing generated
+    assert pipeline.split_files(cfg.data, "train") == (mine["data.train_annotations"],
+                                                       mine["data.train_images"])
+    assert pipeline.split_files(cfg.data, "val") == (mine["data.val_annotations"],
+                                                     mine["data.val_images"])
+    # only the val split left at the generated layout: it alone reads generated data
+    only_train = cfg.replace([f"data.val_annotations={root}/annotations/instances_val.json",
+                              f"data.val_images={root}/val", "data.synthetic.num_train=2",
+                              "data.synthetic.num_val=1", "data.synthetic.image_size=[32,32]"])
+    paths = synthetic.ensure_synthetic(only_train.data)
+    assert os.path.isfile(paths.val_annotations)
+    # one path of a split given alone is an error naming both keys
+    with pytest.raises(ConfigError, match="data.train_images.*data.train_annotations"):
+        synthetic.ensure_synthetic(cfg.replace(
+            [f"data.train_annotations={root}/annotations/instances_train.json"]).data)
+
+
 def test_quickstart_paths_agree():
     cfg = load_config("configs/quickstart.yaml")
     expected = synthetic.synthetic_paths(cfg.data.synthetic.output_dir)
