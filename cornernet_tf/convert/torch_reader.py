@@ -266,6 +266,7 @@ def _flatten(obj: Any, storages: dict, path: str) -> "collections.OrderedDict[st
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a state dict (name -> tensor), found a "
                               f"{type(obj).__name__}")
+    _resolve_views(storages)
     out = collections.OrderedDict()
     for name, value in obj.items():
         if not isinstance(name, str) or not isinstance(value, _TensorRef):
@@ -273,6 +274,5 @@ def _flatten(obj: Any, storages: dict, path: str) -> "collections.OrderedDict[st
             raise CheckpointError(
                 f"{path}: expected a state dict of tensors; entry {name!r:.60} is a {kind} "
                 f"(a training snapshot with other entries? save model.state_dict() alone)")
-        _resolve_views(storages)
         out[name] = value.to_numpy(name, path)
     return out
