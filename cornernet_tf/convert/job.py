@@ -67,6 +67,10 @@ def load_converted_model(cfg, weights: str):
         raise ConversionError(str(e)) from None
     read_seconds = time.perf_counter() - start
     found = mapping.describe(state)
+    if found == "unknown":
+        raise ConversionError(f"{weights} is a state dict of {len(state)} tensors but not of "
+                              f"CornerNet or CornerNet-Squeeze (its first names: "
+                              f"{', '.join(list(state)[:3])})")
     if found != ARCHITECTURES[backbone]:
         wanted = {v: k for k, v in ARCHITECTURES.items()}.get(found)
         hint = (f"; use a config with model.backbone: {wanted} (configs/"

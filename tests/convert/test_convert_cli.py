@@ -48,3 +48,13 @@ def test_coco_labels_need_80_classes(tmp_path):
     with pytest.raises(ConversionError, match="model.num_classes is 8 but the labels have 80"):
         convert_weights(cfg, os.path.join(DATA, "squeeze.pth"), str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()
+
+
+def test_a_state_dict_of_another_network_is_named_as_such(tmp_path):
+    # tiny_zip.pth: conv weight and bias, 5 BN entries, transposed-conv weight and bias, and
+    # two extra tensors = 11 (see test_torch_reader.py).
+    with pytest.raises(ConversionError, match=r"tiny_zip.pth is a state dict of 11 tensors but "
+                                              r"not of CornerNet or CornerNet-Squeeze"):
+        convert_weights(fixture_config("squeeze"), os.path.join(DATA, "tiny_zip.pth"),
+                        str(tmp_path / "run"), label_map=FIXTURE_LABELS)
+    assert not (tmp_path / "run").exists()
