@@ -15,14 +15,17 @@ repository; no PyTorch is needed here. How the fixture was made:
 2. Random init: conv weights N(0, (0.7 * sqrt(2 / fan_in))^2), conv biases N(0, 0.1^2),
    heatmap biases -2.19 (theirs), BN weight U(0.5, 1.5), bias N(0, 0.2^2), running mean
    N(0, 0.2^2), running var U(0.5, 2): every tensor differs from its default, so a swapped
-   or skipped one shows.
+   or skipped one shows. Then, on the fixture image, each output channel of the last
+   stack's heatmap and embedding 1x1 convs was rescaled and its bias shifted to mean -2.19,
+   std 1 (heatmaps) and mean 0, std 0.3 (embeddings): with plain random weights one class
+   wins every top-k and no pair survives decode's class and embedding tests.
 3. `torch.save({"module." + k: v for k, v in net.state_dict().items()}, f)`: the hourglass
    file with `_use_new_zipfile_serialization=False` (as the authors saved theirs), the
    Squeeze file with the zip serialization.
 4. A random uint8 BGR image of 127x255, fed as their test does:
-   (image / 255 - mean_bgr) / std_bgr, NCHW; `net(x, test=True, K=..., kernel=3,
-   ae_threshold=0.5, num_dets=...)` in eval mode with K, num_dets = 100, 1000 (CornerNet's
-   config) or 20, 100 (CornerNet-Squeeze's config). Forward hooks on the last stack's six
+   (image / 255 - mean_bgr) / std_bgr, NCHW; `net(x, test=True, K=100, kernel=3,
+   ae_threshold=0.5, num_dets=1000)` in eval mode (CornerNet's test parameters, for both:
+   CornerNet-Squeeze's own K 20 leaves these random heads without pairs). Forward hooks on the last stack's six
    heads captured them; the return value's first element is `_decode`'s output
    [1, num_dets, 8] = (x1, y1, x2, y2, score, tl_score, br_score, class), score -1 for
    rejected pairs.
