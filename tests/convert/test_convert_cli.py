@@ -11,6 +11,7 @@ from cornernet_tf.convert.job import ConversionError, convert_weights
 from tests.convert.test_parity import DATA, FIXTURE_LABELS, REPO, fixture_config
 
 
+@pytest.mark.slow  # a subprocess that imports TensorFlow
 def test_wrong_architecture_exits_2_with_one_line_and_writes_nothing(tmp_path):
     model_dir = tmp_path / "run"
     result = subprocess.run(

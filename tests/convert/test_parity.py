@@ -188,6 +188,7 @@ def test_original_repository_names_map_to_the_same_tensors():
     assert mapping.describe(state) == "CornerNet"
 
 
+@pytest.mark.slow  # SavedModel export and TFLite conversion
 def test_converted_squeeze_exports_with_the_same_detections(tmp_path):
     """SavedModel and TFLite (fp32) of the converted fixture give the Python decode's result.
 
@@ -231,6 +232,7 @@ def test_converted_squeeze_exports_with_the_same_detections(tmp_path):
                                    atol=1e-5, err_msg=name)
 
 
+@pytest.mark.slow  # builds and checkpoints a second model
 def test_convert_job_writes_a_run_folder_that_restores(tmp_path):
     from cornernet_tf.model import build_model
     from cornernet_tf.training import restore_weights
