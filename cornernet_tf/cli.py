@@ -104,6 +104,16 @@ def _benchmark(cfg: config_lib.Config) -> None:
     print(f"wrote {path}")
 
 
+def _convert(cfg: config_lib.Config) -> None:
+    from cornernet_tf.convert.job import convert_weights
+    if not FLAGS.weights:
+        raise errors.UserError("--mode=convert needs --weights=<the authors' .pkl file> (with "
+                               "--config=hourglass104_coco or squeeze_coco)")
+    # A ConversionError (bad file, wrong config, occupied model_dir) is a UserError: one
+    # line and exit 2 from _main; nothing was written.
+    convert_weights(cfg, FLAGS.weights, resolve_model_dir(FLAGS.config, FLAGS.model_dir))
+
+
 def _demo(cfg: config_lib.Config) -> None:
     from cornernet_tf.demo import run_demo
     run_demo(cfg, resolve_model_dir(FLAGS.config, FLAGS.model_dir), FLAGS.export_dir)
@@ -123,6 +133,8 @@ MODES: dict[str, Mode] = {
                     "into --output", _predict),
     "benchmark": Mode("measure corner pooling, decode, data pipeline and model speed; writes "
                       "docs/benchmarks.md", _benchmark),
+    "convert": Mode("the authors' trained PyTorch file (--weights) -> a checkpoint, "
+                    "config.yaml and labels.json in --model_dir", _convert),
     "config": Mode("print the resolved config (defaults + YAML + --set) as YAML", _show_config),
 }
 DEFAULT_MODE = "demo"
@@ -154,6 +166,8 @@ def _define_flags() -> None:
                         "benchmark: comma-separated subset to run (also: hourglass104_train).")
     flags.DEFINE_string("benchmark_report", os.path.join("docs", "benchmarks.md"),
                         "benchmark: the report file (sections of the run benchmarks replaced).")
+    flags.DEFINE_string("weights", None, "convert: the authors' state dict file, e.g. "
+                        "CornerNet_500000.pkl or CornerNet_Squeeze_500000.pkl.")
     flags.DEFINE_bool("verbose", False, "Show the traceback of errors in your input (a bad "
                       "file or value); without it they print in one or two lines, exit 2.")
     flags.DEFINE_bool("strict", False, "Dataset problems (bad boxes, missing files) are errors "
@@ -204,8 +218,8 @@ def run() -> None:
     if main_module is not None:
         main_module.__doc__ = _usage()
     for name in ("mode", "config", "set", "model_dir", "checkpoint", "export_dir", "model",
-                 "images", "output", "heatmaps", "benchmarks", "benchmark_report", "strict",
-                 "verbose"):
+                 "images", "output", "heatmaps", "benchmarks", "benchmark_report", "weights",
+                 "strict", "verbose"):
         FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[name])
     if any(a in ("-h", "--help", "--helpshort", "-?") for a in sys.argv[1:]):
         # absl exits 1 after --help; a help request is not an error.
