@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import time
-from typing import Optional
 
 from cornernet_tf.convert import mapping, torch_reader
 from cornernet_tf.errors import UserError

@@ -37,8 +37,6 @@ import functools
 import gzip
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
