@@ -30,6 +30,7 @@ import tensorflow as tf
 from absl import logging
 
 from cornernet_tf.data import coco
+from cornernet_tf import boxes as box_lib
 from cornernet_tf.data.augment import train_augment
 from cornernet_tf.data.choices import DATASETS
 from cornernet_tf.data.synthetic import ensure_synthetic
@@ -106,14 +107,6 @@ def _record_slices(records: list, max_objects: int) -> dict:
         "boxes": tf.RaggedTensor.from_row_lengths(flat_boxes.astype(np.float32), lengths),
         "classes": tf.RaggedTensor.from_row_lengths(flat_classes.astype(np.int32), lengths),
     }
-
-
-def _pad_objects(boxes: tf.Tensor, classes: tf.Tensor, max_objects: int):
-    """[n, 4], [n] (n <= M) -> [M, 4] float32 and [M] int32 padded with -1."""
-    pad = max_objects - tf.shape(classes)[0]
-    boxes = tf.pad(boxes, [[0, pad], [0, 0]], constant_values=-1.0)
-    classes = tf.pad(classes, [[0, pad]], constant_values=-1)
-    return tf.ensure_shape(boxes, [max_objects, 4]), tf.ensure_shape(classes, [max_objects])
 
 
 def build_dataset(data_config, model_config, split: str, training: bool,
@@ -200,7 +193,8 @@ def _train_fn(data_config, model_config):
     seed = int(data_config.seed)
 
     def fn(index, image, boxes, classes):
-        boxes, classes = _pad_objects(boxes, classes, max_objects)
+        # records were cut to max_objects (and the cut reported) when loaded
+        boxes, classes, _ = box_lib.pad_boxes(boxes, classes, max_objects)
         element_seed = (tf.stack([tf.constant(seed, tf.int64), index])
                         if data_config.deterministic else None)
         image, boxes, classes = train_augment(

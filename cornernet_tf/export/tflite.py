@@ -1,7 +1,9 @@
 """TFLite conversion (fp32, fp16, dynamic int8, full int8) with decode inside, and parity.
 
-The TFLite graph takes uint8 `[1, in_h, in_w, 3]` (resize on the device beforehand; the
-normalised output boxes do not change under a plain resize) and returns the serving
+The TFLite graph takes uint8 `[1, in_h, in_w, 3]`: the image fitted on the device as the
+SavedModel fits it in its graph (aspect kept, zero-padded bottom/right;
+`preprocess.tflite_input`), with boxes normalised to that input, which
+`preprocess.tflite_boxes_to_original` maps back to the image. It returns the serving
 contract's outputs. It is converted from a SavedModel written with that fixed signature,
 with `supported_ops = [TFLITE_BUILTINS]` only: a graph that needs Flex (select TF) ops fails
 the conversion, because edge runtimes (ai-edge-litert among them) have no Flex delegate.
