@@ -21,31 +21,15 @@ from cornernet_tf import preprocess
 from cornernet_tf.config import load_config
 from cornernet_tf.data import pipeline
 from cornernet_tf.data.synthetic import generate_shapes_dataset
-from cornernet_tf.eval_runner import evaluate_export, export_bytes, run_evaluation
-from cornernet_tf.eval_runner import detections_to_coco
+from cornernet_tf.eval_runner import (detections_to_coco, evaluate_export, export_bytes,
+                                      run_evaluation)
 from cornernet_tf.evaluation import METRIC_NAMES
 from cornernet_tf.export import saved_model, tflite
-from cornernet_tf.model import build_model
+from tests.support.export_models import tiny_model
 
 pytestmark = pytest.mark.slow  # exports a SavedModel and converts it to TFLite (~1 min)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _spread_heatmaps(model, cfg):
-    """Rescales the last heatmap convs to logits of std 2 around -3 on a noise image and
-    zeroes the embeddings (every geometric pair groups): distinct scores over (0, 1)."""
-    keras.utils.set_random_seed(0)
-    probe = np.random.default_rng(0).integers(0, 256, (1, *cfg.model.input_size, 3))
-    heads = model(tf.constant(probe, tf.float32), training=False)[-1]
-    for key, head in (("tl_heatmap", model.tl_heads[-1]), ("br_heatmap", model.br_heads[-1])):
-        kernel, bias = head.heatmap[1].weights
-        logits = heads[key].numpy().reshape(-1, cfg.model.num_classes)
-        mean, std = logits.mean(0), logits.std(0)
-        kernel.assign(kernel * (2.0 / std))
-        bias.assign((bias - mean) * (2.0 / std) - 3.0)
-        for weight in head.embedding[1].weights:
-            weight.assign(tf.zeros_like(weight))
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +51,7 @@ def exported(tmp_path_factory):
         "model.pool_channels=8", "evaluate.flip_test=false", "export.name=tiny",
     ])
     keras.utils.set_random_seed(0)
-    model = build_model(cfg.model)
-    _spread_heatmaps(model, cfg)
+    model = tiny_model(cfg)  # heatmap heads rescaled: distinct scores over (0, 1)
     label_map = pipeline.load_split(cfg.data, "val")[1]
     path = saved_model.export_saved_model(model, cfg, str(root / "export"), label_map)
     lite = tflite.convert(model, cfg, "fp32", os.path.join(path, "tiny_fp32.tflite"))
