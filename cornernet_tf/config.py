@@ -167,6 +167,9 @@ class ExportConfig:
     tflite: str = "none"  # none | fp32 | fp16 | dynamic_int8 | int8
     score_threshold: float = 0.0  # detections below are dropped in the exported graph
     representative_images: int = 32  # int8 calibration images from the training data
+    # images with more pixels (H * W) are refused by the exported signatures and predict;
+    # bounds a request's memory (preprocess.DEFAULT_MAX_IMAGE_PIXELS is the same number)
+    max_image_pixels: int = 50_000_000
 
 
 @dataclass(frozen=True)

@@ -248,8 +248,11 @@ def test_wrong_dtype_rank_channels_are_rejected_by_the_signature(exported):
 
 def test_undecodable_bytes_and_empty_image(exported):
     _, _, _, _, loaded = exported
-    with pytest.raises(tf.errors.InvalidArgumentError, match="Unknown image file format"):
-        loaded.signatures["serving_bytes"](images=tf.constant([b"not an image"]))
+    good = encode(noise_image(20, 30), "PNG")
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"serving_bytes: image 1 of the batch: not a JPEG, PNG, GIF, BMP "
+                             r"or WebP image \(found 12 bytes"):
+        loaded.signatures["serving_bytes"](images=tf.constant([good, b"not an image"]))
     with pytest.raises(tf.errors.InvalidArgumentError,
                        match="images must have height and width >= 1"):
         loaded.signatures["serving_default"](images=tf.zeros([1, 0, 8, 3], tf.uint8))
