@@ -226,6 +226,22 @@ def test_versions_increment_and_never_overwrite(exported):
         saved_model.export_saved_model(model, cfg, root, label_map(), version=1)
 
 
+def test_eight_threads_on_one_saved_model_give_the_single_thread_answers(exported):
+    # The TFLite runner has the same test (tests/export/test_tflite.py).
+    from concurrent.futures import ThreadPoolExecutor
+    signature = exported[4].signatures["serving_default"]
+    images = [noise_image(64, 64, seed=s)[None] for s in range(40, 44)]
+    expected = [numpy_outputs(signature(images=tf.constant(im))) for im in images]
+    assert len({float(e["detection_scores"][0, 0]) for e in expected}) == len(images)
+    order = np.random.default_rng(0).integers(0, len(images), 64)
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(
+            lambda i: numpy_outputs(signature(images=tf.constant(images[i]))), order))
+    wrong = [j for j, (i, out) in enumerate(zip(order, answers))
+             if any(not np.array_equal(out[k], expected[i][k]) for k in out)]
+    assert not wrong, f"{len(wrong)} of {len(order)} answers differ from single-thread"
+
+
 # ---------------------------------------------------------------- bad input
 def test_wrong_dtype_rank_channels_are_rejected_by_the_signature(exported):
     _, _, _, _, loaded = exported
