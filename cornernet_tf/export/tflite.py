@@ -332,18 +332,23 @@ def check_parity(saved_model_fn: Callable[[np.ndarray], dict], tflite_path: str,
 
     Returns:
       dict: "images", "compared", "outliers", "max_score_diff", "min_iou" (worst over the
-      compared detections), "tolerance" (max_score_diff, min_iou, max_outlier_fraction).
+      compared detections), "tflite_detections" (all of the .tflite's detections),
+      "tolerance" (max_score_diff, min_iou, max_outlier_fraction).
 
     Raises:
-      TFLiteExportError: parity is off by more than TOLERANCES[mode].
+      TFLiteExportError: parity is off by more than TOLERANCES[mode], or nothing was
+        compared (no reference detection above the score gate on any image: a check of
+        nothing is not a pass).
     """
     max_diff, min_iou, max_outliers = TOLERANCES[mode]
     detector = TFLiteDetector(tflite_path)
-    worst = dict(images=0, compared=0, outliers=0, max_score_diff=0.0, min_iou=1.0)
+    worst = dict(images=0, compared=0, outliers=0, max_score_diff=0.0, min_iou=1.0,
+                 tflite_detections=0)
     for image in images:
         batch = np.asarray(image, np.uint8)[None]
-        result = compare_detections(saved_model_fn(batch), detector(batch),
-                                    min_score + max_diff)
+        other = detector(batch)
+        result = compare_detections(saved_model_fn(batch), other, min_score + max_diff)
+        worst["tflite_detections"] += int(other[NUM_DETECTIONS][0])
         worst["images"] += 1
         worst["compared"] += result["compared"]
         worst["outliers"] += int(np.sum((result["score_diffs"] > max_diff)
@@ -352,6 +357,14 @@ def check_parity(saved_model_fn: Callable[[np.ndarray], dict], tflite_path: str,
         worst["min_iou"] = min(worst["min_iou"], result["min_iou"])
     worst["tolerance"] = dict(max_score_diff=max_diff, min_iou=min_iou,
                               max_outlier_fraction=max_outliers)
+    if worst["compared"] == 0:  # "0 of 0 detections differ" would pass a broken export
+        raise TFLiteExportError(
+            f"TFLite {mode} parity could not be checked: the SavedModel found no detection "
+            f"scoring >= {min_score + max_diff:.3g} on the {worst['images']} parity images "
+            f"(the .tflite found {worst['tflite_detections']} of any score), so nothing was "
+            f"compared; expected at least one. An untrained model, a "
+            f"export.score_threshold above the scores, or images without objects give this "
+            f"({tflite_path})")
     if worst["outliers"] > max_outliers * worst["compared"]:
         raise TFLiteExportError(
             f"TFLite {mode} parity is off: {worst['outliers']} of {worst['compared']} detections "

@@ -268,6 +268,25 @@ def test_check_parity_skips_near_threshold_detections_and_counts_outliers(tiny,
     assert gate["max_score_diff"] == pytest.approx(0.5) and gate["min_iou"] == 0.0
 
 
+def test_check_parity_with_nothing_to_compare_is_a_failure(tiny):
+    # export.score_threshold above every score (or NaN, before the config refused it):
+    # both sides detect nothing, and "0 of 0 detections differ" must not pass.
+    path = fp32_file(tiny)
+    empty = {"detection_boxes": np.zeros((1, N, 4), np.float32),
+             "detection_scores": np.zeros((1, N), np.float32),
+             "detection_classes": np.zeros((1, N), np.float32),
+             "num_detections": np.zeros((1,), np.int32)}
+    detector = tflite.TFLiteDetector(path)
+    found = sum(int(detector(im[None])["num_detections"][0]) for im in CHECK_IMAGES[:2])
+    with pytest.raises(tflite.TFLiteExportError,
+                       match=rf"fp32 parity could not be checked: the SavedModel found no "
+                             rf"detection scoring >= 0.1 on the 2 parity images \(the .tflite "
+                             rf"found {found} of any score\), so nothing was compared"):
+        tflite.check_parity(lambda batch: empty, path, CHECK_IMAGES[:2], "fp32")
+    with pytest.raises(tflite.TFLiteExportError, match="on the 0 parity images"):
+        tflite.check_parity(lambda batch: empty, path, [], "fp32")
+
+
 def test_ops_details_wraps_the_private_interpreter_api():
     # `ops_details` is the package's one use of a private ai_edge_litert API; this fails
     # loudly (not an export later) if that API disappears or changes its format.
