@@ -78,7 +78,12 @@ def export_model(cfg, model_dir: str, export_dir: str = "export",
             calibration_paths, cfg.model.input_size))
         parity = tflite.check_parity(saved_model_fn, out, check, mode)
         result["tflite"][mode] = dict(path=out, bytes=os.path.getsize(out), parity=parity)
-        if verbose:
+        if verbose and not parity["checked"]:
+            print(f"TFLite {mode} written to {out} ({os.path.getsize(out) / 1e6:.2f} MB); parity "
+                  f"vs SavedModel NOT verified: of the SavedModel's "
+                  f"{parity['reference_detections']} detections on {parity['images']} images, "
+                  f"none scored above the comparison gate (an untrained model?)", flush=True)
+        elif verbose:
             print(f"TFLite {mode} written to {out} ({os.path.getsize(out) / 1e6:.2f} MB); parity "
                   f"vs SavedModel on {parity['images']} images: max score difference "
                   f"{parity['max_score_diff']:.2g}, min matched IoU {parity['min_iou']:.3f}, "
