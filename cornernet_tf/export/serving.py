@@ -242,6 +242,9 @@ class DetectionFunctions:
                                             "serving_bytes: image {} of the batch", [index])
             return self.preprocess(image)
 
+        # A loaded signature does not check the rank of what it is fed; this does, at run
+        # time ("Shape of tensor ... [1,1] is not compatible with expected shape [?]").
+        encoded = tf.ensure_shape(encoded, [None])
         indices = tf.range(tf.shape(encoded)[0])
         in_h, in_w = self.input_size
         # One image at a time (parallel_iterations=1): a request's peak memory is one
