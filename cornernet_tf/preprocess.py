@@ -146,6 +146,19 @@ def header_size(data: tf.Tensor) -> tf.Tensor:
                    lambda: size)
 
 
+def _webp_has_alpha(data: tf.Tensor) -> tf.Tensor:
+    """[] bool: a WebP whose header flags an alpha channel (VP8X flag 0x10, VP8L bit 28)."""
+    head = _head(data)
+    is_webp = tf.logical_and(tf.equal(tf.strings.substr(head, 0, 4), _MAGIC["riff"]),
+                             tf.equal(tf.strings.substr(head, 8, 4), _MAGIC["webp"]))
+    chunk = tf.strings.substr(head, 12, 4)
+    vp8x_alpha = (_uint(head, 20, 1, True) // 16) % 2 == 1
+    vp8l_alpha = (_uint(head, 21, 4, False) // 2 ** 28) % 2 == 1
+    return tf.logical_and(is_webp, tf.logical_or(
+        tf.logical_and(tf.equal(chunk, "VP8X"), vp8x_alpha),
+        tf.logical_and(tf.equal(chunk, "VP8L"), vp8l_alpha)))
+
+
 def is_known_format(data: tf.Tensor) -> tf.Tensor:
     """[] bool: the bytes start like a JPEG, PNG, GIF, BMP or WebP file."""
     head = _head(tf.convert_to_tensor(data, tf.string))
@@ -208,7 +221,13 @@ def decode_image(data: tf.Tensor, max_pixels: Optional[int] = None, where: str =
             checks.append(_size_check(header_size(data), max_pixels, where, where_args,
                                       "from its header"))
     with tf.control_dependencies(checks):
-        image = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
+        # TensorFlow decodes a WebP only with its own channel count: one with alpha is
+        # decoded as RGBA and the alpha dropped, as for PNG.
+        image = tf.cond(
+            _webp_has_alpha(data),
+            lambda: tf.io.decode_webp(data, channels=4)[0, :, :, :3],
+            lambda: tf.io.decode_image(data, channels=3, dtype=tf.uint8,
+                                       expand_animations=False))
     image.set_shape([None, None, 3])
     if max_pixels is not None:
         with tf.control_dependencies([_size_check(tf.shape(image)[:2], max_pixels, where,
