@@ -118,6 +118,7 @@ def test_layout_and_files(exported):
     assert set(serving["signatures"]) == {"serving_default", "serving_bytes", "serving_heatmaps"}
     assert set(serving["outputs"]) == OUTPUT_KEYS
     assert serving["network_input_size"] == [64, 64] and serving["max_detections"] == N
+    assert serving["max_image_pixels"] == 50_000_000
 
 
 def test_each_weight_is_stored_once(exported):
