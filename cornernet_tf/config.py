@@ -410,28 +410,43 @@ def _choice(key: str, value: str, allowed: Sequence[str]) -> None:
 
 @dataclass(frozen=True)
 class Range:
-    """The valid values of a number key: low <= value (< when low_open), likewise high."""
+    """The valid values of a number key: low <= value (< when low_open), likewise high;
+    `special` is one more allowed value outside that interval, meaning `special_meaning`."""
     low: Optional[float] = None
     high: Optional[float] = None
     low_open: bool = False
     high_open: bool = False
+    special: Optional[float] = None
+    special_meaning: str = ""
 
     def __contains__(self, value) -> bool:
+        if self.special is not None and value == self.special:
+            return True
         if self.low is not None and (value <= self.low if self.low_open else value < self.low):
             return False
         return self.high is None or (value < self.high if self.high_open else value <= self.high)
 
     def describe(self) -> str:
         """E.g. "a positive value (value > 0)", "0 <= value <= 1"."""
+        text = self._interval()
+        if self.special is not None:
+            text += f", or {_number(self.special)} ({self.special_meaning})"
+        return text
+
+    def _interval(self) -> str:
         low_op, high_op = ("<" if self.low_open else "<="), ("<" if self.high_open else "<=")
-        low, high = (None if x is None else int(x) if float(x).is_integer() else x
-                     for x in (self.low, self.high))
+        low, high = _number(self.low), _number(self.high)
         if high is None:
             bound = f"value {'>' if self.low_open else '>='} {low}"
             if low == 0:
                 return f"a {'positive' if self.low_open else 'non-negative'} value ({bound})"
             return f"a positive value ({bound})" if low == 1 else bound
         return f"{low} {low_op} value {high_op} {high}"
+
+
+def _number(x: Optional[float]):
+    """1.0 -> 1 for messages; None stays None."""
+    return None if x is None else int(x) if float(x).is_integer() else x
 
 
 _POSITIVE, _NON_NEGATIVE, _AT_LEAST_1 = Range(0, low_open=True), Range(0), Range(1)
@@ -467,7 +482,8 @@ RANGES: dict[str, Range] = {
     "decode.max_detections": _AT_LEAST_1, "decode.soft_nms_sigma": _POSITIVE,
     "decode.score_threshold": _FRACTION,
     "evaluate.scales": _POSITIVE, "evaluate.max_images": _NON_NEGATIVE,
-    "evaluate.picture_score_threshold": _FRACTION,
+    "evaluate.picture_score_threshold": Range(0, 1, special=-1.0, special_meaning=(
+        "the score of the best F1 at IoU 0.5")),
     "export.score_threshold": _FRACTION, "export.representative_images": _AT_LEAST_1,
     "export.max_image_pixels": _AT_LEAST_1,
     "demo.predict_images": _NON_NEGATIVE,
