@@ -158,7 +158,9 @@ class EvaluateConfig:
     oracle: str = "none"  # error analysis: heatmaps | heatmaps+offsets | all
     max_images: int = 0  # 0 = the whole split
     pictures: bool = True  # pr_curves.png, confusion_matrix.png/.json, worst_images.png
-    picture_score_threshold: float = 0.3  # detections drawn / counted in the confusion matrix
+    # detections drawn / counted in the confusion matrix; -1: the score of the best F1 at
+    # IoU 0.5 over the evaluated images (analysis.best_f1_threshold)
+    picture_score_threshold: float = -1.0
 
 
 @dataclass(frozen=True)
