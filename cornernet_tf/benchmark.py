@@ -297,11 +297,12 @@ def run_benchmarks(names: Sequence[str], quickstart_config=None) -> dict[str, st
                               f"{cfg.train.batch_size} ({t['seconds_per_step'] * 1e3:.0f} ms/step);"
                               f" inference forward {f['ms']:.1f} ms/image at batch 1.")
         elif name == "hourglass104_train":
-            t = bench_train_step(ModelConfig(), 1, steps=2)
+            t = bench_train_step(ModelConfig(num_classes=80), 1, steps=2)
             sections[name] = (f"Hourglass-104 at 511x511, 80 classes: training step at batch 1 "
                               f"{t['seconds_per_step']:.1f} s (after tracing).")
         else:
-            mc = ModelConfig(backbone=name if name == "squeeze" else "hourglass104")
+            mc = ModelConfig(backbone=name if name == "squeeze" else "hourglass104",
+                             num_classes=80)
             f = bench_forward(mc, batch=1, repeats=2)
             d = bench_decode(grid=mc.output_size)
             sections[name] = (f"{name} at 511x511, 80 classes ({f['params'] / 1e6:.1f}M "
