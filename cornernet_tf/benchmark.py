@@ -242,7 +242,8 @@ def bench_pipeline(input_size: int = 511, num_classes: int = 80, batch: int = 16
     with tempfile.TemporaryDirectory() as root:
         paths = generate_shapes_dataset(root, num_images, 1, (480, 640), 10, seed=0)
         cfg = load_config(None, [f"model.input_size={input_size}",
-                                 f"model.num_classes={num_classes}", "data.dataset=coco",
+                                 f"model.num_classes={num_classes}", "data.max_objects=128",
+                                 "data.dataset=coco",
                                  f"data.train_annotations={paths.train_annotations}",
                                  f"data.train_images={paths.train_images}"])
         ds = build_dataset(cfg.data, cfg.model, "train", training=True, batch_size=batch)

@@ -2,8 +2,9 @@
 
 The commands are read from the bash blocks of that README section, so the walk-through
 cannot drift from what runs. The generator call runs as written with fewer images (8 + 3),
-the train command gets a tiny network and 2 steps appended (a later --set wins), and
-evaluate, export and predict run unchanged. Each `python main.py ARGS` runs in this process
+the train command gets a tiny network, 2 steps and no TFLite file appended (a later --set
+wins; evaluate and export read them from the run's config.yaml), and evaluate, export and
+predict run unchanged. Each `python main.py ARGS` runs in this process
 (tests/support/cli.py), from a temporary folder, so the README's relative paths hold.
 """
 
@@ -24,9 +25,10 @@ TINY_TRAIN = ["model.input_size=[64, 64]", "model.channels=[16, 16, 24]",
               "model.blocks=[1, 1, 1]", "model.stem_channels=16", "model.head_channels=16",
               "model.pool_channels=8", "train.batch_size=2", "train.steps=2",
               "train.log_every=2", "train.checkpoint_every=2", "train.warmup_steps=0",
-              "data.augment.crop_border=16", "export.representative_images=2"]
+              "data.augment.crop_border=16",
+              "export.tflite=none"]  # the int8 file: tests/test_demo.py, tests/export
 
-pytestmark = pytest.mark.slow  # trains, evaluates, exports (SavedModel + int8 TFLite), predicts
+pytestmark = pytest.mark.slow  # trains, evaluates, exports a SavedModel, predicts
 
 
 def walkthrough_commands() -> list[list[str]]:
@@ -80,11 +82,10 @@ def test_readme_walkthrough_runs_as_written(tmp_path, monkeypatch, capsys):
         metrics = json.load(f)
     assert {"AP", "AP50", "AP75"} <= set(metrics) and metrics["images"] == 3
 
-    # 4. export: SavedModel in TF Serving layout, with the quickstart's int8 TFLite file
+    # 4. export: SavedModel in TF Serving layout
     run_cli(*export[2:])
     version = tmp_path / "export" / "mine" / "1"
     assert (version / "saved_model.pb").is_file() and (version / "labels.json").is_file()
-    assert (version / "mine_int8.tflite").is_file()
     with open(version / "labels.json") as f:
         assert len(json.load(f)["classes"]) == 4
 
