@@ -154,6 +154,7 @@ def test_quickstart_follows_the_generated_shapes(tmp_path):
     assert resolved.data.max_objects == max(max(per_image), 1) <= 3
 
 
+@pytest.mark.slow  # builds and traces the training step (about 1-2 min on 2 busy cores)
 def test_cli_trains_on_three_categories_without_num_classes(tmp_path, capsys):
     """The own-data path from the quickstart config: 3 categories (the shapes have 4),
     nothing about classes or objects on the command line."""
