@@ -21,7 +21,8 @@ later evaluate or export reads the real numbers. Where they come from:
 A value the user set is kept. A set `model.num_classes` that disagrees with the source is a
 `ConfigError` naming both numbers and the file (when both keys are set nothing is read
 here, and training compares `model.num_classes` with the categories when it loads the
-split). This module imports no TensorFlow.
+split). This module imports TensorFlow only to raise `coco.DatasetError` for a file that
+is not COCO json.
 """
 
 from __future__ import annotations
@@ -36,8 +37,7 @@ import yaml
 
 from cornernet_tf.config import FROM_DATASET, Config, ConfigError
 
-# The reference's limit on objects per image (its `max_tag_len`); COCO's busiest training
-# image has fewer.
+# The reference's limit on ground-truth objects per image (its `max_tag_len`).
 MAX_OBJECTS_CAP = 128
 
 
