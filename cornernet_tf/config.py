@@ -40,6 +40,11 @@ class ConfigError(UserError, ValueError):
     """A configuration key, value or combination is invalid; the message says which and why."""
 
 
+# `model.num_classes` and `data.max_objects` at this value follow the dataset: each mode
+# replaces it once, from the train split's annotations (`resolve.resolve_dataset_dependent`).
+FROM_DATASET = 0
+
+
 # --------------------------------------------------------------------------------------
 # The tree. Field comments are the user documentation of each key.
 # --------------------------------------------------------------------------------------
@@ -47,7 +52,7 @@ class ConfigError(UserError, ValueError):
 @dataclass(frozen=True)
 class ModelConfig:
     backbone: str = "hourglass104"  # a row of backbones/presets.py: the defaults below and more
-    num_classes: int = 80
+    num_classes: int = FROM_DATASET  # 0: the train split's categories; COCO: 80
     input_size: tuple[int, int] = (511, 511)  # (height, width) of the network input, pixels
     stacks: Optional[int] = None  # hourglass modules (intermediate supervision on each)
     stem_channels: Optional[int] = None  # channels of the stride-2 7x7 stem conv
@@ -102,7 +107,9 @@ class DataConfig:
     train_images: str = ""  # folder the json's file_name entries are relative to
     val_annotations: str = ""
     val_images: str = ""
-    max_objects: int = 128  # ground-truth objects kept per image (more are counted, reported)
+    # ground-truth objects kept per image (more are counted, reported); 0: the train split's
+    # busiest image, at most 128 (resolve.MAX_OBJECTS_CAP, the reference's limit)
+    max_objects: int = FROM_DATASET
     strict: bool = False  # dataset problems (bad boxes, missing files) become an error
     shuffle_buffer: int = 1000
     deterministic: bool = False  # fixed order and augmentation (tests, reproducible runs)
@@ -430,7 +437,7 @@ def validate(cfg: Config) -> None:
 def _validate_model(m: ModelConfig) -> None:
     _choice("model.backbone", m.backbone, tuple(BACKBONES))
     _choice("model.corner_pool_impl", m.corner_pool_impl, CORNER_POOL_IMPLS)
-    _positive("model.num_classes", m.num_classes)
+    _positive("model.num_classes", m.num_classes, allow_zero=True)  # 0: FROM_DATASET
     for name in ("stacks", "stem_channels", "head_channels", "pool_channels"):
         _positive(f"model.{name}", m.resolved(name))
     channels, blocks = m.resolved("channels"), m.resolved("blocks")
@@ -456,7 +463,7 @@ def _validate_model(m: ModelConfig) -> None:
 def _validate_data(d: DataConfig) -> None:
     _choice("data.dataset", d.dataset, DATASETS)
     _choice("data.eval_resize", d.eval_resize, EVAL_RESIZE_MODES)
-    _positive("data.max_objects", d.max_objects)
+    _positive("data.max_objects", d.max_objects, allow_zero=True)  # 0: FROM_DATASET
     _positive("data.shuffle_buffer", d.shuffle_buffer)
     s = d.synthetic
     _positive("data.synthetic.num_train", s.num_train)
