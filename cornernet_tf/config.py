@@ -103,7 +103,7 @@ class DataConfig:
     val_annotations: str = ""
     val_images: str = ""
     max_objects: int = 128  # ground-truth objects kept per image (more are counted, reported)
-    strict: bool = False  # dataset problems (bad boxes, missing files) become an error
+    strict: bool = False  # dataset problems (bad boxes, missing or undecodable images) are errors
     shuffle_buffer: int = 1000
     deterministic: bool = False  # fixed order and augmentation (tests, reproducible runs)
     seed: int = 0
