@@ -272,3 +272,24 @@ def test_predict_and_serving_treat_a_bad_crc_alike(tiny, tmp_path):
     skipped = {os.path.basename(p) for p, _ in info.value.skipped}
     predict_ok = {chunk: f"bad_{chunk}.png" not in skipped for chunk in paths}
     assert predict_ok == serving_ok == {"IHDR": False, "IDAT": False, "tEXt": True}
+
+
+def test_5000_boxes_on_one_image(tmp_path, caplog):
+    # Training keeps the first data.max_objects and says how many it cut; evaluation's
+    # ground truth keeps all 5000 (a detector is scored on every object).
+    import logging
+    folder = str(tmp_path)
+    files = {k: v for k, v in corpus.write_images(folder).items() if k == "ok_rgb"}
+    boxes = [{"id": k, "image_id": 1, "category_id": 1, "bbox": [k % 50, k % 40, 10, 12],
+              "area": 120.0, "iscrowd": 0} for k in range(1, 5001)]
+    ann = corpus.coco_dataset(folder, files, annotations=boxes)
+    cfg = tiny_config(extra=_overrides(ann, folder) + ["data.max_objects=128"])
+    with caplog.at_level(logging.WARNING):
+        records, _, report = pipeline.load_split(cfg.data, "val", ground_truth=True)
+    assert ("1 images have more than data.max_objects=128 objects; 4872 objects beyond the "
+            "limit are not used (most: 5000 in image id 1)") in caplog.text
+    assert len(records[0].classes) == 5000 and len(report.ground_truth["annotations"]) == 5000
+    ds = pipeline.build_dataset(cfg.data, cfg.model, "train", training=True, batch_size=1,
+                                records=records)
+    _, targets = next(iter(ds))
+    assert targets["mask"].shape == (1, 128)
