@@ -92,7 +92,7 @@ class DatasetReport:
     problems: list = dataclasses.field(default_factory=list)
     # With `load_coco(ground_truth=True)`: what was kept, as a COCO instances dict (the
     # ground truth evaluation scores against; see `load_coco`).
-    ground_truth: Optional[dict] = None
+    ground_truth: Optional[dict] = dataclasses.field(default=None, repr=False, compare=False)
 
     def add(self, kind: str, detail: str, image_id: Any = None,
             annotation_id: Any = None, file: Optional[str] = None) -> None:
