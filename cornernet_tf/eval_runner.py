@@ -33,6 +33,7 @@ from cornernet_tf import keys, preprocess
 from cornernet_tf.data import image_files, pipeline
 from cornernet_tf.data.coco import DatasetError, LabelMap
 from cornernet_tf.data.targets import encode_targets
+from cornernet_tf.errors import UserError
 from cornernet_tf import analysis
 from cornernet_tf.evaluation import coco_evaluate, format_coco_table, load_ground_truth
 from cornernet_tf.export.predict import ExportedDetector
@@ -128,7 +129,7 @@ def evaluate_export(model_path: str, cfg, output_dir: str, max_images: int = 0,
     for r in records:
         try:
             image = preprocess.read_image(r.path).numpy()
-        except tf.errors.OpError:  # as the eval pipeline: skipped, then listed by _score
+        except (tf.errors.OpError, UserError, ValueError):  # skipped, listed by _score
             continue
         scored.add(int(r.image_id))
         if not latencies:
