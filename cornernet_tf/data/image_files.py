@@ -90,10 +90,11 @@ def decoder_message(error: Exception) -> str:
 def decode_problem(path: str) -> Optional[str]:
     """None when `preprocess.read_image(path)` succeeds, else the decoder's message."""
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    from cornernet_tf.errors import UserError  # pylint: disable=import-outside-toplevel
     from cornernet_tf.preprocess import read_image  # pylint: disable=import-outside-toplevel
     try:
         read_image(path)
-    except (tf.errors.OpError, ValueError) as e:
+    except (tf.errors.OpError, UserError, ValueError) as e:
         return f"cannot decode {path}: {decoder_message(e)}"
     return None
 
