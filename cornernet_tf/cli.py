@@ -173,8 +173,9 @@ def _define_flags() -> None:
                         "CornerNet_500000.pkl or CornerNet_Squeeze_500000.pkl.")
     flags.DEFINE_bool("verbose", False, "Show the traceback of errors in your input (a bad "
                       "file or value); without it they print in one or two lines, exit 2.")
-    flags.DEFINE_bool("strict", False, "Dataset problems (bad boxes, missing files) are errors "
-                      "(same as --set data.strict=true).")
+    flags.DEFINE_bool("strict", False, "Dataset problems (bad boxes, missing files, images "
+                      "the decoder cannot read: every image is decoded at loading) are errors, "
+                      "in training and evaluation (same as --set data.strict=true).")
 
 
 def resolve_model_dir(config_path: str, model_dir: str | None) -> str:

@@ -110,7 +110,7 @@ class DataConfig:
     # ground-truth objects kept per image (more are counted, reported); 0: the train split's
     # busiest image, at most 128 (resolve.MAX_OBJECTS_CAP, the reference's limit)
     max_objects: int = FROM_DATASET
-    strict: bool = False  # dataset problems (bad boxes, missing files) become an error
+    strict: bool = False  # dataset problems (bad boxes, missing or undecodable images) are errors
     shuffle_buffer: int = 1000
     deterministic: bool = False  # fixed order and augmentation (tests, reproducible runs)
     seed: int = 0
