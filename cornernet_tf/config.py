@@ -40,6 +40,11 @@ class ConfigError(UserError, ValueError):
     """A configuration key, value or combination is invalid; the message says which and why."""
 
 
+# `model.num_classes` and `data.max_objects` at this value follow the dataset: each mode
+# replaces it once, from the train split's annotations (`resolve.resolve_dataset_dependent`).
+FROM_DATASET = 0
+
+
 # --------------------------------------------------------------------------------------
 # The tree. Field comments are the user documentation of each key.
 # --------------------------------------------------------------------------------------
@@ -47,7 +52,7 @@ class ConfigError(UserError, ValueError):
 @dataclass(frozen=True)
 class ModelConfig:
     backbone: str = "hourglass104"  # a row of backbones/presets.py: the defaults below and more
-    num_classes: int = 80
+    num_classes: int = FROM_DATASET  # 0: the train split's categories; COCO: 80
     input_size: tuple[int, int] = (511, 511)  # (height, width) of the network input, pixels
     stacks: Optional[int] = None  # hourglass modules (intermediate supervision on each)
     stem_channels: Optional[int] = None  # channels of the stride-2 7x7 stem conv
@@ -102,8 +107,10 @@ class DataConfig:
     train_images: str = ""  # folder the json's file_name entries are relative to
     val_annotations: str = ""
     val_images: str = ""
-    max_objects: int = 128  # ground-truth objects kept per image (more are counted, reported)
-    strict: bool = False  # dataset problems (bad boxes, missing files) become an error
+    # ground-truth objects kept per image (more are counted, reported); 0: the train split's
+    # busiest image, at most 128 (resolve.MAX_OBJECTS_CAP, the reference's limit)
+    max_objects: int = FROM_DATASET
+    strict: bool = False  # dataset problems (bad boxes, missing or undecodable images) are errors
     shuffle_buffer: int = 1000
     deterministic: bool = False  # fixed order and augmentation (tests, reproducible runs)
     seed: int = 0
@@ -158,7 +165,9 @@ class EvaluateConfig:
     oracle: str = "none"  # error analysis: heatmaps | heatmaps+offsets | all
     max_images: int = 0  # 0 = the whole split
     pictures: bool = True  # pr_curves.png, confusion_matrix.png/.json, worst_images.png
-    picture_score_threshold: float = 0.3  # detections drawn / counted in the confusion matrix
+    # detections drawn / counted in the confusion matrix; -1: the score of the best F1 at
+    # IoU 0.5 over the evaluated images (analysis.best_f1_threshold)
+    picture_score_threshold: float = -1.0
 
 
 @dataclass(frozen=True)
@@ -457,7 +466,9 @@ _SEED = Range(0, 2 ** 32 - 1)  # numpy's seed range (keras.utils.set_random_seed
 # before the rules that combine keys. tests/test_config.py checks that every int and float
 # key of the tree has an entry and that each entry refuses its out-of-range values.
 RANGES: dict[str, Range] = {
-    "model.num_classes": _AT_LEAST_1, "model.input_size": _AT_LEAST_1,
+    "model.num_classes": Range(1, special=FROM_DATASET,
+                               special_meaning="the train split's categories"),
+    "model.input_size": _AT_LEAST_1,
     "model.stacks": _AT_LEAST_1, "model.stem_channels": _AT_LEAST_1,
     "model.channels": _AT_LEAST_1, "model.blocks": _AT_LEAST_1,
     "model.head_channels": _AT_LEAST_1, "model.pool_channels": _AT_LEAST_1,
@@ -467,7 +478,9 @@ RANGES: dict[str, Range] = {
     "data.augment.crop_scales": _POSITIVE, "data.augment.crop_border": _AT_LEAST_1,
     "data.augment.color_jitter": Range(0, 1, high_open=True),
     "data.augment.lighting_std": _NON_NEGATIVE,
-    "data.max_objects": _AT_LEAST_1, "data.shuffle_buffer": _AT_LEAST_1, "data.seed": _SEED,
+    "data.max_objects": Range(1, special=FROM_DATASET,
+                              special_meaning="the train split's busiest image, at most 128"),
+    "data.shuffle_buffer": _AT_LEAST_1, "data.seed": _SEED,
     "loss.focal_alpha": _NON_NEGATIVE, "loss.focal_beta": _NON_NEGATIVE,
     "loss.pull_weight": _NON_NEGATIVE, "loss.push_weight": _NON_NEGATIVE,
     "loss.offset_weight": _NON_NEGATIVE,

@@ -31,6 +31,7 @@ from cornernet_tf.callbacks import (CheckpointCallback, HeatmapImages, NaNGuard,
 from cornernet_tf.choices import PRECISIONS, SCHEDULES, STRATEGIES
 from cornernet_tf.data import pipeline
 from cornernet_tf.model import CornerNet, build_model
+from cornernet_tf.resolve import resolve_dataset_dependent
 
 CHECKPOINT_SUBDIR = "checkpoints"
 
@@ -248,6 +249,7 @@ def train(cfg: config_lib.Config, model_dir: str, verbose: int = 1) -> dict:
       ConfigError: batch size not divisible by the replicas, or num_classes not matching
         the dataset.
     """
+    cfg = resolve_dataset_dependent(cfg)  # model.num_classes / data.max_objects at 0
     previous_policy = keras.mixed_precision.global_policy()
     scratch = None
     try:

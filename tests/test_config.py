@@ -146,7 +146,8 @@ POSITIVE = "expected a positive value (value > 0), found"
 FRACTION = "expected 0 <= value <= 1, found"
 SEED = "expected 0 <= value <= 4294967295, found"
 OUT_OF_RANGE = [
-    ("model.num_classes", "0", POSITIVE_INT + " 0"),
+    ("model.num_classes", "-1", "expected a positive value (value >= 1), or 0 (the train "
+                                "split's categories), found -1"),
     ("model.input_size", "[0, 64]", POSITIVE_INT + " 0 in [0, 64]"),
     ("model.stacks", "0", POSITIVE_INT + " 0"),
     ("model.stem_channels", "-16", POSITIVE_INT + " -16"),
@@ -163,7 +164,8 @@ OUT_OF_RANGE = [
     ("data.augment.crop_border", "0", POSITIVE_INT + " 0"),
     ("data.augment.color_jitter", "1", "expected 0 <= value < 1, found 1.0"),
     ("data.augment.lighting_std", "-0.1", NON_NEGATIVE + " -0.1"),
-    ("data.max_objects", "0", POSITIVE_INT + " 0"),
+    ("data.max_objects", "-1", "expected a positive value (value >= 1), or 0 (the train "
+                               "split's busiest image, at most 128), found -1"),
     ("data.shuffle_buffer", "0", POSITIVE_INT + " 0"),
     ("data.seed", "4294967296", SEED + " 4294967296"),
     ("loss.focal_alpha", "-2", NON_NEGATIVE + " -2.0"),
@@ -219,6 +221,7 @@ def test_every_number_key_has_a_range_and_a_test():
     "decode.ae_threshold=0", "train.decay_factor=1", "train.decay_at=1",
     "export.score_threshold=0", "export.score_threshold=1", "decode.score_threshold=0",
     "evaluate.picture_score_threshold=1", "evaluate.picture_score_threshold=-1",
+    "model.num_classes=0", "model.num_classes=1", "data.max_objects=0",
     "data.augment.color_jitter=0",
     "data.augment.lighting_std=0", "loss.focal_alpha=0", "train.warmup_steps=0",
     "train.seed=4294967295", "data.seed=0", "data.synthetic.image_size=32",

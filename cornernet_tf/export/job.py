@@ -44,8 +44,10 @@ def export_model(cfg, model_dir: str, export_dir: str = "export",
     from cornernet_tf.data import coco, pipeline
     from cornernet_tf.export import saved_model, tflite
     from cornernet_tf.model import build_model
+    from cornernet_tf.resolve import resolve_dataset_dependent
     from cornernet_tf.training import restore_weights
 
+    cfg = resolve_dataset_dependent(cfg, run_dir=model_dir)
     model = build_model(cfg.model)
     restored = restore_weights(model, model_dir, checkpoint)
     labels_path = os.path.join(model_dir, "labels.json")
