@@ -88,6 +88,20 @@ def read_class_names(model_path: str) -> list[str]:
     return list(LabelMap.from_json(path).names) if os.path.isfile(path) else []
 
 
+def read_max_image_pixels(model_path: str) -> int:
+    """The pixel limit the export was made with (`serving.json` beside the model), so that
+    predict refuses what the served model refuses; the default limit without the file.
+    """
+    folder = model_path if os.path.isdir(model_path) else os.path.dirname(model_path)
+    path = os.path.join(folder, "serving.json")
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f).get("max_image_pixels")
+        if isinstance(value, int) and value > 0:
+            return value
+    return preprocess.DEFAULT_MAX_IMAGE_PIXELS
+
+
 class ExportedDetector:
     """A SavedModel or .tflite export behind one call: uint8 [H, W, 3] -> contract outputs.
 
@@ -161,12 +175,13 @@ def predict(model_path: str, image_paths: Sequence[str], output_dir: str,
                          f"signature); {model_path!r} is a .tflite file, which returns "
                          f"detections only")
     names = read_class_names(model_path)
+    max_pixels = read_max_image_pixels(model_path)
     os.makedirs(output_dir, exist_ok=True)
     _write_manifest(output_dir, earlier | {os.path.basename(p) for ps in plan for p in ps})
     written, skipped = [], []
     for path, outputs in zip(paths, plan):
         try:
-            image = preprocess.read_image(path).numpy()
+            image = preprocess.read_image(path, max_pixels).numpy()
         except (tf.errors.OpError, UserError, ValueError) as e:
             reason = decoder_message(e)
             sys.stderr.write(f"predict: skipped {path}: cannot read it: {reason}\n")

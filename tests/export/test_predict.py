@@ -202,3 +202,30 @@ def test_unreadable_images_are_reported_and_the_others_processed(exports, tmp_pa
     stderr = capsys.readouterr().err
     assert f"skipped {folder / 'empty.jpg'}" in stderr and f"skipped {folder / 'text.png'}" \
         in stderr
+
+
+def test_predict_applies_the_exports_pixel_limit(exports, tmp_path):
+    # serving.json records export.max_image_pixels; predict refuses what the served graph
+    # refuses. A copy of the export with a 40 x 56 limit (2240 pixels) keeps a 40 x 56
+    # image and refuses a 41 x 56 one, naming the file and the limit.
+    import shutil
+    path, _, _ = exports
+    limited = tmp_path / "limited"
+    shutil.copytree(path, limited)
+    with open(limited / "serving.json") as f:
+        info = json.load(f)
+    assert info["max_image_pixels"] == predict_lib.preprocess.DEFAULT_MAX_IMAGE_PIXELS
+    info["max_image_pixels"] = 40 * 56
+    (limited / "serving.json").write_text(json.dumps(info))
+    assert predict_lib.read_max_image_pixels(str(limited)) == 2240
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.fromarray(noise_image(40, 56, seed=5)).save(folder / "fits.png")
+    Image.fromarray(noise_image(41, 56, seed=6)).save(folder / "over.png")
+    with pytest.raises(predict_lib.PredictError) as info:
+        predict_lib.predict(str(limited), [str(folder)], str(tmp_path / "out"))
+    (skipped, reason), = info.value.skipped
+    assert os.path.basename(skipped) == "over.png"
+    assert "2296" in reason and "2240" in reason
+    assert sorted(os.path.basename(p) for p in info.value.written) == ["fits.png.json",
+                                                                       "fits.png.png"]
