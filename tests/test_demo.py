@@ -66,3 +66,20 @@ def test_demo_writes_every_artefact(tmp_path):
     # the summary file
     with open(os.path.join(model_dir, "summary.json")) as f:
         assert json.load(f)["metrics"]["AP"] == metrics["AP"]
+
+
+def test_summary_says_when_tflite_parity_was_not_verified():
+    from cornernet_tf.demo import format_summary
+    metrics = {k: 0.5 for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")}
+    tflite = {"fp32": dict(path="m_fp32.tflite", megabytes=8.9, max_score_diff=1e-6,
+                           min_iou=1.0, outliers=1, compared=4, checked=True),
+              "int8": dict(path="m_int8.tflite", megabytes=2.4, max_score_diff=0.0,
+                           min_iou=1.0, outliers=0, compared=0, checked=False)}
+    text = format_summary(dict(metrics=metrics, checkpoint="c", steps=6,
+                               train_images_per_second=1.0, metrics_file="m.json",
+                               saved_model="s", tflite=tflite, predictions="p",
+                               predicted_files=2, stage_seconds={"1. train": 3.0},
+                               total_seconds=60.0, model_dir="runs/x"))
+    lines = {line.split()[1]: line for line in text.splitlines() if line.startswith("TFLite")}
+    assert "parity: 3 of 4 detections within tolerance" in lines["fp32"]
+    assert "parity NOT verified" in lines["int8"] and "0 of 0" not in lines["int8"]
