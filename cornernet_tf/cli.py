@@ -33,7 +33,16 @@ def _show_config(cfg: config_lib.Config) -> None:
 def _train(cfg: config_lib.Config) -> None:
     from cornernet_tf import training
     model_dir = resolve_model_dir(FLAGS.config, FLAGS.model_dir)
-    result = training.train(cfg, model_dir)
+    from cornernet_tf.callbacks import CheckpointWriteError
+    try:
+        result = training.train(cfg, model_dir)
+    except CheckpointWriteError as e:
+        # Not the user's input (exit 2) and not a bug (traceback): the run failed on the
+        # machine's disk; the same command resumes once there is room. Exit 1: "failed".
+        if FLAGS.verbose:
+            raise
+        sys.stderr.write(f"error: {e}\n")
+        sys.exit(1)
     if result["stopped_on_nan"]:
         sys.exit(f"error: training stopped on a non-finite loss at step {result['steps']}; "
                  f"last good checkpoint {result['checkpoint']}")
@@ -85,6 +94,10 @@ def _export(cfg: config_lib.Config) -> None:
 
 def _predict(cfg: config_lib.Config) -> None:
     from cornernet_tf.export.predict import predict
+    if FLAGS.checkpoint and not FLAGS.model:
+        raise app.UsageError(f"--mode=predict runs an exported model, not a checkpoint: "
+                             f"export it first (--mode=export --checkpoint={FLAGS.checkpoint}),"
+                             f" then pass --model=<the SavedModel version folder>")
     if not FLAGS.model or not FLAGS.images:
         raise app.UsageError("--mode=predict needs --model=<SavedModel folder or .tflite> and "
                              "--images=<files or folders>")
@@ -124,7 +137,8 @@ MODES: dict[str, Mode] = {
                  "export SavedModel + TFLite, predict, summary", _demo),
     "train": Mode("train (or resume) with model.fit; checkpoints, logs, labels.json in "
                   "--model_dir", _train),
-    "evaluate": Mode("COCO AP on the val split of the newest (or --checkpoint) checkpoint, "
+    "evaluate": Mode("COCO AP on the val split of the newest (or --checkpoint=best|<path>) "
+                     "checkpoint, "
                      "or of an exported file with --model (SavedModel folder or .tflite; "
                      "adds latency and size); writes <model_dir>/eval/", _evaluate),
     "export": Mode("SavedModel for TF Serving (+ TFLite with export.tflite) under "
@@ -153,8 +167,9 @@ def _define_flags() -> None:
                               "--set train.steps=200 --set model.num_classes=3.")
     flags.DEFINE_string("model_dir", None, "Where checkpoints, logs, labels.json and the resolved "
                         "config go (default: runs/<config name>/).")
-    flags.DEFINE_string("checkpoint", None, "evaluate/export: a checkpoint path instead of the "
-                        "newest in --model_dir.")
+    flags.DEFINE_string("checkpoint", None, "evaluate/export: latest (the default: the newest "
+                        "in --model_dir), best (the best validation AP during training, "
+                        "train.eval_every > 0) or a checkpoint path.")
     flags.DEFINE_string("export_dir", "export", "export: root folder of SavedModels "
                         "(<export_dir>/<export.name>/<version>/).")
     flags.DEFINE_string("model", None, "predict, evaluate: a SavedModel version folder or a "
