@@ -226,7 +226,7 @@ class NaNGuard(keras.callbacks.Callback):
 class ValidationCallback(keras.callbacks.Callback):
     """COCO evaluation of the validation split during `fit`; the best weights kept as `best`.
 
-    Every `every` optimizer steps, and at the last step, it runs `eval_runner.run_evaluation`
+    At every multiple of `every` optimizer steps it runs `eval_runner.run_evaluation`
     (the code behind `--mode=evaluate`, with the config's flip test and scales, without the
     pictures) on the first `max_images` validation images (0: all). It prints AP, AP50 and
     the per-class AP, writes them to TensorBoard (`<log_dir>/validation`, tags `AP`, `AP50`,
@@ -239,7 +239,7 @@ class ValidationCallback(keras.callbacks.Callback):
     Args:
       cfg: the resolved Config (data.val_*, decode, evaluate).
       every: train.eval_every (> 0).
-      total_steps: train.steps (the last step is evaluated too).
+      total_steps: train.steps (for the ETA of the evaluations still to come).
       max_images: evaluate.max_images.
       output_dir: run_evaluation's folder (detections.json and metrics.json of the newest
         evaluation) and history.jsonl.
@@ -290,7 +290,7 @@ class ValidationCallback(keras.callbacks.Callback):
         if self.checkpoints is not None and (self.checkpoints.stopped_on_nan
                                              or self.checkpoints.write_failed):
             return
-        if step == self._last_step or (step % self.every and step != self.total_steps):
+        if step == self._last_step or step % self.every:
             return
         self._last_step = step
         self.evaluate(step)
@@ -299,9 +299,7 @@ class ValidationCallback(keras.callbacks.Callback):
         """The evaluations after `step` times the mean time of those done (0: none yet)."""
         if not self.evaluations:
             return 0.0
-        steps = set(range(step - step % self.every + self.every, self.total_steps + 1,
-                          self.every)) | {self.total_steps}
-        count = len({s for s in steps if s > step})
+        count = self.total_steps // self.every - step // self.every
         return count * self.seconds / len(self.evaluations)
 
     def evaluate(self, step: int) -> dict:

@@ -347,7 +347,7 @@ def _train(cfg: config_lib.Config, model_dir: str, strategy: tf.distribute.Strat
           f"checkpoints every {t.checkpoint_every} steps in {manager.directory}; TensorBoard "
           f"logs in {os.path.join(write_dir, 'logs')}", flush=True)
     if validation is not None:
-        print(f"validation every {t.eval_every} steps (and at step {t.steps}) on "
+        print(f"validation every {t.eval_every} steps on "
               f"{cfg.evaluate.max_images or 'all'} images of {cfg.data.val_annotations}; the "
               f"best AP's weights in {validation.best_manager.directory}", flush=True)
     _fit(model, dataset, t, step, callbacks, checkpoints, progress)

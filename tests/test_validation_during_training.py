@@ -197,7 +197,7 @@ def test_best_survives_a_resumed_run_and_ties_keep_the_earlier(tmp_path, data_di
     assert cb2.best["step"] == 10 and cb2.best["AP"] == 0.5
     step_to(cb2, model2, 20)
     assert tf.train.latest_checkpoint(best_dir).endswith("ckpt-10")
-    step_to(cb2, model2, 30)  # the last step, 0.7: the new best
+    step_to(cb2, model2, 30)  # 0.7: the new best
     assert tf.train.latest_checkpoint(best_dir).endswith("ckpt-30")
     assert os.listdir(best_dir).count("ckpt-10.index") == 0  # the older best is deleted
     assert json.load(open(record))["step"] == 30
@@ -207,14 +207,19 @@ def test_best_survives_a_resumed_run_and_ties_keep_the_earlier(tmp_path, data_di
     assert saved and all(np.all(v == 30.0) for v in saved)
 
 
-def test_last_step_is_evaluated_and_a_nan_ap_is_never_best(tmp_path, data_dir, monkeypatch):
+def test_only_multiples_of_eval_every_and_a_nan_ap_is_never_best(tmp_path, data_dir,
+                                                                  monkeypatch):
     cb, model, best_dir = small_callback(tmp_path, data_dir, monkeypatch,
                                          [float("nan"), 0.2], every=10, total=25)
     step_to(cb, model, 10)
     assert cb.best is None and tf.train.latest_checkpoint(best_dir) is None
-    step_to(cb, model, 25)  # not a multiple of 10, but the last step
-    assert [e["step"] for e in cb.evaluations] == [10, 25]
-    assert cb.best["step"] == 25
+    assert cb.remaining_seconds(10) == pytest.approx(cb.seconds)  # one more: step 20
+    step_to(cb, model, 20)
+    step_to(cb, model, 20)  # the same step twice (a resumed interval): one evaluation
+    step_to(cb, model, 25)  # the last step, not a multiple of 10: no evaluation
+    assert [e["step"] for e in cb.evaluations] == [10, 20]
+    assert cb.best["step"] == 20
+    assert cb.remaining_seconds(20) == 0.0
 
 
 def test_checkpoint_best_without_validation_is_a_clear_error(tmp_path):
