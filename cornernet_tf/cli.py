@@ -33,16 +33,7 @@ def _show_config(cfg: config_lib.Config) -> None:
 def _train(cfg: config_lib.Config) -> None:
     from cornernet_tf import training
     model_dir = resolve_model_dir(FLAGS.config, FLAGS.model_dir)
-    from cornernet_tf.callbacks import CheckpointWriteError
-    try:
-        result = training.train(cfg, model_dir)
-    except CheckpointWriteError as e:
-        # Not the user's input (exit 2) and not a bug (traceback): the run failed on the
-        # machine's disk; the same command resumes once there is room. Exit 1: "failed".
-        if FLAGS.verbose:
-            raise
-        sys.stderr.write(f"error: {e}\n")
-        sys.exit(1)
+    result = training.train(cfg, model_dir)
     if result["stopped_on_nan"]:
         sys.exit(f"error: training stopped on a non-finite loss at step {result['steps']}; "
                  f"last good checkpoint {result['checkpoint']}")
@@ -197,6 +188,13 @@ def resolve_model_dir(config_path: str, model_dir: str | None) -> str:
     return os.path.join("runs", stem)
 
 
+def _is_checkpoint_write_error(error: BaseException) -> bool:
+    """Whether training stopped on a failed checkpoint write (callbacks.CheckpointWriteError;
+    looked up only if training was imported, so the CLI stays TensorFlow-free until then)."""
+    callbacks = sys.modules.get("cornernet_tf.callbacks")
+    return callbacks is not None and isinstance(error, callbacks.CheckpointWriteError)
+
+
 def _main(argv: list[str]) -> None:
     from absl import logging
     logging.set_verbosity(logging.WARNING)  # TF's Python INFO chatter; our summaries print
@@ -207,6 +205,11 @@ def _main(argv: list[str]) -> None:
         cfg = config_lib.load_config(FLAGS.config, overrides)
         MODES[FLAGS.mode].run(cfg)
     except Exception as e:  # noqa: BLE001 - sorted into the user's mistakes and ours
+        if not FLAGS.verbose and _is_checkpoint_write_error(e):
+            # Neither the user's input (exit 2) nor a bug (traceback): the run failed on
+            # the machine's disk, and the same command resumes once there is room.
+            sys.stderr.write(f"error: {e}\n")
+            sys.exit(1)
         if FLAGS.verbose or not errors.is_user_error(e):
             raise
         sys.stderr.write(f"error: {errors.one_or_two_lines(e)}\n"
