@@ -234,7 +234,7 @@ class ValidationCallback(keras.callbacks.Callback):
     `<output_dir>/history.jsonl`. When the AP beats every earlier one (of this run and of
     the runs it resumes), the model's variables (no optimizer) are written to `best_manager`'s
     folder, `<model_dir>/checkpoints/best/` (one checkpoint, the older one deleted), with
-    `best.json` beside it (step, AP, AP50, per-class AP). Resuming training never reads it.
+    `best.json` beside it (step, AP, AP50, per-class AP). Training never resumes from it.
 
     Args:
       cfg: the resolved Config (data.val_*, decode, evaluate).

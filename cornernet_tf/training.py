@@ -32,7 +32,7 @@ import tensorflow as tf
 
 from cornernet_tf import config as config_lib
 from cornernet_tf.callbacks import (BEST_RECORD, BEST_SUBDIR, CheckpointCallback,
-                                    HeatmapImages, NaNGuard, StopAtStep,
+                                    CheckpointWriteError, HeatmapImages, NaNGuard, StopAtStep,
                                     ValidationCallback)
 from cornernet_tf.choices import PRECISIONS, SCHEDULES, STRATEGIES
 from cornernet_tf.data import pipeline
@@ -461,8 +461,10 @@ def _fit(model: CornerNet, dataset: tf.data.Dataset, t: config_lib.TrainConfig, 
         model.fit(dataset, epochs=initial_epoch + math.ceil((t.steps - step) / log_every),
                   initial_epoch=initial_epoch, steps_per_epoch=log_every,
                   callbacks=callbacks, verbose=0, shuffle=False)
-    except BaseException:
+    except BaseException as e:
         progress.close()
+        if isinstance(e, CheckpointWriteError):  # writing is what fails: do not try again
+            raise
         path = checkpoints.save() if checkpoints.model is not None else None
         if path:
             print(f"interrupted: saved {path}", flush=True)

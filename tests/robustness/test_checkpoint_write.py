@@ -12,6 +12,7 @@ tiny CornerNet in a subprocess.
 """
 
 import errno
+import json
 import os
 import subprocess
 import sys
@@ -150,6 +151,7 @@ def data_dir(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_a_real_file_size_limit_stops_training_with_a_two_line_error(data_dir, tmp_path):
     cfg = tiny_config(data_dir, ["train.steps=6", "train.log_every=2",
                                  "train.checkpoint_every=2"])
@@ -184,3 +186,30 @@ def test_a_real_file_size_limit_stops_training_with_a_two_line_error(data_dir, t
     assert [int(reader.get_tensor(k)) for k in iterations] == [2]
     model = build_model(cfg.model)
     assert training.restore_weights(model, model_dir) == os.path.join(folder, "ckpt-2")
+
+
+def test_a_failed_best_write_stops_and_keeps_the_previous_best(data_dir, tmp_path,
+                                                               monkeypatch):
+    from cornernet_tf import eval_runner
+    from cornernet_tf.callbacks import ValidationCallback
+    aps = iter([0.2, 0.4])
+    monkeypatch.setattr(eval_runner, "run_evaluation", lambda *a, **k: {
+        "AP": next(aps), "AP50": 0.5, "AP75": 0.1, "images": 4, "per_class_AP": {}})
+    model = small_model()
+    best_dir = str(tmp_path / "checkpoints" / "best")
+    manager = tf.train.CheckpointManager(training.training_checkpoint(model), best_dir,
+                                         max_to_keep=1)
+    fail_after(manager.checkpoint, 1, OSError(errno.ENOSPC, "No space left on device"))
+    cb = ValidationCallback(tiny_config(data_dir), 2, 4, 0, str(tmp_path / "validation"),
+                            manager, None, str(tmp_path / "logs"), say=lambda text: None)
+    cb.set_model(model)
+    cb.on_train_begin()
+    cb.evaluate(2)
+    with pytest.raises(CheckpointWriteError, match=r"best/ckpt-4 \(step 4\): No space left "
+                                                   r"on device \(ENOSPC\)"):
+        cb.evaluate(4)  # AP 0.4 beats 0.2, but its write fails
+    assert tf.train.latest_checkpoint(best_dir) == os.path.join(best_dir, "ckpt-2")
+    with open(os.path.join(best_dir, "best.json")) as f:
+        assert json.load(f)["step"] == 2
+    assert sorted(os.listdir(best_dir)) == ["best.json", "checkpoint",
+                                            "ckpt-2.data-00000-of-00001", "ckpt-2.index"]
