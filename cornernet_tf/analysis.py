@@ -210,6 +210,46 @@ def image_errors(coco_gt: COCO, detections: Sequence[dict], iou_threshold: float
     return rows
 
 
+def best_f1_threshold(coco_gt: COCO, detections: Sequence[dict], iou_threshold: float = 0.5,
+                      image_ids: Optional[Sequence[int]] = None) -> dict:
+    """The score threshold at which precision and recall balance best (largest F1).
+
+    Detections are matched to ground truth of their class once, greedily by descending
+    score (as `image_errors`); a detection's match does not depend on detections scoring
+    below it, so counting true positives down the sorted scores gives precision and recall
+    at every threshold in one pass.
+
+    Returns:
+      {"threshold": the score of the best F1 (0.0 with no detection), "f1", "precision",
+      "recall", "iou_threshold"}.
+    """
+    scores, hits, num_gt = [], [], 0
+    for _, gt, gt_cats, det, det_cats, det_scores in _per_image(coco_gt, detections, -np.inf,
+                                                                image_ids):
+        num_gt += len(gt)
+        matched = match_greedy(pairwise_iou(det, gt), det_scores,
+                               det_cats[:, None] == gt_cats[None, :], iou_threshold)
+        scores.append(det_scores)
+        hits.append(matched >= 0)
+    best = {"threshold": 0.0, "f1": 0.0, "precision": 0.0, "recall": 0.0,
+            "iou_threshold": iou_threshold}
+    if not scores or not sum(len(s) for s in scores) or not num_gt:
+        return best
+    scores, hits = np.concatenate(scores), np.concatenate(hits)
+    order = np.argsort(-scores, kind="stable")
+    scores, tp = scores[order], np.cumsum(hits[order])
+    # a threshold keeps every detection scoring >= it: evaluate at the last of each score
+    last = np.r_[scores[1:] != scores[:-1], True]
+    kept = np.arange(1, len(scores) + 1)[last]
+    tp, thresholds = tp[last], scores[last]
+    precision, recall = tp / kept, tp / num_gt
+    f1 = np.where(tp > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
+    i = int(np.argmax(f1))
+    best.update(threshold=float(thresholds[i]), f1=float(f1[i]),
+                precision=float(precision[i]), recall=float(recall[i]))
+    return best
+
+
 # --------------------------------------------------------------------------------------
 # Pictures
 # --------------------------------------------------------------------------------------
@@ -275,7 +315,11 @@ def _xywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
 
 
 def draw_errors(image: np.ndarray, row: dict, names: dict) -> np.ndarray:
-    """One gallery tile: ground truth in green, detections in red (labels name the class).
+    """One gallery tile: ground truth in green, detections in red.
+
+    Errors are drawn thick and labelled (a missed box with its class, a false detection
+    with its class and score); what was found is drawn thin and unlabelled, so that a
+    busy image still shows its errors.
 
     Args:
       image: [H, W, 3] uint8 RGB, the original image.
@@ -285,12 +329,18 @@ def draw_errors(image: np.ndarray, row: dict, names: dict) -> np.ndarray:
     Returns:
       [H, W, 3] uint8 RGB.
     """
-    gt_names = [names.get(int(c), str(c)) for c in row["gt_cats"]]
-    det_names = [names.get(int(c), str(c)) for c in row["det_cats"]]
-    out = visualize.draw_boxes(image, _xywh_to_xyxy(row["gt"]), gt_names,
-                               GROUND_TRUTH_COLOUR)
-    labels = [f"{n} {s:.2f}" for n, s in zip(det_names, row["scores"])]
-    return visualize.draw_boxes(out, _xywh_to_xyxy(row["det"]), labels, PREDICTION_COLOUR)
+    missed = np.zeros(len(row["gt"]), bool)
+    missed[np.asarray(row["missed"], np.int64)] = True
+    false = np.zeros(len(row["det"]), bool)
+    false[np.asarray(row["false"], np.int64)] = True
+    gt_labels = [names.get(int(c), str(c)) if m else ""
+                 for c, m in zip(row["gt_cats"], missed)]
+    det_labels = [f"{names.get(int(c), str(c))} {s:.2f}" if f else ""
+                  for c, s, f in zip(row["det_cats"], row["scores"], false)]
+    out = visualize.draw_boxes(image, _xywh_to_xyxy(row["gt"]), gt_labels,
+                               GROUND_TRUTH_COLOUR, widths=np.where(missed, 2, 1))
+    return visualize.draw_boxes(out, _xywh_to_xyxy(row["det"]), det_labels,
+                                PREDICTION_COLOUR, widths=np.where(false, 2, 1))
 
 
 def write_gallery(coco_gt: COCO, rows: Sequence[dict], image_dir: str, path: str,
@@ -326,7 +376,7 @@ def write_gallery(coco_gt: COCO, rows: Sequence[dict], image_dir: str, path: str
 
 
 def write_evaluation_pictures(coco_gt: COCO, detections: Sequence[dict], image_dir: str,
-                              output_dir: str, score_threshold: float = 0.3,
+                              output_dir: str, score_threshold: Optional[float] = None,
                               gallery_size: int = 8, max_dets: int = 100,
                               image_ids: Optional[Sequence[int]] = None) -> dict:
     """Writes pr_curves.png, confusion_matrix.png (+ .json) and worst_images.png.
@@ -337,18 +387,23 @@ def write_evaluation_pictures(coco_gt: COCO, detections: Sequence[dict], image_d
       image_dir: where the ground truth's `file_name`s are.
       output_dir: the evaluation folder (created if missing).
       score_threshold: detections below are left out of the confusion matrix and gallery
-        (the PR curves use every detection, as AP does).
+        (the PR curves use every detection, as AP does); None or negative: the threshold of
+        the best F1 at IoU 0.5 (`best_f1_threshold`).
       gallery_size: images in the gallery.
       max_dets: detections per image for the PR curves.
       image_ids: the images evaluated (default: every image of the ground truth).
 
     Returns:
       {"pr_curves", "confusion_matrix", "confusion_matrix_json", "worst_images"}: paths,
-      and "worst_image_ids".
+      "worst_image_ids", "score_threshold" (the one used) and "best_f1" (its F1, precision
+      and recall at IoU 0.5).
     """
     import json
 
     os.makedirs(output_dir, exist_ok=True)
+    best = best_f1_threshold(coco_gt, detections, image_ids=image_ids)
+    if score_threshold is None or score_threshold < 0:
+        score_threshold = best["threshold"]
     curves = precision_recall(coco_gt, detections, max_dets=max_dets, image_ids=image_ids)
     matrix, labels = confusion_matrix(coco_gt, detections, score_threshold=score_threshold,
                                       image_ids=image_ids)
@@ -358,14 +413,15 @@ def write_evaluation_pictures(coco_gt: COCO, detections: Sequence[dict], image_d
                                                                    "pr_curves.png")),
            "confusion_matrix": plot_confusion(matrix, labels,
                                               os.path.join(output_dir, "confusion_matrix.png"),
-                                              score_threshold=score_threshold)}
+                                              score_threshold=round(score_threshold, 3))}
     json_path = os.path.join(output_dir, "confusion_matrix.json")
     with open(json_path, "w") as f:
         json.dump({"labels": labels, "rows": "ground truth", "columns": "predicted",
                    "iou_threshold": 0.5, "score_threshold": score_threshold,
-                   "matrix": matrix.tolist()}, f, indent=1)
+                   "best_f1": best, "matrix": matrix.tolist()}, f, indent=1)
     out["confusion_matrix_json"] = json_path
     out["worst_images"], out["worst_image_ids"] = write_gallery(
         coco_gt, rows, image_dir, os.path.join(output_dir, "worst_images.png"),
         count=gallery_size)
+    out["score_threshold"], out["best_f1"] = float(score_threshold), best
     return out

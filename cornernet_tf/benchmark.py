@@ -242,7 +242,8 @@ def bench_pipeline(input_size: int = 511, num_classes: int = 80, batch: int = 16
     with tempfile.TemporaryDirectory() as root:
         paths = generate_shapes_dataset(root, num_images, 1, (480, 640), 10, seed=0)
         cfg = load_config(None, [f"model.input_size={input_size}",
-                                 f"model.num_classes={num_classes}", "data.dataset=coco",
+                                 f"model.num_classes={num_classes}", "data.max_objects=128",
+                                 "data.dataset=coco",
                                  f"data.train_annotations={paths.train_annotations}",
                                  f"data.train_images={paths.train_images}"])
         ds = build_dataset(cfg.data, cfg.model, "train", training=True, batch_size=batch)
@@ -297,11 +298,12 @@ def run_benchmarks(names: Sequence[str], quickstart_config=None) -> dict[str, st
                               f"{cfg.train.batch_size} ({t['seconds_per_step'] * 1e3:.0f} ms/step);"
                               f" inference forward {f['ms']:.1f} ms/image at batch 1.")
         elif name == "hourglass104_train":
-            t = bench_train_step(ModelConfig(), 1, steps=2)
+            t = bench_train_step(ModelConfig(num_classes=80), 1, steps=2)
             sections[name] = (f"Hourglass-104 at 511x511, 80 classes: training step at batch 1 "
                               f"{t['seconds_per_step']:.1f} s (after tracing).")
         else:
-            mc = ModelConfig(backbone=name if name == "squeeze" else "hourglass104")
+            mc = ModelConfig(backbone=name if name == "squeeze" else "hourglass104",
+                             num_classes=80)
             f = bench_forward(mc, batch=1, repeats=2)
             d = bench_decode(grid=mc.output_size)
             sections[name] = (f"{name} at 511x511, 80 classes ({f['params'] / 1e6:.1f}M "

@@ -17,6 +17,7 @@ from absl import app, flags  # noqa: E402
 
 from cornernet_tf import config as config_lib  # noqa: E402
 from cornernet_tf import errors  # noqa: E402
+from cornernet_tf.resolve import resolve_dataset_dependent  # noqa: E402
 
 DEFAULT_CONFIG = "quickstart"  # a bundled config: works from any folder, installed or not
 
@@ -53,6 +54,7 @@ def _restored_model(cfg: config_lib.Config, model_dir: str):
 def _evaluate(cfg: config_lib.Config) -> None:
     from cornernet_tf import eval_runner
     model_dir = resolve_model_dir(FLAGS.config, FLAGS.model_dir)
+    cfg = resolve_dataset_dependent(cfg, run_dir=model_dir)
     if FLAGS.model:
         if cfg.evaluate.oracle != "none":
             raise app.UsageError(f"--model evaluates an exported file, which has no heads to "
@@ -99,6 +101,7 @@ def _predict(cfg: config_lib.Config) -> None:
 def _benchmark(cfg: config_lib.Config) -> None:
     from cornernet_tf import benchmark
     names = [n for n in FLAGS.benchmarks.split(",") if n]
+    cfg = resolve_dataset_dependent(cfg) if "quickstart" in names else cfg
     sections = benchmark.run_benchmarks(names, quickstart_config=cfg)
     command = "python main.py --mode=benchmark" + (
         f" --benchmarks={FLAGS.benchmarks}"
@@ -176,8 +179,9 @@ def _define_flags() -> None:
                         "CornerNet_500000.pkl or CornerNet_Squeeze_500000.pkl.")
     flags.DEFINE_bool("verbose", False, "Show the traceback of errors in your input (a bad "
                       "file or value); without it they print in one or two lines, exit 2.")
-    flags.DEFINE_bool("strict", False, "Dataset problems (bad boxes, missing files) are errors "
-                      "(same as --set data.strict=true).")
+    flags.DEFINE_bool("strict", False, "Dataset problems (bad boxes, missing files, images "
+                      "the decoder cannot read: every image is decoded at loading) are errors, "
+                      "in training and evaluation (same as --set data.strict=true).")
 
 
 def resolve_model_dir(config_path: str, model_dir: str | None) -> str:

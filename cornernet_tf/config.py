@@ -40,6 +40,11 @@ class ConfigError(UserError, ValueError):
     """A configuration key, value or combination is invalid; the message says which and why."""
 
 
+# `model.num_classes` and `data.max_objects` at this value follow the dataset: each mode
+# replaces it once, from the train split's annotations (`resolve.resolve_dataset_dependent`).
+FROM_DATASET = 0
+
+
 # --------------------------------------------------------------------------------------
 # The tree. Field comments are the user documentation of each key.
 # --------------------------------------------------------------------------------------
@@ -47,7 +52,7 @@ class ConfigError(UserError, ValueError):
 @dataclass(frozen=True)
 class ModelConfig:
     backbone: str = "hourglass104"  # a row of backbones/presets.py: the defaults below and more
-    num_classes: int = 80
+    num_classes: int = FROM_DATASET  # 0: the train split's categories; COCO: 80
     input_size: tuple[int, int] = (511, 511)  # (height, width) of the network input, pixels
     stacks: Optional[int] = None  # hourglass modules (intermediate supervision on each)
     stem_channels: Optional[int] = None  # channels of the stride-2 7x7 stem conv
@@ -102,8 +107,10 @@ class DataConfig:
     train_images: str = ""  # folder the json's file_name entries are relative to
     val_annotations: str = ""
     val_images: str = ""
-    max_objects: int = 128  # ground-truth objects kept per image (more are counted, reported)
-    strict: bool = False  # dataset problems (bad boxes, missing files) become an error
+    # ground-truth objects kept per image (more are counted, reported); 0: the train split's
+    # busiest image, at most 128 (resolve.MAX_OBJECTS_CAP, the reference's limit)
+    max_objects: int = FROM_DATASET
+    strict: bool = False  # dataset problems (bad boxes, missing or undecodable images) are errors
     shuffle_buffer: int = 1000
     deterministic: bool = False  # fixed order and augmentation (tests, reproducible runs)
     seed: int = 0
@@ -158,7 +165,9 @@ class EvaluateConfig:
     oracle: str = "none"  # error analysis: heatmaps | heatmaps+offsets | all
     max_images: int = 0  # 0 = the whole split
     pictures: bool = True  # pr_curves.png, confusion_matrix.png/.json, worst_images.png
-    picture_score_threshold: float = 0.3  # detections drawn / counted in the confusion matrix
+    # detections drawn / counted in the confusion matrix; -1: the score of the best F1 at
+    # IoU 0.5 over the evaluated images (analysis.best_f1_threshold)
+    picture_score_threshold: float = -1.0
 
 
 @dataclass(frozen=True)
@@ -167,6 +176,9 @@ class ExportConfig:
     tflite: str = "none"  # none | fp32 | fp16 | dynamic_int8 | int8
     score_threshold: float = 0.0  # detections below are dropped in the exported graph
     representative_images: int = 32  # int8 calibration images from the training data
+    # images with more pixels (H * W) are refused by the exported signatures and predict;
+    # bounds a request's memory (preprocess.DEFAULT_MAX_IMAGE_PIXELS is the same number)
+    max_image_pixels: int = 50_000_000
 
 
 @dataclass(frozen=True)
@@ -405,32 +417,138 @@ def _choice(key: str, value: str, allowed: Sequence[str]) -> None:
         raise ConfigError(f"config key {key!r}: {value!r} is not one of {', '.join(allowed)}")
 
 
-def _positive(key: str, value, allow_zero: bool = False) -> None:
-    if value < 0 or (value == 0 and not allow_zero):
-        kind = "non-negative" if allow_zero else "positive"
-        raise ConfigError(f"config key {key!r}: expected a {kind} value, found {value!r}")
+@dataclass(frozen=True)
+class Range:
+    """The valid values of a number key: low <= value (< when low_open), likewise high;
+    `special` is one more allowed value outside that interval, meaning `special_meaning`."""
+    low: Optional[float] = None
+    high: Optional[float] = None
+    low_open: bool = False
+    high_open: bool = False
+    special: Optional[float] = None
+    special_meaning: str = ""
+
+    def __contains__(self, value) -> bool:
+        if self.special is not None and value == self.special:
+            return True
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def describe(self) -> str:
+        """E.g. "a positive value (value > 0)", "0 <= value <= 1"."""
+        text = self._interval()
+        if self.special is not None:
+            text += f", or {_number(self.special)} ({self.special_meaning})"
+        return text
+
+    def _interval(self) -> str:
+        low_op, high_op = ("<" if self.low_open else "<="), ("<" if self.high_open else "<=")
+        low, high = _number(self.low), _number(self.high)
+        if high is None:
+            bound = f"value {'>' if self.low_open else '>='} {low}"
+            if low == 0:
+                return f"a {'positive' if self.low_open else 'non-negative'} value ({bound})"
+            return f"a positive value ({bound})" if low == 1 else bound
+        return f"{low} {low_op} value {high_op} {high}"
+
+
+def _number(x: Optional[float]):
+    """1.0 -> 1 for messages; None stays None."""
+    return None if x is None else int(x) if float(x).is_integer() else x
+
+
+_POSITIVE, _NON_NEGATIVE, _AT_LEAST_1 = Range(0, low_open=True), Range(0), Range(1)
+_FRACTION = Range(0, 1)  # scores and thresholds on scores
+_SEED = Range(0, 2 ** 32 - 1)  # numpy's seed range (keras.utils.set_random_seed seeds numpy)
+
+# The valid range of every number key (each element of a list key), checked by `validate`
+# before the rules that combine keys. tests/test_config.py checks that every int and float
+# key of the tree has an entry and that each entry refuses its out-of-range values.
+RANGES: dict[str, Range] = {
+    "model.num_classes": Range(1, special=FROM_DATASET,
+                               special_meaning="the train split's categories"),
+    "model.input_size": _AT_LEAST_1,
+    "model.stacks": _AT_LEAST_1, "model.stem_channels": _AT_LEAST_1,
+    "model.channels": _AT_LEAST_1, "model.blocks": _AT_LEAST_1,
+    "model.head_channels": _AT_LEAST_1, "model.pool_channels": _AT_LEAST_1,
+    "data.synthetic.num_train": _AT_LEAST_1, "data.synthetic.num_val": _AT_LEAST_1,
+    "data.synthetic.image_size": Range(32), "data.synthetic.max_objects": _NON_NEGATIVE,
+    "data.synthetic.seed": _SEED,
+    "data.augment.crop_scales": _POSITIVE, "data.augment.crop_border": _AT_LEAST_1,
+    "data.augment.color_jitter": Range(0, 1, high_open=True),
+    "data.augment.lighting_std": _NON_NEGATIVE,
+    "data.max_objects": Range(1, special=FROM_DATASET,
+                              special_meaning="the train split's busiest image, at most 128"),
+    "data.shuffle_buffer": _AT_LEAST_1, "data.seed": _SEED,
+    "loss.focal_alpha": _NON_NEGATIVE, "loss.focal_beta": _NON_NEGATIVE,
+    "loss.pull_weight": _NON_NEGATIVE, "loss.push_weight": _NON_NEGATIVE,
+    "loss.offset_weight": _NON_NEGATIVE,
+    "train.batch_size": _AT_LEAST_1, "train.steps": _AT_LEAST_1,
+    "train.learning_rate": _POSITIVE,
+    "train.decay_at": Range(0, 1, low_open=True),
+    "train.decay_factor": Range(0, 1, low_open=True),  # > 1 would raise the rate: a typo
+    "train.warmup_steps": _NON_NEGATIVE, "train.checkpoint_every": _AT_LEAST_1,
+    "train.log_every": _AT_LEAST_1, "train.eval_every": _NON_NEGATIVE, "train.seed": _SEED,
+    "decode.k": _AT_LEAST_1, "decode.ae_threshold": _NON_NEGATIVE,
+    "decode.nms_kernel": _AT_LEAST_1, "decode.num_pairs": _AT_LEAST_1,
+    "decode.max_detections": _AT_LEAST_1, "decode.soft_nms_sigma": _POSITIVE,
+    "decode.score_threshold": _FRACTION,
+    "evaluate.scales": _POSITIVE, "evaluate.max_images": _NON_NEGATIVE,
+    "evaluate.picture_score_threshold": Range(0, 1, special=-1.0, special_meaning=(
+        "the score of the best F1 at IoU 0.5")),
+    "export.score_threshold": _FRACTION, "export.representative_images": _AT_LEAST_1,
+    "export.max_image_pixels": _AT_LEAST_1,
+    "demo.predict_images": _NON_NEGATIVE,
+}
+
+
+def number_keys(cls: Any = None, prefix: str = "") -> list[str]:
+    """The dotted names of every int and float key (or list of them) of the tree."""
+    found = []
+    for name, tp in _field_types(cls or Config).items():
+        if dataclasses.is_dataclass(tp):
+            found += number_keys(tp, prefix + name + ".")
+            continue
+        leaves = [a for a in typing.get_args(tp) if a not in (type(None), Ellipsis)] or [tp]
+        leaves = [a for leaf in leaves for a in (typing.get_args(leaf) or [leaf])]
+        if any(a in (int, float) for a in leaves):
+            found.append(prefix + name)
+    return found
+
+
+def _check_ranges(obj: Any, prefix: str = "") -> None:
+    """Every number of the tree against RANGES (None: resolved from the backbone preset)."""
+    for f in dataclasses.fields(obj):
+        key, value = prefix + f.name, getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            _check_ranges(value, key + ".")
+            continue
+        valid = RANGES.get(key)
+        if valid is None or value is None:
+            continue
+        for v in (value if isinstance(value, tuple) else (value,)):
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and v not in valid:
+                where = f" in {list(value)}" if isinstance(value, tuple) else ""
+                raise ConfigError(f"config key {key!r}: expected {valid.describe()}, "
+                                  f"found {v!r}{where}")
 
 
 def validate(cfg: Config) -> None:
     """Checks values and combinations; raises ConfigError naming the key and the rule."""
+    _check_ranges(cfg)
     _validate_model(cfg.model)
     _validate_data(cfg.data)
-    for name in ("focal_alpha", "focal_beta", "pull_weight", "push_weight", "offset_weight"):
-        _positive(f"loss.{name}", getattr(cfg.loss, name), allow_zero=True)
     _validate_train(cfg.train)
     _validate_decode(cfg.decode)
     _validate_evaluate(cfg.evaluate)
     _validate_export(cfg.export)
     _choice("demo.ablation", cfg.demo.ablation, ABLATIONS)
-    _positive("demo.predict_images", cfg.demo.predict_images, allow_zero=True)
 
 
 def _validate_model(m: ModelConfig) -> None:
     _choice("model.backbone", m.backbone, tuple(BACKBONES))
     _choice("model.corner_pool_impl", m.corner_pool_impl, CORNER_POOL_IMPLS)
-    _positive("model.num_classes", m.num_classes)
-    for name in ("stacks", "stem_channels", "head_channels", "pool_channels"):
-        _positive(f"model.{name}", m.resolved(name))
     channels, blocks = m.resolved("channels"), m.resolved("blocks")
     if len(channels) < 2:
         raise ConfigError(f"config key 'model.channels': at least 2 levels needed, "
@@ -439,12 +557,6 @@ def _validate_model(m: ModelConfig) -> None:
         raise ConfigError(f"config keys 'model.channels' and 'model.blocks' must have the same "
                           f"length (one entry per hourglass level); found {len(channels)} and "
                           f"{len(blocks)}")
-    for c in channels:
-        _positive("model.channels", c)
-    for b in blocks:
-        _positive("model.blocks", b)
-    for n in m.input_size:
-        _positive("model.input_size", n)
     try:
         check_grid(m.input_size, m.stride, levels=len(channels) - 1)
     except ValueError as e:
@@ -454,34 +566,15 @@ def _validate_model(m: ModelConfig) -> None:
 def _validate_data(d: DataConfig) -> None:
     _choice("data.dataset", d.dataset, DATASETS)
     _choice("data.eval_resize", d.eval_resize, EVAL_RESIZE_MODES)
-    _positive("data.max_objects", d.max_objects)
-    _positive("data.shuffle_buffer", d.shuffle_buffer)
-    s = d.synthetic
-    _positive("data.synthetic.num_train", s.num_train)
-    _positive("data.synthetic.num_val", s.num_val)
-    _positive("data.synthetic.max_objects", s.max_objects, allow_zero=True)
-    for n in s.image_size:
-        if n < 32:
-            raise ConfigError(f"config key 'data.synthetic.image_size': at least 32, found {n}")
-    a = d.augment
-    if not a.crop_scales or any(x <= 0 for x in a.crop_scales):
-        raise ConfigError(f"config key 'data.augment.crop_scales': positive scales expected, "
-                          f"found {list(a.crop_scales)}")
-    _positive("data.augment.crop_border", a.crop_border)
-    if not 0 <= a.color_jitter < 1:
-        raise ConfigError(f"config key 'data.augment.color_jitter': expected 0 <= value < 1, "
-                          f"found {a.color_jitter}")
-    _positive("data.augment.lighting_std", a.lighting_std, allow_zero=True)
+    if not d.augment.crop_scales:
+        raise ConfigError("config key 'data.augment.crop_scales': at least one scale expected, "
+                          "found []")
 
 
 def _validate_train(t: TrainConfig) -> None:
     _choice("train.strategy", t.strategy, STRATEGIES)
     _choice("train.mixed_precision", t.mixed_precision, PRECISIONS)
     _choice("train.schedule", t.schedule, SCHEDULES)
-    for name in ("batch_size", "steps", "learning_rate", "checkpoint_every", "log_every"):
-        _positive(f"train.{name}", getattr(t, name))
-    _positive("train.warmup_steps", t.warmup_steps, allow_zero=True)
-    _positive("train.eval_every", t.eval_every, allow_zero=True)
     log_every = min(t.log_every, t.steps)
     if t.steps % log_every:
         raise ConfigError(f"config key 'train.steps': {t.steps} is not a multiple of "
@@ -490,14 +583,9 @@ def _validate_train(t: TrainConfig) -> None:
         raise ConfigError(f"config key 'train.checkpoint_every': {t.checkpoint_every} is not a "
                           f"multiple of train.log_every ({log_every}); checkpoints are taken at "
                           f"interval ends so that a resumed run continues at the exact step")
-    if not 0 < t.decay_at <= 1:
-        raise ConfigError(f"config key 'train.decay_at': expected 0 < value <= 1, "
-                          f"found {t.decay_at}")
 
 
 def _validate_decode(k: DecodeConfig) -> None:
-    for name in ("k", "nms_kernel", "num_pairs", "max_detections", "soft_nms_sigma"):
-        _positive(f"decode.{name}", getattr(k, name))
     if k.nms_kernel % 2 != 1:
         raise ConfigError(f"config key 'decode.nms_kernel': must be odd, found {k.nms_kernel}")
     if k.num_pairs > k.k * k.k:
@@ -506,15 +594,12 @@ def _validate_decode(k: DecodeConfig) -> None:
     if k.max_detections > k.num_pairs:
         raise ConfigError(f"config key 'decode.max_detections': {k.max_detections} exceeds "
                           f"decode.num_pairs ({k.num_pairs})")
-    _positive("decode.score_threshold", k.score_threshold, allow_zero=True)
 
 
 def _validate_evaluate(e: EvaluateConfig) -> None:
     _choice("evaluate.oracle", e.oracle, ORACLES)
-    if not e.scales or any(x <= 0 for x in e.scales):
-        raise ConfigError(f"config key 'evaluate.scales': positive scales expected, "
-                          f"found {list(e.scales)}")
-    _positive("evaluate.max_images", e.max_images, allow_zero=True)
+    if not e.scales:
+        raise ConfigError("config key 'evaluate.scales': at least one scale expected, found []")
 
 
 def _validate_export(x: ExportConfig) -> None:
@@ -522,7 +607,6 @@ def _validate_export(x: ExportConfig) -> None:
     if not x.name or "/" in x.name or x.name in (".", ".."):
         raise ConfigError(f"config key 'export.name': a plain folder name expected, "
                           f"found {x.name!r}")
-    _positive("export.representative_images", x.representative_images)
 
 
 def _to_plain(obj: Any) -> Any:

@@ -18,6 +18,7 @@ import time
 from typing import Optional
 
 from cornernet_tf import config as config_lib
+from cornernet_tf.resolve import resolve_dataset_dependent
 
 SUMMARY_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
@@ -53,6 +54,7 @@ def run_demo(cfg: config_lib.Config, model_dir: str, export_dir: str = "export",
     if cfg.data.dataset == "synthetic":
         from cornernet_tf.data.synthetic import ensure_synthetic
         stages.run("1. dataset", ensure_synthetic, cfg.data)
+    cfg = resolve_dataset_dependent(cfg)  # evaluate and export below build from it
     trained = stages.run("2. train", train, cfg, model_dir)
     if trained.get("stopped_on_nan"):
         raise RuntimeError(f"training stopped on a non-finite loss at step {trained['steps']}; "
@@ -130,6 +132,7 @@ def run_ablation(cfg: config_lib.Config, model_dir: str) -> dict:
     from cornernet_tf.model import build_model
     from cornernet_tf.training import restore_weights, train
 
+    cfg = resolve_dataset_dependent(cfg)
     results = {}
     for name, pooling in (("corner_pooling", True), ("no_pooling", False)):
         run_cfg = cfg.replace([f"model.corner_pooling={str(pooling).lower()}",

@@ -9,6 +9,13 @@ evaluation's flip test and scales) on inputs fitted by `preprocess.fit_to_input`
 contract outputs are scored like an export's. `evaluate_export` runs the file itself, one
 image per call as a server or a device would, and adds latency and file size. The metrics
 (pycocotools, no TensorFlow) are in `evaluation.py`.
+
+What is scored is said: the ground truth is the one the loader kept (`load_coco`'s
+`report.ground_truth`: boxes and images it reported and dropped are not counted as misses),
+and only the images that could be read are scored. The report and `metrics.json` give the
+number of images scored, each image that could not be read (file, image id, the decoder's
+message) and the ground truth left out, by reason. With `data.strict` an unreadable image
+is an error; a split with no readable image is always one.
 """
 
 from __future__ import annotations
@@ -20,13 +27,13 @@ from typing import Sequence
 
 import numpy as np
 import tensorflow as tf
-from absl import logging
 
 from cornernet_tf import boxes as box_lib
 from cornernet_tf import keys, preprocess
-from cornernet_tf.data import pipeline
-from cornernet_tf.data.coco import LabelMap
+from cornernet_tf.data import image_files, pipeline
+from cornernet_tf.data.coco import DatasetError, LabelMap
 from cornernet_tf.data.targets import encode_targets
+from cornernet_tf.errors import UserError
 from cornernet_tf import analysis
 from cornernet_tf.evaluation import coco_evaluate, format_coco_table, load_ground_truth
 from cornernet_tf.export.predict import ExportedDetector
@@ -50,16 +57,19 @@ def run_evaluation(model, cfg, output_dir: str, max_images: int = 0, oracle: str
       verbose: print the COCO table and per-class AP.
 
     Returns:
-      the metrics dict of `coco_evaluate` (with "per_class_AP"), plus "images",
+      the metrics dict of `coco_evaluate` (with "per_class_AP"), plus "images" (scored),
+      "images_listed", "unreadable_images", "excluded_ground_truth" (see `_score`),
       "seconds", "oracle", "scales" and "flip_test" (the views actually used).
 
     Raises:
       ValueError: unknown oracle.
+      DatasetError: the split has no readable image; with data.strict, any dataset problem
+        or unreadable image.
     """
     if oracle not in ORACLES:
         raise ValueError(f"evaluate.oracle: expected one of {ORACLES}, found {oracle!r}")
     start = time.time()
-    records, label_map = _val_records(cfg, max_images)
+    records, label_map, report = _val_records(cfg, max_images)
     views = oracle == "none"
     scales = tuple(cfg.evaluate.scales) if views else (1.0,)
     flip = bool(cfg.evaluate.flip_test) and views
@@ -68,15 +78,16 @@ def run_evaluation(model, cfg, output_dir: str, max_images: int = 0, oracle: str
     dataset = pipeline.build_dataset(cfg.data, cfg.model, "val", training=False,
                                      batch_size=batch_size, records=records)
     if views:
-        results = _detect_split(fns, dataset, label_map)
+        results, scored = _detect_split(fns, dataset, label_map)
     else:
-        results = _detect_split_with_oracle(fns, dataset, records, cfg, oracle, label_map)
-    metrics = _score(cfg, results, records, output_dir)
-    metrics.update(images=len(records), seconds=time.time() - start, oracle=oracle,
-                   scales=list(scales), flip_test=flip)
+        results, scored = _detect_split_with_oracle(fns, dataset, records, cfg, oracle,
+                                                    label_map)
+    metrics = _score(cfg, results, records, scored, report, output_dir)
+    metrics.update(seconds=time.time() - start, oracle=oracle, scales=list(scales),
+                   flip_test=flip)
     _write_json(metrics, output_dir, "metrics.json")
     if verbose:
-        title = f"COCO bbox on {len(records)} images of {cfg.data.val_annotations}"
+        title = f"COCO bbox on {metrics['images']} images of {cfg.data.val_annotations}"
         if oracle != "none":
             title += f" (oracle: ground-truth {oracle})"
         _print_report(title, metrics, output_dir)
@@ -101,23 +112,26 @@ def evaluate_export(model_path: str, cfg, output_dir: str, max_images: int = 0,
     Returns:
       the `coco_evaluate` metrics plus "model", "format", "bytes" (file size),
       "latency_ms" (median per image, end to end, after one warm-up call),
-      "latency_ms_mean", "images", "seconds".
+      "latency_ms_mean", "images" (scored), "images_listed", "unreadable_images",
+      "excluded_ground_truth", "seconds".
 
     Raises:
       FileNotFoundError: model_path is neither a SavedModel folder nor a .tflite file.
       ValueError: the export's labels.json differs from the validation split's categories.
+      DatasetError: the split has no readable image; with data.strict, any dataset problem
+        or unreadable image.
     """
     start = time.time()
-    records, label_map = _val_records(cfg, max_images)
+    records, label_map, report = _val_records(cfg, max_images)
     detector = ExportedDetector(model_path)
     _check_export_labels(model_path, label_map)
-    results, latencies = [], []
+    results, latencies, scored = [], [], set()
     for r in records:
         try:
             image = preprocess.read_image(r.path).numpy()
-        except tf.errors.InvalidArgumentError as e:  # as the eval pipeline: skip, log
-            logging.warning("skipping image id %s (%s): %s", r.image_id, r.path, e.message)
+        except (tf.errors.OpError, UserError, ValueError):  # skipped, listed by _score
             continue
+        scored.add(int(r.image_id))
         if not latencies:
             detector(image)  # warm-up: graph tracing, interpreter allocation
         t0 = time.perf_counter()
@@ -126,15 +140,15 @@ def evaluate_export(model_path: str, cfg, output_dir: str, max_images: int = 0,
         boxes, scores, classes, num = preprocess.contract_to_pixels(out, [image.shape[:2]])
         results += detections_to_coco(boxes, scores, classes, num, [r.image_id],
                                       label_map.category_ids)
-    metrics = _score(cfg, results, records, output_dir)
+    metrics = _score(cfg, results, records, scored, report, output_dir)
     metrics.update(model=model_path, format=detector.format, bytes=export_bytes(model_path),
                    latency_ms=float(np.median(latencies) * 1e3) if latencies else -1.0,
                    latency_ms_mean=float(np.mean(latencies) * 1e3) if latencies else -1.0,
-                   images=len(records), seconds=time.time() - start, oracle="none",
-                   scales=[1.0], flip_test=False)
+                   seconds=time.time() - start, oracle="none", scales=[1.0],
+                   flip_test=False)
     _write_json(metrics, output_dir, "metrics.json")
     if verbose:
-        _print_report(f"COCO bbox of {model_path} on {len(records)} images of "
+        _print_report(f"COCO bbox of {model_path} on {metrics['images']} images of "
                       f"{cfg.data.val_annotations}", metrics, output_dir)
         print(f"latency {metrics['latency_ms']:.1f} ms per image (median; mean "
               f"{metrics['latency_ms_mean']:.1f} ms), {metrics['format']} size "
@@ -193,29 +207,40 @@ def oracle_heads(heads: dict, targets: list, oracle: str, offset: float = -100.0
 # ------------------------------------------------------------------------------- steps
 
 def _val_records(cfg, max_images: int):
-    """(records, label_map) of the validation split, the first max_images if > 0."""
-    records, label_map, _ = pipeline.load_split(cfg.data, "val")
-    return (records[:max_images] if max_images else records), label_map
+    """(records, label_map, report) of the validation split, the first max_images if > 0;
+    the report keeps the ground truth the loader kept.
+
+    Raises:
+      DatasetError: no usable image, or none that decodes (`pipeline.require_decodable`).
+    """
+    records, label_map, report = pipeline.load_split(cfg.data, "val", ground_truth=True)
+    records = records[:max_images] if max_images else records
+    pipeline.require_decodable(records, "val", cfg.data.val_annotations, report)
+    return records, label_map, report
 
 
-def _detect_split(fns, dataset, label_map) -> list:
-    """COCO results of `fns.detect` over the eval pipeline's batches."""
+def _detect_split(fns, dataset, label_map) -> tuple[list, set]:
+    """(COCO results of `fns.detect` over the eval pipeline's batches, the image ids that
+    came out of the pipeline)."""
     detect = tf.function(fns.detect)  # one trace per input shape (decode needs static grids)
-    results = []
+    results, scored = [], set()
     for images, meta in dataset:
         sizes = tf.cast(meta["original_size"], tf.float32)
         out = detect(images, meta["transform"], sizes)
         results += _batch_to_coco(out, meta, label_map)
-    return results
+        scored.update(int(i) for i in meta["image_id"].numpy())
+    return results, scored
 
 
-def _detect_split_with_oracle(fns, dataset, records, cfg, oracle: str, label_map) -> list:
+def _detect_split_with_oracle(fns, dataset, records, cfg, oracle: str,
+                              label_map) -> tuple[list, set]:
     """COCO results with heads replaced by ground truth (`oracle_heads`), then the same
-    decode and box mapping (`fns.postprocess`)."""
+    decode and box mapping (`fns.postprocess`), and the image ids scored."""
     by_id = {int(r.image_id): r for r in records}
     heads_fn = tf.function(fns.heads)
-    results = []
+    results, scored = [], set()
     for images, meta in dataset:
+        scored.update(int(i) for i in meta["image_id"].numpy())
         heads = heads_fn(images)
         input_hw = tuple(int(d) for d in images.shape[1:3])
         grid_hw = tuple(int(d) for d in heads[keys.TL_HEATMAP].shape[1:3])
@@ -225,7 +250,7 @@ def _detect_split_with_oracle(fns, dataset, records, cfg, oracle: str, label_map
         out = fns.postprocess(heads, input_hw, meta["transform"],
                               tf.cast(meta["original_size"], tf.float32))
         results += _batch_to_coco(out, meta, label_map)
-    return results
+    return results, scored
 
 
 def _network_targets(record, transform, num_classes: int, input_hw, grid_hw) -> dict:
@@ -259,19 +284,100 @@ def _check_export_labels(model_path: str, label_map) -> None:
                          f"evaluate an export with the config it was trained with")
 
 
-def _score(cfg, results: list, records: list, output_dir: str) -> dict:
-    """Writes detections.json and returns the COCO metrics over the records' images."""
+def _score(cfg, results: list, records: list, scored: set, report,
+           output_dir: str) -> dict:
+    """Writes detections.json and returns the COCO metrics over the images scored.
+
+    Args:
+      results: COCO result dicts.
+      records: the records evaluated.
+      scored: the image ids that were read and run (the others could not be decoded).
+      report: the split's DatasetReport, with the kept ground truth.
+      output_dir: where detections.json goes.
+
+    Returns:
+      the `coco_evaluate` metrics against the kept ground truth, plus "images" (scored),
+      "images_listed" (records), "unreadable_images" ([{"image_id", "file", "reason"}])
+      and "excluded_ground_truth" (`_excluded_ground_truth`).
+
+    Raises:
+      DatasetError: no image scored, or, with data.strict, an unreadable image.
+    """
     _write_json(results, output_dir, "detections.json")
-    image_ids = [int(r.image_id) for r in records]
+    unreadable = [{"image_id": r.image_id, "file": r.path,
+                   "reason": image_files.decode_problem(r.path) or "not decoded"}
+                  for r in records if int(r.image_id) not in scored]
+    where = f"the 'val' split ({cfg.data.val_annotations})"
+    listing = "; ".join(f"{u['file']} (image id {u['image_id']}): {u['reason']}"
+                        for u in unreadable[:5])
+    if not scored:
+        raise DatasetError(f"{where}: none of its {len(records)} images could be read; "
+                           f"first: {listing}")
+    if unreadable and cfg.data.strict:
+        raise DatasetError(f"data.strict: {len(unreadable)} images of {where} could not be "
+                           f"read: {listing}")
+    image_ids = sorted(int(r.image_id) for r in records if int(r.image_id) in scored)
+    ground_truth = load_ground_truth(report.ground_truth)
     max_dets = max(100, cfg.decode.max_detections)
-    metrics = coco_evaluate(cfg.data.val_annotations, results, max_dets=max_dets,
-                            image_ids=image_ids, per_class=True)
+    metrics = coco_evaluate(ground_truth, results, max_dets=max_dets, image_ids=image_ids,
+                            per_class=True)
+    metrics.update(images=len(image_ids), images_listed=len(records),
+                   unreadable_images=unreadable,
+                   excluded_ground_truth=_excluded_ground_truth(report, ground_truth,
+                                                                unreadable))
     if cfg.evaluate.pictures:
         metrics["pictures"] = analysis.write_evaluation_pictures(
-            load_ground_truth(cfg.data.val_annotations), results, cfg.data.val_images,
+            ground_truth, results, cfg.data.val_images,
             output_dir, score_threshold=cfg.evaluate.picture_score_threshold,
             max_dets=max_dets, image_ids=image_ids)
     return metrics
+
+
+def _excluded_ground_truth(report, ground_truth, unreadable: list) -> dict:
+    """The json's ground truth that was not scored, by reason.
+
+    Returns:
+      {"annotations_dropped": {problem kind: count} (boxes the loader reported and dropped),
+       "images_dropped": {problem kind: count} (images the loader dropped),
+       "annotations_of_dropped_images": int, "unreadable_images": int,
+       "annotations_of_unreadable_images": int (objects, crowd regions not counted)}.
+    """
+    excluded = report.excluded()
+    ids = [u["image_id"] for u in unreadable]
+    boxes = sum(1 for a in ground_truth.loadAnns(ground_truth.getAnnIds(imgIds=ids))
+                if not a.get("iscrowd")) if ids else 0
+    return {"annotations_dropped": excluded["annotations"],
+            "images_dropped": excluded["images"],
+            "annotations_of_dropped_images": excluded["annotations_of_dropped_images"],
+            "unreadable_images": len(ids), "annotations_of_unreadable_images": boxes}
+
+
+def _exclusion_lines(metrics: dict) -> list:
+    """What was not scored, in words (empty when everything was)."""
+    lines = []
+    if metrics["unreadable_images"]:
+        lines.append(f"{len(metrics['unreadable_images'])} of {metrics['images_listed']} "
+                     f"images could not be read and were not scored:")
+        lines += [f"  {u['file']} (image id {u['image_id']}): {u['reason']}"
+                  for u in metrics["unreadable_images"][:20]]
+        if len(metrics["unreadable_images"]) > 20:
+            lines.append(f"  ... and {len(metrics['unreadable_images']) - 20} more "
+                         f"(metrics.json lists them all)")
+    x = metrics["excluded_ground_truth"]
+    parts = []
+    if x["annotations_dropped"]:
+        parts.append(f"{sum(x['annotations_dropped'].values())} boxes the loader dropped ("
+                     + ", ".join(f"{k}={v}" for k, v in x["annotations_dropped"].items()) + ")")
+    if x["images_dropped"]:
+        parts.append(f"{x['annotations_of_dropped_images']} annotations of "
+                     f"{sum(x['images_dropped'].values())} images the loader dropped ("
+                     + ", ".join(f"{k}={v}" for k, v in x["images_dropped"].items()) + ")")
+    if x["unreadable_images"]:
+        parts.append(f"{x['annotations_of_unreadable_images']} boxes of the "
+                     f"{x['unreadable_images']} unreadable images")
+    if parts:
+        lines.append("ground truth not scored (not counted as misses): " + "; ".join(parts))
+    return lines
 
 
 def _write_json(value, output_dir: str, name: str) -> None:
@@ -282,6 +388,8 @@ def _write_json(value, output_dir: str, name: str) -> None:
 
 def _print_report(title: str, metrics: dict, output_dir: str) -> None:
     print(title)
+    for line in _exclusion_lines(metrics):
+        print(line)
     print(format_coco_table(metrics))
     if metrics["max_dets"] > 100:
         print(f"(maxDets raised to decode.max_detections = {metrics['max_dets']})")

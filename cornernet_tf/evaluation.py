@@ -37,16 +37,35 @@ _SUMMARY = {
 _DETECTION_KEYS = ("image_id", "category_id", "bbox", "score")
 
 
-def load_ground_truth(ground_truth: Union[str, os.PathLike, COCO]) -> COCO:
-    """A pycocotools COCO of a json path (loaded quietly), or the COCO given.
+GroundTruth = Union[str, os.PathLike, dict, COCO]
 
-    (Not `data.coco.load_coco`, which reads and validates a dataset into records.)
+
+def load_ground_truth(ground_truth: GroundTruth) -> COCO:
+    """A pycocotools COCO of a json path or a COCO instances dict (loaded quietly), or the
+    COCO given.
+
+    The dict is what `data.coco.load_coco(ground_truth=True)` keeps in its report
+    (`report.ground_truth`): the ground truth as the loader kept it, so that boxes and
+    images it reported and dropped are not scored as misses. (Not `data.coco.load_coco`
+    itself, which reads and validates a dataset into records.)
 
     Raises:
       FileNotFoundError: the path does not exist.
+      ValueError: a dict without the lists "images", "annotations", "categories".
     """
     if isinstance(ground_truth, COCO):
         return ground_truth
+    if isinstance(ground_truth, dict):
+        missing = [k for k in ("images", "annotations", "categories")
+                   if not isinstance(ground_truth.get(k), list)]
+        if missing:
+            raise ValueError(f"load_ground_truth: a COCO instances dict needs the lists "
+                             f"{missing}; found keys {sorted(ground_truth)}")
+        coco = COCO()
+        coco.dataset = ground_truth
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco.createIndex()
+        return coco
     path = os.fspath(ground_truth)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"COCO ground-truth json not found: {path!r}")
@@ -54,13 +73,14 @@ def load_ground_truth(ground_truth: Union[str, os.PathLike, COCO]) -> COCO:
         return COCO(path)
 
 
-def coco_evaluate(ground_truth: Union[str, os.PathLike, COCO], detections: Sequence[dict],
+def coco_evaluate(ground_truth: GroundTruth, detections: Sequence[dict],
                   max_dets: int = 100, image_ids: Optional[Iterable[int]] = None,
                   per_class: bool = False) -> dict:
     """COCO bbox metrics of detections against ground truth (pycocotools COCOeval).
 
     Args:
-      ground_truth: COCO instances json path, or a pycocotools COCO.
+      ground_truth: COCO instances json path, a COCO instances dict (e.g. the loader's
+        kept ground truth, `load_ground_truth`), or a pycocotools COCO.
       detections: COCO result dicts {"image_id": int, "category_id": int (dataset id),
         "bbox": [x, y, w, h] original-image pixels, "score": float}. Not modified.
       max_dets: detections per image counted; COCOeval's maxDets becomes

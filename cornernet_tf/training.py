@@ -38,6 +38,7 @@ from cornernet_tf.choices import PRECISIONS, SCHEDULES, STRATEGIES
 from cornernet_tf.data import pipeline
 from cornernet_tf.model import CornerNet, build_model
 from cornernet_tf.progress import ProgressDisplay
+from cornernet_tf.resolve import resolve_dataset_dependent
 
 CHECKPOINT_SUBDIR = "checkpoints"
 VALIDATION_SUBDIR = "validation"  # detections and metrics of the newest in-training evaluation
@@ -308,6 +309,7 @@ def train(cfg: config_lib.Config, model_dir: str, verbose: int = 1) -> dict:
       CheckpointWriteError: a checkpoint could not be written (training stopped; the
         previous checkpoint is intact).
     """
+    cfg = resolve_dataset_dependent(cfg)  # model.num_classes / data.max_objects at 0
     previous_policy = keras.mixed_precision.global_policy()
     scratch = None
     try:

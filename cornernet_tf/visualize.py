@@ -70,14 +70,15 @@ def draw_detections(image: np.ndarray, boxes: np.ndarray, classes: np.ndarray,
 
 
 def draw_boxes(image: np.ndarray, boxes: np.ndarray, labels: Sequence[str],
-               colours) -> np.ndarray:
+               colours, widths=2) -> np.ndarray:
     """Draws labelled rectangles.
 
     Args:
       image: [H, W, 3] uint8 RGB.
       boxes: [N, 4] float xyxy in pixels of `image`.
-      labels: [N] text drawn above each box.
+      labels: [N] text drawn above each box ("" for none).
       colours: one (r, g, b) for every box, or [N] of them.
+      widths: line width in pixels, one for every box or [N].
 
     Returns:
       [H, W, 3] uint8 RGB with the boxes drawn.
@@ -87,9 +88,12 @@ def draw_boxes(image: np.ndarray, boxes: np.ndarray, labels: Sequence[str],
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
     if len(colours) == 3 and np.isscalar(colours[0]):
         colours = [tuple(colours)] * len(boxes)
-    for box, label, colour in zip(boxes, labels, colours):
+    widths = np.broadcast_to(np.asarray(widths, np.int64), (len(boxes),))
+    for box, label, colour, width in zip(boxes, labels, colours, widths):
         x1, y1, x2, y2 = [float(v) for v in box]
-        draw.rectangle([x1, y1, x2, y2], outline=tuple(colour), width=2)
+        draw.rectangle([x1, y1, x2, y2], outline=tuple(colour), width=int(width))
+        if not label:
+            continue
         tx, ty = x1, max(0.0, y1 - 11)
         draw.rectangle(draw.textbbox((tx, ty), label), fill=tuple(colour))
         draw.text((tx, ty), label, fill=(0, 0, 0))

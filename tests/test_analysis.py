@@ -122,6 +122,42 @@ def test_pictures_are_written_with_both_colours(scene, tmp_path):
         assert im.size == (2 * 256, 256)
 
 
+def test_best_f1_threshold_by_hand(scene):
+    gt, dets = scene
+    # By descending score (4 ground-truth boxes): d6 TP (D), d1 TP (A), d2 FP (class a on
+    # B), d3 FP, d5 FP (A taken), d4 TP (C). Precision / recall / F1 at each score:
+    #   0.95: 1/1, 1/4, 0.4    0.9: 2/2, 2/4, 2/3    0.8: 2/3, 2/4, 4/7
+    #   0.7: 2/4, 2/4, 1/2     0.6: 2/5, 2/4, 4/9    0.2: 3/6, 3/4, 3/5
+    best = analysis.best_f1_threshold(gt, dets)
+    assert best["threshold"] == pytest.approx(0.9)
+    assert best["f1"] == pytest.approx(2 / 3)
+    assert (best["precision"], best["recall"]) == (pytest.approx(1.0), pytest.approx(0.5))
+    # image 1 alone (3 boxes): 0.9: 1/1, 1/3 -> 0.5; 0.2: 2/5, 2/3 -> 0.5; 0.8: 1/2, 1/3 ->
+    # 0.4. The tie goes to the higher threshold (fewer detections drawn).
+    best = analysis.best_f1_threshold(gt, dets, image_ids=[1])
+    assert (best["threshold"], best["f1"]) == (pytest.approx(0.9), pytest.approx(0.5))
+    assert analysis.best_f1_threshold(gt, [])["threshold"] == 0.0
+
+
+def test_gallery_draws_errors_thick_and_matches_thin(scene):
+    gt, dets = scene
+    red, green = list(analysis.PREDICTION_COLOUR), list(analysis.GROUND_TRUTH_COLOUR)
+    black = [0, 0, 0]
+    rows = {r["image_id"]: r for r in analysis.image_errors(gt, dets, score_threshold=0.3)}
+    # PIL draws an outline of width w from the box edge inwards.
+    tile = analysis.draw_errors(np.zeros((100, 100, 3), np.uint8), rows[1], {1: "a", 2: "b"})
+    # C (10,60)-(30,80), missed: its bottom edge is 2 px (rows 80 and 79)
+    assert tile[80, 20].tolist() == green and tile[79, 20].tolist() == green
+    # d2 (50,50)-(70,70), false (class a on B): its bottom edge is 2 px, drawn over B's
+    assert tile[70, 60].tolist() == red and tile[69, 60].tolist() == red
+    tile = analysis.draw_errors(np.zeros((100, 100, 3), np.uint8), rows[2], {1: "a", 2: "b"})
+    # D (30,30)-(50,50) found by d6 (31,30)-(51,50): both 1 px; right edges at 50 and 51
+    assert tile[40, 50].tolist() == green and tile[40, 49].tolist() == black
+    assert tile[40, 51].tolist() == red
+    # nothing on image 2 is an error: no label box anywhere above the boxes
+    assert not tile[:29].any()
+
+
 def test_only_the_evaluated_images_count(scene):
     gt, dets = scene
     # image 2 alone: D found by d6, nothing else (image 1's misses and false detections

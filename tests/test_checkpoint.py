@@ -16,7 +16,7 @@ from cornernet_tf.config import load_config
 from cornernet_tf.model import build_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["model.channels=[16, 16, 24, 24]", "model.blocks=[1, 1, 1, 1]",
+TINY = ["model.num_classes=4", "model.channels=[16, 16, 24, 24]", "model.blocks=[1, 1, 1, 1]",
         "model.stem_channels=16", "model.head_channels=16", "model.pool_channels=8"]
 
 

@@ -135,3 +135,109 @@ def test_integral_floats_are_integers():
                               "train.checkpoint_every=500.0"]).train.steps == 1000
     with pytest.raises(ConfigError, match="integer"):
         load_config(None, ["train.steps=1e-3"])
+
+
+# Every number key, with a value outside its range and the words the error must contain:
+# the key (added by the test), the rule, and the value found. The rules are written here
+# by hand from what each key means (config.py field comments, SPEC.md).
+POSITIVE_INT = "expected a positive value (value >= 1), found"
+NON_NEGATIVE = "expected a non-negative value (value >= 0), found"
+POSITIVE = "expected a positive value (value > 0), found"
+FRACTION = "expected 0 <= value <= 1, found"
+SEED = "expected 0 <= value <= 4294967295, found"
+OUT_OF_RANGE = [
+    ("model.num_classes", "-1", "expected a positive value (value >= 1), or 0 (the train "
+                                "split's categories), found -1"),
+    ("model.input_size", "[0, 64]", POSITIVE_INT + " 0 in [0, 64]"),
+    ("model.stacks", "0", POSITIVE_INT + " 0"),
+    ("model.stem_channels", "-16", POSITIVE_INT + " -16"),
+    ("model.channels", "[16, 0, 24]", POSITIVE_INT + " 0 in [16, 0, 24]"),
+    ("model.blocks", "[1, 0, 1]", POSITIVE_INT + " 0 in [1, 0, 1]"),
+    ("model.head_channels", "0", POSITIVE_INT + " 0"),
+    ("model.pool_channels", "0", POSITIVE_INT + " 0"),
+    ("data.synthetic.num_train", "0", POSITIVE_INT + " 0"),
+    ("data.synthetic.num_val", "0", POSITIVE_INT + " 0"),
+    ("data.synthetic.image_size", "[31, 64]", "expected value >= 32, found 31 in [31, 64]"),
+    ("data.synthetic.max_objects", "-1", NON_NEGATIVE + " -1"),
+    ("data.synthetic.seed", "-1", SEED + " -1"),
+    ("data.augment.crop_scales", "[0.5, 0]", POSITIVE + " 0.0 in [0.5, 0.0]"),
+    ("data.augment.crop_border", "0", POSITIVE_INT + " 0"),
+    ("data.augment.color_jitter", "1", "expected 0 <= value < 1, found 1.0"),
+    ("data.augment.lighting_std", "-0.1", NON_NEGATIVE + " -0.1"),
+    ("data.max_objects", "-1", "expected a positive value (value >= 1), or 0 (the train "
+                               "split's busiest image, at most 128), found -1"),
+    ("data.shuffle_buffer", "0", POSITIVE_INT + " 0"),
+    ("data.seed", "4294967296", SEED + " 4294967296"),
+    ("loss.focal_alpha", "-2", NON_NEGATIVE + " -2.0"),
+    ("loss.focal_beta", "-4", NON_NEGATIVE + " -4.0"),
+    ("loss.pull_weight", "-0.1", NON_NEGATIVE + " -0.1"),
+    ("loss.push_weight", "-0.1", NON_NEGATIVE + " -0.1"),
+    ("loss.offset_weight", "-1", NON_NEGATIVE + " -1.0"),
+    ("train.batch_size", "0", POSITIVE_INT + " 0"),
+    ("train.steps", "-100", POSITIVE_INT + " -100"),
+    ("train.learning_rate", "0", POSITIVE + " 0.0"),
+    ("train.decay_at", "1.5", "expected 0 < value <= 1, found 1.5"),
+    ("train.decay_factor", "-5", "expected 0 < value <= 1, found -5.0"),
+    ("train.warmup_steps", "-1", NON_NEGATIVE + " -1"),
+    ("train.checkpoint_every", "0", POSITIVE_INT + " 0"),
+    ("train.log_every", "0", POSITIVE_INT + " 0"),
+    ("train.eval_every", "-100", NON_NEGATIVE + " -100"),
+    ("train.seed", "-3", SEED + " -3"),
+    ("decode.k", "0", POSITIVE_INT + " 0"),
+    ("decode.ae_threshold", "-1", NON_NEGATIVE + " -1.0"),
+    ("decode.nms_kernel", "-3", POSITIVE_INT + " -3"),
+    ("decode.num_pairs", "0", POSITIVE_INT + " 0"),
+    ("decode.max_detections", "0", POSITIVE_INT + " 0"),
+    ("decode.soft_nms_sigma", "0", POSITIVE + " 0.0"),
+    ("decode.score_threshold", "1.5", FRACTION + " 1.5"),
+    ("evaluate.scales", "[1, -0.5]", POSITIVE + " -0.5 in [1.0, -0.5]"),
+    ("evaluate.max_images", "-1", NON_NEGATIVE + " -1"),
+    ("evaluate.picture_score_threshold", "-0.3",
+     "expected 0 <= value <= 1, or -1 (the score of the best F1 at IoU 0.5), found -0.3"),
+    ("export.score_threshold", "2", FRACTION + " 2.0"),
+    ("export.representative_images", "0", POSITIVE_INT + " 0"),
+    ("export.max_image_pixels", "0", POSITIVE_INT + " 0"),
+    ("demo.predict_images", "-1", NON_NEGATIVE + " -1"),
+]
+
+
+@pytest.mark.parametrize("key, value, words", OUT_OF_RANGE, ids=[c[0] for c in OUT_OF_RANGE])
+def test_every_number_key_refuses_values_outside_its_range(key, value, words):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [f"{key}={value}"])
+    assert str(e.value) == f"config key {key!r}: {words}"
+
+
+def test_every_number_key_has_a_range_and_a_test():
+    # A new int or float key must get its valid range (config.RANGES) and a case above.
+    from cornernet_tf import config
+    keys = set(config.number_keys())
+    assert len(keys) >= 49
+    assert keys == set(config.RANGES), keys ^ set(config.RANGES)
+    assert keys == {k for k, _, _ in OUT_OF_RANGE}, keys ^ {k for k, _, _ in OUT_OF_RANGE}
+
+
+@pytest.mark.parametrize("override", [
+    "decode.ae_threshold=0", "train.decay_factor=1", "train.decay_at=1",
+    "export.score_threshold=0", "export.score_threshold=1", "decode.score_threshold=0",
+    "evaluate.picture_score_threshold=1", "evaluate.picture_score_threshold=-1",
+    "model.num_classes=0", "model.num_classes=1", "data.max_objects=0",
+    "data.augment.color_jitter=0",
+    "data.augment.lighting_std=0", "loss.focal_alpha=0", "train.warmup_steps=0",
+    "train.seed=4294967295", "data.seed=0", "data.synthetic.image_size=32",
+    "data.synthetic.max_objects=0", "evaluate.max_images=0", "demo.predict_images=0",
+    "export.max_image_pixels=1", "train.learning_rate=1e-9", "decode.soft_nms_sigma=1e-6",
+])
+def test_range_edges_are_accepted(override):
+    key, value = override.split("=")
+    cfg = load_config(None, [override])
+    node = cfg
+    for part in key.split("."):
+        node = getattr(node, part)
+    assert node == pytest.approx((float(value),) * 2 if isinstance(node, tuple) else float(value))
+
+
+def test_max_image_pixels_default_matches_the_preprocessing_default():
+    # config.py imports no TensorFlow, so the number is written twice
+    from cornernet_tf import preprocess
+    assert Config().export.max_image_pixels == preprocess.DEFAULT_MAX_IMAGE_PIXELS == 50_000_000

@@ -1,5 +1,6 @@
 """The demo path end to end on a tiny config: every artefact is written and loads."""
 
+import collections
 import json
 import os
 
@@ -36,7 +37,11 @@ def test_demo_writes_every_artefact(tmp_path):
     # checkpoint, config and labels next to it
     assert summary["steps"] == 4
     assert tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")).endswith("ckpt-4")
-    assert load_config(os.path.join(model_dir, "config.yaml")) == cfg
+    # the written config is resolved: 4 shape classes, room for the busiest train image
+    with open(data / "annotations" / "instances_train.json") as f:
+        per_image = collections.Counter(a["image_id"] for a in json.load(f)["annotations"])
+    assert load_config(os.path.join(model_dir, "config.yaml")) == cfg.replace(
+        ["model.num_classes=4", f"data.max_objects={max(per_image.values())}"])
     with open(os.path.join(model_dir, "labels.json")) as f:
         assert [c["name"] for c in json.load(f)["classes"]] == [
             "rectangle", "ellipse", "triangle", "cross"]

@@ -25,6 +25,7 @@ from cornernet_tf.eval_runner import (detections_to_coco, evaluate_export, expor
                                       run_evaluation)
 from cornernet_tf.evaluation import METRIC_NAMES
 from cornernet_tf.export import saved_model, tflite
+from cornernet_tf.resolve import resolve_dataset_dependent
 from tests.support.export_models import tiny_model
 
 pytestmark = pytest.mark.slow  # exports a SavedModel and converts it to TFLite (~1 min)
@@ -50,6 +51,7 @@ def exported(tmp_path_factory):
         "model.blocks=[1, 1, 1, 1]", "model.stem_channels=16", "model.head_channels=16",
         "model.pool_channels=8", "evaluate.flip_test=false", "export.name=tiny",
     ])
+    cfg = resolve_dataset_dependent(cfg, verbose=False)  # 4 classes, max_objects <= 4
     keras.utils.set_random_seed(0)
     model = tiny_model(cfg)  # heatmap heads rescaled: distinct scores over (0, 1)
     label_map = pipeline.load_split(cfg.data, "val")[1]

@@ -18,6 +18,7 @@ from cornernet_tf.data.synthetic import generate_shapes_dataset
 from cornernet_tf.eval_runner import run_evaluation
 from cornernet_tf.evaluation import METRIC_NAMES
 from cornernet_tf.model import build_model
+from cornernet_tf.resolve import resolve_dataset_dependent
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -38,6 +39,7 @@ def setup(tmp_path_factory):
         "model.channels=[16, 16, 24, 24]", "model.blocks=[1, 1, 1, 1]",
         "model.stem_channels=16", "model.head_channels=16", "model.pool_channels=8",
     ])
+    cfg = resolve_dataset_dependent(cfg, verbose=False)  # 4 classes, max_objects <= 4
     return cfg, build_model(cfg.model), root
 
 

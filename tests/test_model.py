@@ -233,7 +233,7 @@ def test_reference_parameter_counts_and_output_grids():
     # counts conv weights/biases and BN weight+bias = Keras' trainable weights; BN moving
     # statistics are buffers there), 194.4M without the first stack's heads;
     # CornerNet-Squeeze 31.8M. Built symbolically, no 511x511 forward pass.
-    hourglass = build_model(ModelConfig(backbone="hourglass104"))
+    hourglass = build_model(ModelConfig(backbone="hourglass104", num_classes=80))
     total = _trainable(hourglass)
     first = _trainable(hourglass, [hourglass.tl_modules[0], hourglass.br_modules[0],
                                    hourglass.tl_heads[0], hourglass.br_heads[0]])
@@ -243,7 +243,7 @@ def test_reference_parameter_counts_and_output_grids():
     assert tuple(grid[0][TL_HEATMAP].shape) == (1, 128, 128, 80)
     del hourglass
 
-    squeeze = build_model(ModelConfig(backbone="squeeze"))
+    squeeze = build_model(ModelConfig(backbone="squeeze", num_classes=80))
     total = _trainable(squeeze)
     assert abs(total - 31.8e6) <= 0.001 * 31.8e6, total
     grid = squeeze.compute_outputs(keras.KerasTensor((1, 511, 511, 3)), all_stacks=False)

@@ -29,7 +29,7 @@ def test_bundled_name_resolves_from_any_folder(tmp_path, monkeypatch):
     expected = os.path.join(REPO, "configs", "squeeze_coco.yaml")
     for name in ("squeeze_coco", "squeeze_coco.yaml", "configs/squeeze_coco.yaml"):
         assert os.path.samefile(config_lib.resolve_config_path(name), expected)
-    assert config_lib.load_config("quickstart").model.num_classes == 4
+    assert config_lib.load_config("quickstart").model.input_size == (128, 128)
     # a file of the user's wins over a bundled name
     (tmp_path / "quickstart.yaml").write_text("model:\n  num_classes: 7\n")
     assert config_lib.load_config("quickstart.yaml").model.num_classes == 7

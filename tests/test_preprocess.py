@@ -7,6 +7,7 @@ worked by hand, and box maps checked as inverses of the forward map
 """
 
 import io
+import os
 
 import numpy as np
 import pytest
@@ -179,3 +180,112 @@ def test_bad_arguments_say_what_was_expected():
         preprocess.fit_to_input(np.zeros((10, 10, 3), np.uint8), (0, 8))
     with pytest.raises(tf.errors.InvalidArgumentError, match="height and width >= 1"):
         preprocess.fit_to_input(np.zeros((0, 10, 3), np.uint8), 8)
+
+
+# ---------------------------------------------------------------- image size and limits
+def _encode(array, fmt, **kwargs):
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def test_header_size_reads_every_format_without_decoding():
+    from tests.robustness import corpus
+    rng = np.random.default_rng(4)
+    rgb = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)  # height 37, width 53
+    rgba = rng.integers(0, 256, (37, 53, 4), dtype=np.uint8)
+    cases = {
+        "png": _encode(rgb, "PNG"), "jpeg": _encode(rgb, "JPEG"),
+        "gif": _encode(rgb, "GIF"), "bmp": _encode(rgb, "BMP"),
+        "webp_lossy": _encode(rgb, "WEBP", quality=80),  # VP8 chunk
+        "webp_lossless": _encode(rgb, "WEBP", lossless=True),  # VP8L chunk
+        "webp_alpha": _encode(rgba, "WEBP", quality=80),  # VP8X chunk
+    }
+    assert cases["webp_alpha"][12:16] == b"VP8X" and cases["webp_lossless"][12:16] == b"VP8L"
+    cases["webp_lossless_alpha"] = _encode(rgba, "WEBP", lossless=True, exact=True)
+    for name, data in cases.items():
+        assert preprocess.header_size(tf.constant(data)).numpy().tolist() == [37, 53], name
+        assert preprocess.decode_image(tf.constant(data)).shape == (37, 53, 3), name
+    # WebP with alpha: TensorFlow's decode_image refuses channels=3 for it; decoded as RGBA
+    # with the alpha dropped (lossless, exact: the RGB values themselves)
+    np.testing.assert_array_equal(
+        preprocess.decode_image(tf.constant(cases["webp_lossless_alpha"])).numpy(),
+        rgba[..., :3])
+    np.testing.assert_array_equal(
+        preprocess.decode_image(tf.constant(cases["webp_lossless"])).numpy(), rgb)
+    # a header alone: width 100000, height 70000 in the IHDR (big-endian, > 2^16)
+    claim = corpus.png_header(100000, 70000)
+    assert preprocess.header_size(tf.constant(claim)).numpy().tolist() == [70000, 100000]
+    for data in (b"", b"GIF8", b"II*\x00" + bytes(40), b"text" * 20):  # short or unknown
+        assert preprocess.header_size(tf.constant(data)).numpy().tolist() == [-1, -1]
+
+
+def test_read_image_refuses_too_many_pixels_from_the_header_naming_the_file(tmp_path):
+    from cornernet_tf.errors import UserError
+    from tests.robustness import corpus
+    path = corpus.write_header_only_png(str(tmp_path / "claims.png"), 23000, 23000)
+    with pytest.raises(preprocess.ImageTooLargeError) as e:
+        preprocess.read_image(path)
+    assert str(e.value) == (
+        f"image file {path!r}: 23000 x 23000 = 529000000 pixels (from its header) exceed the "
+        f"limit of 50000000 pixels (config key export.max_image_pixels); expected an image of "
+        f"at most that many pixels")
+    # a user error for the CLI, and the InvalidArgumentError of the same file in a graph
+    assert isinstance(e.value, UserError) and isinstance(e.value, tf.errors.InvalidArgumentError)
+    small = tmp_path / "small.png"
+    small.write_bytes(_encode(np.zeros((100, 100, 3), np.uint8), "PNG"))
+    with pytest.raises(preprocess.ImageTooLargeError, match="100 x 100 = 10000 pixels"):
+        preprocess.read_image(str(small), max_pixels=9999)
+    assert preprocess.read_image(str(small), max_pixels=10000).shape == (100, 100, 3)
+    assert preprocess.read_image(str(small), max_pixels=None).shape == (100, 100, 3)
+
+
+def test_read_image_names_the_file_of_every_unreadable_case(tmp_path):
+    from tests.robustness import corpus
+    files = corpus.write_images(str(tmp_path))
+    reasons = {"zero_byte": r"not a JPEG, PNG, GIF, BMP or WebP image \(found 0 bytes",
+               "text": r"not a JPEG, PNG, GIF, BMP or WebP image \(found 210 bytes starting "
+                       r"with b'this is '\)",
+               "tiff": r"not a JPEG, PNG, GIF, BMP or WebP image \(found \d+ bytes starting "
+                       r"with b'II\*",
+               "truncated_jpeg": r"cannot be decoded as a JPEG, PNG, GIF, BMP or WebP image "
+                                 r"\(.*Invalid JPEG data",
+               "bad_crc": r"cannot be decoded as a JPEG, PNG, GIF, BMP or WebP image "
+                          r"\(Invalid PNG",
+               "header_100000": "100000 x 100000 = 10000000000 pixels"}
+    assert set(reasons) == set(corpus.UNREADABLE)
+    for case, reason in reasons.items():
+        path = os.path.join(str(tmp_path), files[case])
+        with pytest.raises(preprocess.UnreadableImageError,
+                           match=f"^image file '{path}': {reason}"):
+            preprocess.read_image(path)
+    for case in corpus.READABLE:
+        image = preprocess.read_image(os.path.join(str(tmp_path), files[case]))
+        assert image.dtype == tf.uint8 and image.shape[-1] == 3, case
+    # in a tf.data pipeline (graph mode) the message names the file too
+    paths = [os.path.join(str(tmp_path), files[c]) for c in ("text", "header_100000")]
+    for path, reason in zip(paths, ("not a JPEG", "100000 x 100000")):
+        dataset = tf.data.Dataset.from_tensor_slices([path]).map(preprocess.read_image)
+        with pytest.raises(tf.errors.InvalidArgumentError,
+                           match=rf'image file \\"{path}\\": {reason}'):
+            list(dataset)
+
+
+def test_images_are_resized_in_uint8_and_cast_at_the_input_size():
+    # The full-size image is never cast to float32 (23000^2 RGB would be 6.3 GB): the
+    # resize reads the uint8 image and writes float32 of the output size, with the same
+    # values as resizing a float32 copy.
+    image = np.random.default_rng(6).integers(0, 256, (90, 70, 3), dtype=np.uint8)
+    for mode, kwargs in (("resize_pad", {}), ("pad127", {"scale": 0.5}), ("pad127", {})):
+        a, ta = preprocess.fit_to_input(image, (64, 64), mode, **kwargs)
+        b, tb = preprocess.fit_to_input(image.astype(np.float32), (64, 64), mode, **kwargs)
+        assert a.dtype == tf.float32
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+        np.testing.assert_array_equal(ta.numpy(), tb.numpy())
+    graph = tf.function(lambda x: preprocess.fit_to_input(x, (64, 64))[0]).get_concrete_function(
+        tf.TensorSpec([None, None, 3], tf.uint8)).graph
+    resizes = [op for op in graph.get_operations() if op.type == "ResizeBilinear"]
+    assert resizes and all(op.inputs[0].dtype == tf.uint8 for op in resizes)
+    casts = [op for op in graph.get_operations() if op.type == "Cast"
+             and op.inputs[0].dtype == tf.uint8]
+    assert not casts, [op.name for op in casts]

@@ -112,7 +112,9 @@ def convert_weights(cfg, weights: str, model_dir: str, label_map=None,
     """
     from cornernet_tf import training
     from cornernet_tf.convert.coco_labels import coco_label_map
+    from cornernet_tf.resolve import resolve_dataset_dependent
 
+    cfg = resolve_dataset_dependent(cfg)
     checkpoints = os.path.join(model_dir, training.CHECKPOINT_SUBDIR)
     if os.path.isdir(checkpoints) and os.listdir(checkpoints):
         raise ConversionError(f"--model_dir {model_dir} already holds checkpoints "

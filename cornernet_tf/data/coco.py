@@ -30,6 +30,7 @@ import numpy as np
 from absl import logging
 
 from cornernet_tf import boxes as box_lib
+from cornernet_tf.data import image_files
 from cornernet_tf.errors import UserError
 
 # Problem kinds. Those in `_KEPT_KINDS` keep the object (repaired); all others drop the
@@ -48,6 +49,9 @@ BAD_BOX = "bad_box"
 BOX_OUTSIDE_IMAGE = "box_outside_image"
 BOX_CLIPPED = "box_clipped"
 _KEPT_KINDS = frozenset({BOX_CLIPPED})
+# Kinds that drop one annotation (the others drop an image, or an entry without an id).
+_ANNOTATION_KINDS = frozenset({DUPLICATE_ANNOTATION_ID, UNKNOWN_IMAGE_ID, UNKNOWN_CATEGORY,
+                               BAD_BOX, BOX_OUTSIDE_IMAGE})
 
 CHECK_IMAGES = ("none", "header", "decode")
 
@@ -84,7 +88,11 @@ class DatasetReport:
     num_objects: int = 0  # boxes kept
     num_negative_images: int = 0  # kept images without any box
     num_crowd_ignored: int = 0  # iscrowd=1 annotations (ignored by design, not a problem)
+    num_annotations_of_dropped_images: int = 0  # not reported one by one: their image is
     problems: list = dataclasses.field(default_factory=list)
+    # With `load_coco(ground_truth=True)`: what was kept, as a COCO instances dict (the
+    # ground truth evaluation scores against; see `load_coco`).
+    ground_truth: Optional[dict] = dataclasses.field(default=None, repr=False, compare=False)
 
     def add(self, kind: str, detail: str, image_id: Any = None,
             annotation_id: Any = None, file: Optional[str] = None) -> None:
@@ -99,6 +107,20 @@ class DatasetReport:
     def dropping_problems(self) -> list:
         """Problems that removed an image or an object (all but repaired ones)."""
         return [p for p in self.problems if p.kind not in _KEPT_KINDS]
+
+    def excluded(self) -> dict:
+        """What the kept ground truth lacks compared with the json, by reason.
+
+        Returns:
+          {"annotations": {problem kind: count} of annotations dropped one by one,
+           "images": {problem kind: count} of dropped images,
+           "annotations_of_dropped_images": int}.
+        """
+        annotations, images = collections.Counter(), collections.Counter()
+        for p in self.dropping_problems():
+            (annotations if p.kind in _ANNOTATION_KINDS else images)[p.kind] += 1
+        return {"annotations": dict(annotations), "images": dict(images),
+                "annotations_of_dropped_images": self.num_annotations_of_dropped_images}
 
     def summary(self) -> str:
         """One line: what was kept, what was ignored, and problem counts by kind."""
@@ -206,7 +228,7 @@ class LabelMap:
 
 
 def load_coco(annotation_path: str, image_dir: str, strict: bool = False,
-              check_images: str = "header"):
+              check_images: str = "header", ground_truth: bool = False):
     """Loads and validates a COCO instances json and its image folder.
 
     Args:
@@ -215,8 +237,16 @@ def load_coco(annotation_path: str, image_dir: str, strict: bool = False,
         (`../x.jpg`, absolute paths) are rejected.
       strict: raise `DatasetError` when any problem dropped an image or an annotation
         (clipped boxes are repaired and only reported).
-      check_images: "none" (only that the file exists), "header" (PIL reads the header and
-        verifies the file; size must match the json), or "decode" (full PIL decode).
+      check_images: "none" (only that the file exists); "header" (the file has a signature
+        of a format `preprocess.decode_image` reads and PIL reads its header; size must
+        match the json; ~0.2 ms per file); "decode" (the header check, then the decoder
+        itself on every file, in parallel; exact, ~1-4 ms per file and core). See
+        `data/image_files.py`.
+      ground_truth: also build `report.ground_truth`, the COCO instances dict of what was
+        kept: the kept images, their kept objects (boxes as clipped, fresh annotation ids
+        1..n, the json's `area` when it is a positive number, else the box's) and their
+        crowd regions (iscrowd=1, which COCOeval uses as ignore regions; those with an
+        unusable box or category are reported as problems and left out).
 
     Returns:
       (records, label_map, report): list of `ImageRecord` sorted by image id, the
@@ -245,7 +275,8 @@ def load_coco(annotation_path: str, image_dir: str, strict: bool = False,
     report = DatasetReport(source=annotation_path)
     label_map = _label_map(data["categories"], annotation_path)
     images = _read_images(data["images"], os.path.abspath(image_dir), check_images, report)
-    per_image = _read_annotations(data["annotations"], images, label_map, report)
+    crowd: Optional[dict] = {} if ground_truth else None
+    per_image = _read_annotations(data["annotations"], images, label_map, report, crowd)
 
     records = []
     for image_id in sorted(images, key=_sort_key):
@@ -253,12 +284,15 @@ def load_coco(annotation_path: str, image_dir: str, strict: bool = False,
             continue
         path, width, height = images[image_id]
         objects = per_image.get(image_id, [])
-        boxes = np.array([b for b, _ in objects], np.float32).reshape(-1, 4)
-        classes = np.array([c for _, c in objects], np.int32)
+        boxes = np.array([o[0] for o in objects], np.float32).reshape(-1, 4)
+        classes = np.array([o[1] for o in objects], np.int32)
         records.append(ImageRecord(image_id, path, width, height, boxes, classes))
         report.num_objects += len(objects)
         report.num_negative_images += not objects
     report.num_images = len(records)
+    if ground_truth:
+        report.ground_truth = _kept_ground_truth(data["images"], records, crowd, per_image,
+                                                 label_map)
 
     if report.problems:
         logging.warning("%s", report.details(limit=5))
@@ -332,41 +366,30 @@ def _read_images(entries: list, image_dir: str, check_images: str,
             report.add(MISSING_FILE, f"image file not found: {path}; image dropped", image_id)
             images[image_id] = None
             continue
-        if check_images != "none" and not _check_image_file(path, int(width), int(height),
-                                                       check_images, image_id, report):
-            images[image_id] = None
-            continue
+        if check_images != "none":
+            problem = image_files.header_problem(path, int(width), int(height))
+            if problem is not None:
+                kind = IMAGE_SIZE_MISMATCH if "but the json says" in problem \
+                    else UNREADABLE_IMAGE
+                report.add(kind, f"{problem}; image dropped", image_id)
+                images[image_id] = None
+                continue
         images[image_id] = (path, int(width), int(height))
+    if check_images == "decode":
+        kept = [image_id for image_id, value in images.items() if value is not None]
+        problems = image_files.decode_problems([images[i][0] for i in kept])
+        for k, problem in problems.items():
+            report.add(UNREADABLE_IMAGE, f"{problem}; image dropped", kept[k])
+            images[kept[k]] = None
     # None marks ids that exist but were dropped: their annotations go without a second report.
     return images
 
 
-def _check_image_file(path: str, width: int, height: int, mode: str, image_id: Any,
-                      report: DatasetReport) -> bool:
-    """Opens an image file with PIL ("header": verify, "decode": load) and checks its size
-    against the json; reports and returns False when it fails."""
-    from PIL import Image  # pylint: disable=import-outside-toplevel
-    try:
-        with Image.open(path) as img:
-            size = img.size
-            if mode == "decode":
-                img.load()
-            else:
-                img.verify()
-    except Exception as e:  # pylint: disable=broad-except  # PIL raises many types
-        report.add(UNREADABLE_IMAGE, f"cannot read {path}: {type(e).__name__}: {e}; "
-                   "image dropped", image_id)
-        return False
-    if size != (width, height):
-        report.add(IMAGE_SIZE_MISMATCH, f"{path} is {size[0]}x{size[1]} (width x height) but "
-                   f"the json says {width}x{height}; image dropped", image_id)
-        return False
-    return True
-
-
 def _read_annotations(entries: list, images: dict, label_map: LabelMap,
-                      report: DatasetReport) -> dict:
-    """{image_id: [(box xyxy, class)]} of the usable annotations; problems reported."""
+                      report: DatasetReport, crowd: Optional[dict] = None) -> dict:
+    """{image_id: [(box xyxy, class, area or None)]} of the usable annotations; problems
+    reported. With a `crowd` dict, the usable crowd regions are added to it as
+    {image_id: [(COCO bbox, category id, area or None)]}."""
     per_image: dict = collections.defaultdict(list)
     seen_ids: set = set()
     xyxy, clipped = _convert_boxes(entries, images)  # [A, 4] each, row k for entries[k]
@@ -388,9 +411,12 @@ def _read_annotations(entries: list, images: dict, label_map: LabelMap,
                        "annotation dropped", image_id, ann_id)
             continue
         if images[image_id] is None:
+            report.num_annotations_of_dropped_images += 1
             continue  # the image itself was dropped and reported
         if ann.get("iscrowd", 0):
             report.num_crowd_ignored += 1
+            if crowd is not None:
+                _crowd_region(ann, label_map, crowd, report)
             continue
         category_id = ann.get("category_id")
         if not label_map.has_category(category_id):
@@ -400,8 +426,61 @@ def _read_annotations(entries: list, images: dict, label_map: LabelMap,
         box = _valid_box(ann.get("bbox"), xyxy[k], clipped[k], images[image_id], image_id,
                          ann_id, report)
         if box is not None:
-            per_image[image_id].append((box, label_map.to_class(category_id)))
+            per_image[image_id].append((box, label_map.to_class(category_id),
+                                        _positive_number(ann.get("area"))))
     return per_image
+
+
+def _positive_number(value: Any) -> Optional[float]:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and \
+        math.isfinite(value) and value > 0
+    return float(value) if ok else None
+
+
+def _crowd_region(ann: dict, label_map: LabelMap, crowd: dict, report: DatasetReport) -> None:
+    """Adds a crowd annotation's region to `crowd`, or reports why it is unusable."""
+    image_id, ann_id, bbox = ann.get("image_id"), ann.get("id"), ann.get("bbox")
+    if not label_map.has_category(ann.get("category_id")):
+        report.add(UNKNOWN_CATEGORY, f"crowd region's category_id {ann.get('category_id')!r} "
+                   f"is not in 'categories'; region dropped", image_id, ann_id)
+    elif not _four_numbers(bbox) or not all(math.isfinite(v) for v in bbox) \
+            or bbox[2] <= 0 or bbox[3] <= 0:
+        report.add(BAD_BOX, f"crowd region's bbox must be 4 finite numbers [x, y, w, h] "
+                   f"with a positive size, found {bbox!r}; region dropped", image_id, ann_id)
+    else:
+        crowd.setdefault(image_id, []).append(
+            ([float(v) for v in bbox], int(ann["category_id"]),
+             _positive_number(ann.get("area"))))
+
+
+def _kept_ground_truth(image_entries: list, records: list, crowd: dict, per_image: dict,
+                       label_map: LabelMap) -> dict:
+    """The COCO instances dict of the kept images, objects and crowd regions."""
+    file_names = {}
+    for entry in image_entries:
+        if isinstance(entry, dict):
+            file_names.setdefault(_hashable(entry.get("id")), entry.get("file_name"))
+    images, annotations = [], []
+    for r in records:
+        images.append({"id": r.image_id, "file_name": file_names.get(r.image_id),
+                       "width": r.width, "height": r.height})
+        for (x1, y1, x2, y2), cls, area in per_image.get(r.image_id, []):
+            annotations.append((r.image_id, [x1, y1, x2 - x1, y2 - y1],
+                                label_map.to_category_id(cls), area, 0))
+        for bbox, category_id, area in crowd.get(r.image_id, []):
+            annotations.append((r.image_id, bbox, category_id, area, 1))
+    return {"images": images,
+            "annotations": [{"id": k, "image_id": image_id, "category_id": category_id,
+                             "bbox": bbox, "area": area if area is not None else bbox[2] * bbox[3],
+                             "iscrowd": iscrowd}
+                            for k, (image_id, bbox, category_id, area, iscrowd)
+                            in enumerate(annotations, start=1)],
+            "categories": [{"id": c, "name": n}
+                           for c, n in zip(label_map.category_ids, label_map.names)]}
+
+
+def _hashable(value: Any) -> Any:
+    return value if not isinstance(value, (list, dict)) else str(value)
 
 
 def _four_numbers(bbox: Any) -> bool:

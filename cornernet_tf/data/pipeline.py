@@ -7,14 +7,23 @@ Records come from `data/coco.py` (the synthetic dataset is generated first when
 `data.dataset` is "synthetic"); all per-element work is TensorFlow ops (no Python in
 the map functions), so it runs in parallel and in the graph.
 
-Unreadable images are handled twice:
-1. at record loading, `coco.load_coco(check_images="header")` opens every file with PIL
-   (header + `verify()`, cheap) and drops, counts and lists the ones that fail, each with its
-   path and image id (strict mode: an error);
-2. a file that passes that check but fails to decode later (e.g. truncated pixel data) is
-   skipped by `Dataset.ignore_errors(log_warning=True)` applied right after decoding, which
-   logs each skipped element; it wraps only the read/decode step, so errors in augmentation
-   or target encoding (bugs, bad classes) still stop the run.
+Unreadable images (there is one decoder, `preprocess.decode_image`):
+1. at record loading, `coco.load_coco` checks every file (`data/image_files.py`): by default
+   its header ("header": a signature of a format the decoder reads, PIL reads the header,
+   ~0.2 ms per file); with `data.strict` the decoder itself decodes every file ("decode",
+   ~1-4 ms per file and core). Failures are dropped, counted and listed with path and
+   image id (strict mode: an error);
+2. before a pipeline is built, the first images are decoded until one succeeds: a split
+   where nothing decodes is a `DatasetError` at start (one decode when the data is good);
+3. a file that passes the header check but fails to decode (e.g. truncated pixel data) is
+   skipped by `Dataset.ignore_errors` wrapped around the read/decode step only (errors in
+   augmentation or target encoding still stop the run). Training goes over the records in
+   passes (shuffled each pass, then repeated); at the end of every pass that skipped an
+   image it prints how many of how many, with the first files and image ids; a pass in
+   which nothing decoded (files changed on disk) or, with `data.strict`, any skip stops
+   the run with an error. So nothing spins: a pass ends after one attempt per record.
+   Evaluation (one pass) is counted by `eval_runner.py`, which lists what it could not
+   read.
 
 Images with more than `data.max_objects` objects keep the first `max_objects` (annotation
 order); how many images and objects this cut is logged once per split at loading time.
@@ -22,6 +31,7 @@ order); how many images and objects this cut is logged once per split at loading
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Optional
 
@@ -29,7 +39,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from cornernet_tf.data import coco
+from cornernet_tf.data import coco, image_files
 from cornernet_tf import boxes as box_lib
 from cornernet_tf.data.augment import train_augment
 from cornernet_tf.data.choices import DATASETS
@@ -63,20 +73,27 @@ def split_files(data_config, split: str) -> tuple[str, str]:
     return annotations, images
 
 
-def load_split(data_config, split: str, check_images: str = "header"):
+def load_split(data_config, split: str, check_images: Optional[str] = None,
+               ground_truth: bool = False):
     """Loads and validates a split's records and reports objects beyond max_objects.
 
     Args:
       data_config: DataConfig (paths, strict, max_objects).
       split: "train" or "val".
-      check_images: see `coco.load_coco` ("none", "header", "decode").
+      check_images: see `coco.load_coco` ("none", "header", "decode"); default "decode"
+        with `data.strict` (every file through the decoder: any unreadable image is an
+        error at start), else "header".
+      ground_truth: also build `report.ground_truth` (see `coco.load_coco`).
 
     Returns:
       (records, label_map, report) as from `coco.load_coco`.
     """
     annotations, images = split_files(data_config, split)
+    if check_images is None:
+        check_images = "decode" if data_config.strict else "header"
     records, label_map, report = coco.load_coco(annotations, images, strict=data_config.strict,
-                                                check_images=check_images)
+                                                check_images=check_images,
+                                                ground_truth=ground_truth)
     counts = np.array([len(r.classes) for r in records], np.int64)
     over = counts > data_config.max_objects
     if over.any():
@@ -87,6 +104,38 @@ def load_split(data_config, split: str, check_images: str = "header"):
                         int((counts[over] - data_config.max_objects).sum()), int(counts.max()),
                         worst.image_id)
     return records, label_map, report
+
+
+def require_decodable(records: list, split: str, source: str,
+                      report: Optional[coco.DatasetReport] = None) -> None:
+    """Raises unless the split has a record whose image the decoder reads.
+
+    Decodes the records' images in order until one succeeds: one decode when the data is
+    good, every image only when none decodes.
+
+    Args:
+      records: the split's `ImageRecord`s.
+      split: "train" or "val", for the message.
+      source: the split's annotation file, for the message.
+      report: its `DatasetReport`, whose drop counts the message then gives.
+
+    Raises:
+      coco.DatasetError: no record, or no record's image decodes.
+    """
+    if not records:
+        dropped = ""
+        if report is not None:
+            counts = report.excluded()["images"]
+            total = sum(counts.values())
+            dropped = (f": all {total} image entries were dropped ("
+                       + ", ".join(f"{k}={v}" for k, v in counts.items()) + ")"
+                       if total else ": it lists no image")
+        raise coco.DatasetError(f"the {split!r} split ({source}) has no usable image{dropped}")
+    found, failures = image_files.first_decodable([r.path for r in records])
+    if found is None:
+        raise coco.DatasetError(
+            f"the {split!r} split ({source}): none of its {len(records)} images can be "
+            f"decoded by preprocess.decode_image; first: " + "; ".join(failures))
 
 
 def _record_slices(records: list, max_objects: int) -> dict:
@@ -147,43 +196,110 @@ def build_dataset(data_config, model_config, split: str, training: bool,
 
     Raises:
       ValueError: bad split or batch size, non-integer image ids.
-      coco.DatasetError: strict mode and dataset problems.
+      coco.DatasetError: strict mode and dataset problems; no usable image, or none that
+        decodes (`require_decodable`).
     """
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"batch_size: expected a positive int or None, found {batch_size!r}")
+    report = None
     if records is None:
-        records, _, _ = load_split(data_config, split, check_images)
-    if training and not records:
-        raise ValueError(f"the {split!r} split has no usable images to train on")
+        records, _, report = load_split(data_config, split, check_images)
+    source = getattr(data_config, f"{split}_annotations", split)
+    require_decodable(records, split, source, report)
     max_objects = data_config.max_objects
-    ds = tf.data.Dataset.from_tensor_slices(_record_slices(records, max_objects))
+    slices = _record_slices(records, max_objects)
     deterministic = bool(data_config.deterministic)
     options = tf.data.Options()
     options.deterministic = deterministic
-    ds = ds.with_options(options)
     parallel = tf.data.AUTOTUNE
 
     if training:
-        ds = ds.shuffle(min(len(records), data_config.shuffle_buffer),
-                        seed=data_config.seed if deterministic else None,
-                        reshuffle_each_iteration=True).repeat()
+        ds = _training_passes(slices, data_config, source, deterministic).with_options(options)
         ds = ds.enumerate()  # element number: the stateless augmentation seed
-        ds = ds.map(lambda i, r: (i, read_image(r["path"]), r["boxes"], r["classes"]),
-                    num_parallel_calls=parallel, deterministic=deterministic)
-        ds = ds.ignore_errors(log_warning=True)
+        ds = ds.map(lambda i, e: (i, e["image"], e["boxes"], e["classes"]))
         ds = ds.map(_train_fn(data_config, model_config), num_parallel_calls=parallel,
                     deterministic=deterministic)
         if batch_size is not None:
             ds = ds.batch(batch_size, drop_remainder=True)
     else:
+        ds = tf.data.Dataset.from_tensor_slices(slices).with_options(options)
         ds = ds.map(lambda r: (read_image(r["path"]), r["image_id"]),
                     num_parallel_calls=parallel, deterministic=True)
-        ds = ds.ignore_errors(log_warning=True)
+        ds = ds.ignore_errors()  # eval_runner lists what did not come out
         ds = ds.map(_eval_fn(data_config, model_config), num_parallel_calls=parallel,
                     deterministic=True)
         if batch_size is not None:
             ds = ds.padded_batch(batch_size, drop_remainder=False)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _training_passes(slices: dict, data_config, source: str,
+                     deterministic: bool) -> tf.data.Dataset:
+    """Decoded training records, shuffled per pass and repeated, undecodable ones skipped.
+
+    Each pass is followed by an end marker (index -1); a scan over the stream counts the
+    images of the pass and, at the marker, prints what the pass skipped (count, first
+    files and image ids), and fails when nothing decoded or, in strict mode, anything was
+    skipped. The markers are then filtered out. A pass makes one attempt per record, so the
+    stream cannot spin on undecodable files.
+
+    Returns:
+      dataset of {"index": [] int64 record index, "image": [H, W, 3] uint8, "boxes": [n, 4]
+      float32, "classes": [n] int32}, forever.
+    """
+    num = int(slices["path"].shape[0])
+    paths, image_ids = slices["path"], slices["image_id"]
+    records = dict(slices, index=tf.range(num, dtype=tf.int64))
+    strict = bool(data_config.strict)
+
+    def decode(r):
+        return {"index": r["index"], "image": read_image(r["path"]), "boxes": r["boxes"],
+                "classes": r["classes"]}
+
+    one_pass = tf.data.Dataset.from_tensor_slices(records).shuffle(
+        min(num, data_config.shuffle_buffer), seed=data_config.seed if deterministic else None,
+        reshuffle_each_iteration=True)
+    one_pass = one_pass.map(decode, num_parallel_calls=tf.data.AUTOTUNE,
+                            deterministic=deterministic).ignore_errors()
+    marker = tf.data.Dataset.from_tensors({
+        "index": tf.constant(-1, tf.int64), "image": tf.zeros([1, 1, 3], tf.uint8),
+        "boxes": tf.zeros([0, 4], tf.float32), "classes": tf.zeros([0], tf.int32)})
+
+    def end_of_pass(seen, count, passes):
+        dropped = num - count
+        missing = tf.where(tf.logical_not(seen))[:10, 0]  # [<=10] record indices
+        names = tf.strings.reduce_join(
+            tf.strings.join([tf.gather(paths, missing), " (image id ",
+                             tf.strings.as_string(tf.gather(image_ids, missing)), ")"]),
+            separator=", ")
+        pass_text = tf.strings.as_string(passes + 1)
+        skipped = tf.strings.join([
+            "data: pass ", pass_text, " over ", source, ": ", tf.strings.as_string(dropped),
+            f" of {num} images could not be decoded (preprocess.decode_image) and were "
+            "skipped: ", names, tf.where(dropped > 10, " (first 10 shown)", "")])
+        report = tf.cond(dropped > 0, lambda: tf.print(skipped, output_stream=sys.stderr),
+                         tf.no_op)
+        checks = [tf.debugging.Assert(count > 0, [tf.strings.join([
+            f"data: none of the {num} images of {source} could be decoded in pass ",
+            pass_text, "; nothing to train on (files changed after loading?): ", names])])]
+        if strict:
+            checks.append(tf.debugging.Assert(tf.equal(dropped, 0), [tf.strings.join([
+                "data.strict: ", skipped])]))
+        with tf.control_dependencies([report, *checks]):
+            return tf.zeros_like(seen), tf.zeros_like(count), passes + 1
+
+    def count(state, element):
+        seen, num_seen, passes = state
+        index = element["index"]
+        state = tf.cond(
+            index < 0, lambda: end_of_pass(seen, num_seen, passes),
+            lambda: (tf.tensor_scatter_nd_update(seen, index[None, None], [True]),
+                     num_seen + 1, passes))
+        return state, element
+
+    initial = (tf.zeros([num], tf.bool), tf.constant(0, tf.int64), tf.constant(0, tf.int64))
+    ds = one_pass.concatenate(marker).repeat().scan(initial, count)
+    return ds.filter(lambda e: e["index"] >= 0)
 
 
 def _train_fn(data_config, model_config):

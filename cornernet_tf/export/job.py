@@ -44,8 +44,10 @@ def export_model(cfg, model_dir: str, export_dir: str = "export",
     from cornernet_tf.data import coco, pipeline
     from cornernet_tf.export import saved_model, tflite
     from cornernet_tf.model import build_model
+    from cornernet_tf.resolve import resolve_dataset_dependent
     from cornernet_tf.training import restore_weights
 
+    cfg = resolve_dataset_dependent(cfg, run_dir=model_dir)
     model = build_model(cfg.model)
     restored = restore_weights(model, model_dir, checkpoint)
     labels_path = os.path.join(model_dir, "labels.json")
@@ -78,7 +80,12 @@ def export_model(cfg, model_dir: str, export_dir: str = "export",
             calibration_paths, cfg.model.input_size))
         parity = tflite.check_parity(saved_model_fn, out, check, mode)
         result["tflite"][mode] = dict(path=out, bytes=os.path.getsize(out), parity=parity)
-        if verbose:
+        if verbose and not parity["checked"]:
+            print(f"TFLite {mode} written to {out} ({os.path.getsize(out) / 1e6:.2f} MB); parity "
+                  f"vs SavedModel NOT verified: of the SavedModel's "
+                  f"{parity['reference_detections']} detections on {parity['images']} images, "
+                  f"none scored above the comparison gate (an untrained model?)", flush=True)
+        elif verbose:
             print(f"TFLite {mode} written to {out} ({os.path.getsize(out) / 1e6:.2f} MB); parity "
                   f"vs SavedModel on {parity['images']} images: max score difference "
                   f"{parity['max_score_diff']:.2g}, min matched IoU {parity['min_iou']:.3f}, "

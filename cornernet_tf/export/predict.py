@@ -1,15 +1,27 @@
 """Predict with an exported model (SavedModel folder or .tflite file) on image files.
 
-For every image: `<output>/<stem>.png` with boxes, class names and scores drawn, and
-`<output>/<stem>.json` with all detections; with `heatmaps=True` also
-`<stem>_tl_heatmap.png` and `<stem>_br_heatmap.png` (the corner heatmaps over the image;
-SavedModel exports only, through their `serving_heatmaps` signature).
+For every image `<name>` (its file name, extension kept: `a.jpg`): `<output>/<name>.png`
+with boxes, class names and scores drawn, and `<output>/<name>.json` with all detections;
+with `heatmaps=True` also `<name>_tl_heatmap.png` and `<name>_br_heatmap.png` (the corner
+heatmaps over the image; SavedModel exports only, through their `serving_heatmaps`
+signature). `a.jpg` and `a.png` thus give `a.jpg.png` and `a.png.png`.
+
+Predict never writes over a file it did not write. Before the model is loaded, every output
+name is planned and the run is refused (nothing written) when two images would give the
+same name (`dir1/a.jpg`, `dir2/a.jpg`), or a name is taken by a file that is not an
+earlier output of predict: an input, a user's file. Earlier outputs are the files listed
+in `<output>/.cornernet-predict-outputs` (json), which predict keeps; a re-run into the
+same folder replaces them, and a folder scan skips them as inputs (so `--output` may be
+the input folder). An image that cannot be read is reported and skipped; the others are
+processed, and the run ends with a `PredictError` listing the skipped ones (exit code 2 on
+the command line).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import Optional, Sequence
 
 import numpy as np
@@ -17,22 +29,46 @@ import tensorflow as tf
 
 from cornernet_tf import keys, preprocess, visualize
 from cornernet_tf.data.coco import LabelMap
+from cornernet_tf.data.image_files import decoder_message
+from cornernet_tf.errors import UserError
 from cornernet_tf.export.tflite import TFLiteDetector
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+MANIFEST = ".cornernet-predict-outputs"  # json: the outputs predict wrote into a folder
 
 
-def list_images(paths: Sequence[str]) -> list[str]:
+class PredictError(UserError, ValueError):
+    """Predict refused to run (an output name collision), or skipped unreadable images.
+
+    Attributes:
+      written: the files written before the error ([] when refused).
+      skipped: [(image path, reason)] of the images that could not be read.
+    """
+
+    def __init__(self, message: str, written=(), skipped=()):
+        super().__init__(message)
+        self.written = list(written)
+        self.skipped = list(skipped)
+
+
+def list_images(paths: Sequence[str], skip: Sequence[str] = ()) -> list[str]:
     """Image files named directly, or found (sorted) in named folders.
+
+    Args:
+      paths: files or folders.
+      skip: files a folder scan leaves out (earlier outputs of predict); files named
+        directly are always taken.
 
     Raises:
       FileNotFoundError: a path does not exist, or no image was found.
     """
+    skip = {os.path.realpath(p) for p in skip}
     found = []
     for p in paths:
         if os.path.isdir(p):
             found += sorted(os.path.join(p, f) for f in os.listdir(p)
-                            if f.lower().endswith(IMAGE_EXTENSIONS))
+                            if f.lower().endswith(IMAGE_EXTENSIONS)
+                            and os.path.realpath(os.path.join(p, f)) not in skip)
         elif os.path.isfile(p):
             found.append(p)
         else:
@@ -101,7 +137,8 @@ def predict(model_path: str, image_paths: Sequence[str], output_dir: str,
     Args:
       model_path: SavedModel version folder or .tflite file (labels.json beside it).
       image_paths: files or folders.
-      output_dir: created if missing.
+      output_dir: created if missing; may hold the inputs (outputs never replace a file
+        predict did not write, see the module docstring).
       heatmaps: also write corner-heatmap overlays (SavedModel only).
       min_score: boxes below are not drawn (all are in the JSON).
 
@@ -112,8 +149,12 @@ def predict(model_path: str, image_paths: Sequence[str], output_dir: str,
       FileNotFoundError: an image path is missing, no image was found, or model_path is
         neither a SavedModel folder nor a .tflite file.
       ValueError: heatmaps=True with a .tflite model (no serving_heatmaps signature).
+      PredictError: an output name collides (nothing written), or images could not be read
+        (raised after the others were processed; `.written` and `.skipped` say what).
     """
-    paths = list_images(image_paths)  # bad paths fail before the model loads
+    earlier = _read_manifest(output_dir)
+    paths = list_images(image_paths, skip=[os.path.join(output_dir, n) for n in earlier])
+    plan = plan_outputs(paths, output_dir, heatmaps, earlier)  # before the model loads
     detector = ExportedDetector(model_path)
     if heatmaps and detector.is_tflite:
         raise ValueError(f"--heatmaps needs a SavedModel export (its serving_heatmaps "
@@ -121,48 +162,144 @@ def predict(model_path: str, image_paths: Sequence[str], output_dir: str,
                          f"detections only")
     names = read_class_names(model_path)
     os.makedirs(output_dir, exist_ok=True)
-    written = []
-    for path in paths:
-        image = preprocess.read_image(path).numpy()
-        h, w = image.shape[:2]
-        out = detector(image)
-        boxes, scores, classes, num = preprocess.contract_to_pixels(out, [[h, w]])
-        n = int(num[0])
-        xyxy, scores, classes = boxes[0, :n], scores[0, :n], classes[0, :n]
-        stem = os.path.splitext(os.path.basename(path))[0]
-        png = os.path.join(output_dir, stem + ".png")
-        visualize.save_png(visualize.draw_detections(image, xyxy, classes, scores, names,
-                                                     min_score=min_score), png)
-        detections = [dict(label_id=int(c) + 1,
-                           name=names[c] if 0 <= c < len(names) else str(int(c) + 1),
-                           score=float(s), box_xyxy=[float(v) for v in b],
-                           box_normalized_yxyx=[float(v) for v in nb])
-                      for c, s, b, nb in zip(classes, scores, xyxy,
-                                             out[keys.DETECTION_BOXES][0, :n])]
-        js = os.path.join(output_dir, stem + ".json")
-        with open(js, "w", encoding="utf-8") as f:
-            json.dump(dict(image=path, width=w, height=h, model=model_path,
-                           detections=detections), f, indent=1)
-        written += [png, js]
-        if heatmaps:
-            written += _write_heatmaps(detector, image, os.path.join(output_dir, stem))
+    _write_manifest(output_dir, earlier | {os.path.basename(p) for ps in plan for p in ps})
+    written, skipped = [], []
+    for path, outputs in zip(paths, plan):
+        try:
+            image = preprocess.read_image(path).numpy()
+        except (tf.errors.OpError, UserError, ValueError) as e:
+            reason = decoder_message(e)
+            sys.stderr.write(f"predict: skipped {path}: cannot read it: {reason}\n")
+            skipped.append((path, reason))
+            continue
+        written += _predict_one(detector, image, path, outputs, names, model_path, heatmaps,
+                                min_score)
+    if skipped:
+        listed = ", ".join(p for p, _ in skipped[:10]) + (" ..." if len(skipped) > 10 else "")
+        raise PredictError(
+            f"predict: {len(skipped)} of {len(paths)} images could not be read and were "
+            f"skipped: {listed}\nwrote {len(written)} files for the other "
+            f"{len(paths) - len(skipped)} to {output_dir}", written, skipped)
     return written
 
 
-def _write_heatmaps(detector: ExportedDetector, image: np.ndarray, prefix: str) -> list[str]:
-    """`<prefix>_tl_heatmap.png` and `<prefix>_br_heatmap.png`: the corner heatmaps of the
-    image's part of the grid (padding cut off) over the image."""
+def plan_outputs(paths: Sequence[str], output_dir: str, heatmaps: bool,
+                 earlier: frozenset = frozenset()) -> list[tuple[str, ...]]:
+    """The output files of each image, checked so that no file is written over.
+
+    Args:
+      paths: the input images.
+      output_dir: where outputs go.
+      heatmaps: whether heatmap overlays are written too.
+      earlier: names in output_dir that earlier predict runs wrote (may be replaced).
+
+    Returns:
+      per image: (annotated png, json[, tl heatmap, br heatmap]) paths.
+
+    Raises:
+      PredictError: two images give the same output name, or an output name is taken by
+        an input or by a file predict did not write.
+    """
+    suffixes = (".png", ".json") + (("_tl_heatmap.png", "_br_heatmap.png") if heatmaps else ())
+    inputs = {os.path.realpath(p): p for p in paths}
+    owner: dict = {}
+    plan, taken = [], []
+    for path in paths:
+        outputs = tuple(os.path.join(output_dir, os.path.basename(path) + s) for s in suffixes)
+        for out in outputs:
+            key = os.path.basename(out).lower()  # also on case-insensitive file systems
+            if key in owner:
+                raise PredictError(f"predict: {path} and {owner[key]} would both write "
+                                   f"{out}; predict them in separate runs or rename one "
+                                   f"(nothing was written)")
+            owner[key] = path
+            real = os.path.realpath(out)
+            if real in inputs or (os.path.lexists(out) and os.path.basename(out) not in earlier):
+                taken.append(out)
+        plan.append(outputs)
+    if taken:
+        raise PredictError(
+            f"predict: {len(taken)} output files already exist and were not written by an "
+            f"earlier predict run, e.g. {taken[0]}; predict never writes over a file: "
+            f"choose another --output folder or move them (nothing was written)")
+    return plan
+
+
+def _read_manifest(output_dir: str) -> frozenset:
+    """The names listed in output_dir's manifest (empty when there is none)."""
+    path = os.path.join(output_dir, MANIFEST)
+    if not os.path.lexists(path):
+        return frozenset()
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            names = json.load(f)["outputs"]
+        if not all(isinstance(n, str) and n == os.path.basename(n) for n in names):
+            raise ValueError("not a list of file names")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise PredictError(f"predict: {path} is not predict's list of earlier outputs "
+                           f"({e}); choose another --output folder or move it") from None
+    return frozenset(names)
+
+
+def _write_manifest(output_dir: str, names: set) -> None:
+    path = os.path.join(output_dir, MANIFEST)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump({"written_by": "cornernet-tf predict", "outputs": sorted(names)}, f,
+                  indent=1)
+    os.replace(tmp, path)
+
+
+def _open_new(path: str, mode: str):
+    """Opens `path` for writing as a new file; an earlier output of predict there (checked
+    by `plan_outputs`) is removed first, so that a link is replaced, not followed."""
+    if os.path.lexists(path):
+        os.remove(path)
+    return open(path, mode.replace("w", "x"), **({} if "b" in mode else {"encoding": "utf-8"}))
+
+
+def _predict_one(detector, image: np.ndarray, path: str, outputs: tuple, names: list,
+                 model_path: str, heatmaps: bool, min_score: float) -> list[str]:
+    """Detects on one image and writes its planned outputs; returns them."""
+    h, w = image.shape[:2]
+    out = detector(image)
+    boxes, scores, classes, num = preprocess.contract_to_pixels(out, [[h, w]])
+    n = int(num[0])
+    xyxy, scores, classes = boxes[0, :n], scores[0, :n], classes[0, :n]
+    png, js = outputs[:2]
+    with _open_new(png, "wb") as f:
+        visualize.save_png(visualize.draw_detections(image, xyxy, classes, scores, names,
+                                                     min_score=min_score), f)
+    detections = [dict(label_id=int(c) + 1,
+                       name=names[c] if 0 <= c < len(names) else str(int(c) + 1),
+                       score=float(s), box_xyxy=[float(v) for v in b],
+                       box_normalized_yxyx=[float(v) for v in nb])
+                  for c, s, b, nb in zip(classes, scores, xyxy,
+                                         out[keys.DETECTION_BOXES][0, :n])]
+    with _open_new(js, "w") as f:
+        json.dump(dict(image=path, width=w, height=h, model=model_path,
+                       detections=detections), f, indent=1)
+    written = [png, js]
+    if heatmaps:
+        written += _write_heatmaps(detector, image, outputs[2:])
+    return written
+
+
+def _write_heatmaps(detector: ExportedDetector, image: np.ndarray,
+                    paths: Sequence[str]) -> list[str]:
+    """The TL and BR corner heatmaps of the image's part of the grid (padding cut off) over
+    the image, to `paths` (tl, br)."""
     maps = detector.heatmaps(image)
     if maps is None:
         raise ValueError(f"--heatmaps: the SavedModel {detector.path!r} has no "
                          f"serving_heatmaps signature")
     fh, fw = maps["valid_fraction"][0]
     written = []
-    for key in (keys.TL_HEATMAP, keys.BR_HEATMAP):
+    for key, path in zip((keys.TL_HEATMAP, keys.BR_HEATMAP), paths):
         heat = maps[key][0]
         heat = heat[:max(1, int(round(heat.shape[0] * fh))),
                     :max(1, int(round(heat.shape[1] * fw)))]
-        path = f"{prefix}_{key}.png"
-        visualize.save_png(visualize.heatmap_overlay(image, heat), path)
+        with _open_new(path, "wb") as f:
+            visualize.save_png(visualize.heatmap_overlay(image, heat), f)
         written.append(path)
     return written

@@ -9,14 +9,19 @@ variables so that the C++ session loader finds them.
 Each export gets the next integer version (TF Serving serves the highest); an existing
 version is never overwritten. The version folder is written under a temporary name and
 renamed when complete, so a server watching `<export_dir>/<name>/` never sees half a model.
+An interrupted export leaves that folder (`.tmp-<version>-<pid>`) behind; the next export
+into the same place removes the ones whose process is gone (`remove_stale_temporaries`).
 Beside `saved_model.pb` the version folder holds `labels.json` and `config.yaml`.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import shutil
+import time
 from typing import Optional
 
 import keras
@@ -28,6 +33,72 @@ from cornernet_tf.keys import (BR_HEATMAP, DETECTION_BOXES, DETECTION_CLASSES, D
 
 IMAGES_SPEC = tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")
 BYTES_SPEC = tf.TensorSpec([None], tf.string, name="images")
+
+
+# `.tmp-<version>-<pid>`: the temporary name of a version folder being written.
+_TEMPORARY = re.compile(r"\.tmp-(\d+)-(\d+)")
+# A temporary folder of a live process is left alone unless nothing in it changed for this
+# long (its pid was reused by another program); a dead process's is removed once nothing in
+# it changed for STALE_QUIET_SECONDS (on a folder shared between machines, a pid that is not
+# alive here may be an export running elsewhere: it is still writing, so it is recent).
+STALE_AGE_SECONDS = 24 * 3600
+STALE_QUIET_SECONDS = 60
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def _last_change(path: str) -> float:
+    """The newest modification time of a folder and everything in it (links not followed)."""
+    newest = os.lstat(path).st_mtime
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            try:
+                newest = max(newest, os.lstat(os.path.join(root, name)).st_mtime)
+            except FileNotFoundError:
+                pass
+    return newest
+
+
+def remove_stale_temporaries(base_dir: str, now: Optional[float] = None) -> list[str]:
+    """Removes the `.tmp-<version>-<pid>` folders that interrupted exports left in base_dir.
+
+    Only real folders (not links) whose name matches exactly are candidates; one is removed
+    when its process is not alive and nothing in it changed for STALE_QUIET_SECONDS, or when
+    nothing in it changed for STALE_AGE_SECONDS whatever its pid. Anything else in base_dir
+    (a user's folder, a version, a file) is never touched.
+
+    Args:
+      base_dir: `<export_dir>/<name>`.
+      now: the current time (tests); default time.time().
+
+    Returns:
+      The folders removed.
+    """
+    if not os.path.isdir(base_dir):
+        return []
+    now = time.time() if now is None else now
+    removed = []
+    for name in sorted(os.listdir(base_dir)):
+        match = _TEMPORARY.fullmatch(name)
+        path = os.path.join(base_dir, name)
+        if not match or os.path.islink(path) or not os.path.isdir(path):
+            continue
+        quiet = now - _last_change(path)
+        pid = int(match.group(2))
+        dead = pid != os.getpid() and not _pid_alive(pid)
+        if (dead and quiet >= STALE_QUIET_SECONDS) or quiet >= STALE_AGE_SECONDS:
+            shutil.rmtree(path)
+            logging.getLogger(__name__).info("removed %s, left by an interrupted export", path)
+            removed.append(path)
+    return removed
 
 
 def next_version(base_dir: str) -> int:
@@ -84,6 +155,7 @@ def export_saved_model(model: keras.Model, cfg, export_dir: str, label_map,
     if os.path.exists(final):
         raise FileExistsError(f"export version {final} exists; versions are never overwritten")
     os.makedirs(base, exist_ok=True)
+    remove_stale_temporaries(base)
     tmp = os.path.join(base, f".tmp-{version}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     fns = build_detection_functions(model, cfg)
@@ -116,6 +188,7 @@ def serving_description(cfg) -> dict:
             DETECTION_CLASSES: "float32 [B, N], 1-based label ids = labels.json 'class' + 1",
             NUM_DETECTIONS: "int32 [B]",
         },
+        "max_image_pixels": cfg.export.max_image_pixels,
         "tflite_input": f"uint8 [1, {cfg.model.input_size[0]}, {cfg.model.input_size[1]}, 3] "
                         "RGB, fitted by the caller as serving_default fits (export/README.md)",
         "max_detections": d.max_detections,

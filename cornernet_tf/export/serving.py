@@ -10,6 +10,14 @@ Contract (DESIGN.md, TF Object Detection API convention):
 `serving_bytes` takes encoded JPEG/PNG strings [B] (images of different sizes may share a
 batch) and returns the same outputs. N = decode.max_detections. Detections scoring below
 export.score_threshold are removed in the graph.
+
+Memory: an image larger than export.max_image_pixels (H * W) is refused with an
+InvalidArgumentError saying its size and the limit; `serving_bytes` reads the size from
+the header (JPEG, PNG, GIF, BMP, WebP) before decoding, so a small file that decodes to
+gigabytes is refused without allocating them, and names the image's index in the batch.
+Images are resized in uint8 (float32 only at the network input size) and `serving_bytes`
+decodes one image at a time, so one request's peak is about one decoded image plus the
+network (docs/robustness.md has the measured figures).
 """
 
 from __future__ import annotations
@@ -45,11 +53,14 @@ class DetectionFunctions:
       scales: multi-scale test factors of the network input (1.0 alone: single scale).
       size_step: (stride, grid multiple) of the backbone: a scaled input side is a multiple
         of stride * grid multiple (the hourglass halves its grid). Needed for scales only.
+      max_pixels: the signatures refuse images with more pixels (H * W);
+        export.max_image_pixels.
     """
 
     def __init__(self, model, input_size, decode_kwargs: dict, score_threshold: float = 0.0,
                  flip_test: bool = False, scales: Sequence[float] = (1.0,),
-                 size_step: Optional[tuple] = None):
+                 size_step: Optional[tuple] = None,
+                 max_pixels: int = preprocess.DEFAULT_MAX_IMAGE_PIXELS):
         self.model = model
         self.input_size = preprocess.size_pair(input_size, "input_size", "DetectionFunctions")
         self.decode_kwargs = dict(decode_kwargs)
@@ -60,6 +71,10 @@ class DetectionFunctions:
             raise ValueError(f"DetectionFunctions: scales {self.scales} need size_step "
                              f"(stride, grid multiple) of the backbone; found None")
         self.size_step = size_step
+        if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+            raise ValueError(f"DetectionFunctions: max_pixels must be a positive int, found "
+                             f"{max_pixels!r}")
+        self.max_pixels = max_pixels
 
     # ----------------------------------------------------------------------------------
     def preprocess(self, image: tf.Tensor):
@@ -78,9 +93,21 @@ class DetectionFunctions:
 
     def preprocess_batch(self, images: tf.Tensor):
         """[B, H, W, 3] uint8 (one size) -> (inputs [B, in_h, in_w, 3], transforms [B, 4],
-        sizes [B, 2])."""
-        inputs, transform = preprocess.fit_to_input(images, self.input_size)
+        sizes [B, 2]).
+
+        Raises:
+          tf.errors.InvalidArgumentError (at run time): H * W > max_pixels.
+        """
         shape = tf.shape(images)
+        pixels = tf.cast(shape[1], tf.int64) * tf.cast(shape[2], tf.int64)
+        too_large = tf.debugging.Assert(pixels <= self.max_pixels, [tf.strings.format(
+            "images: every image of the batch (index 0 to {}) is {} x {} = {} pixels, which "
+            f"exceeds the limit of {self.max_pixels} pixels (config key "
+            "export.max_image_pixels); expected at most that many pixels per image",
+            [shape[0] - 1, shape[1], shape[2], pixels])])
+        with tf.control_dependencies([too_large]):
+            images = tf.identity(images)
+        inputs, transform = preprocess.fit_to_input(images, self.input_size)
         size = tf.cast(shape[1:3], tf.float32)
         return (inputs, tf.tile(transform[None], [shape[0], 1]),
                 tf.tile(size[None], [shape[0], 1]))
@@ -200,16 +227,33 @@ class DetectionFunctions:
                 "valid_fraction": sizes * transforms[:, :2] / in_size}
 
     def serve_bytes(self, encoded: tf.Tensor) -> dict:
-        """`serving_bytes`: encoded JPEG/PNG strings [B] (any sizes) -> detections."""
+        """`serving_bytes`: encoded JPEG/PNG strings [B] (any sizes) -> detections.
 
-        def one(data):
-            return self.preprocess(preprocess.decode_image(data))
+        Raises:
+          tf.errors.InvalidArgumentError (at run time): an image is not JPEG, PNG, GIF, BMP
+            or WebP, or has more than max_pixels pixels (both name its index in the batch),
+            or is corrupt (the decoder's message). An empty batch gives empty outputs
+            ([0, N, 4], ...), as `serving_default` does.
+        """
 
+        def one(args):
+            data, index = args
+            image = preprocess.decode_image(data, self.max_pixels,
+                                            "serving_bytes: image {} of the batch", [index])
+            return self.preprocess(image)
+
+        # A loaded signature does not check the rank of what it is fed; this does, at run
+        # time ("Shape of tensor ... [1,1] is not compatible with expected shape [?]").
+        encoded = tf.ensure_shape(encoded, [None])
+        indices = tf.range(tf.shape(encoded)[0])
         in_h, in_w = self.input_size
+        # One image at a time (parallel_iterations=1): a request's peak memory is one
+        # decoded image, not ten (map_fn's graph default).
         inputs, transforms, sizes = tf.map_fn(
-            one, encoded, fn_output_signature=(tf.TensorSpec([in_h, in_w, 3], tf.float32),
-                                               tf.TensorSpec([4], tf.float32),
-                                               tf.TensorSpec([2], tf.float32)))
+            one, (encoded, indices), parallel_iterations=1,
+            fn_output_signature=(tf.TensorSpec([in_h, in_w, 3], tf.float32),
+                                 tf.TensorSpec([4], tf.float32),
+                                 tf.TensorSpec([2], tf.float32)))
         return self.detect(inputs, transforms, sizes)
 
     def serve_fixed(self, images: tf.Tensor) -> dict:
@@ -239,4 +283,5 @@ def build_detection_functions(model, cfg, score_threshold: Optional[float] = Non
                               decode_kwargs_from_config(cfg.decode),
                               cfg.export.score_threshold if score_threshold is None
                               else score_threshold, flip_test=flip_test, scales=scales,
-                              size_step=(cfg.model.stride, grid_multiple))
+                              size_step=(cfg.model.stride, grid_multiple),
+                              max_pixels=cfg.export.max_image_pixels)

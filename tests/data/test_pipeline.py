@@ -217,3 +217,66 @@ def test_bad_arguments(tmp_path):
         pipeline.build_dataset(cfg.data, cfg.model, "test", training=False)
     with pytest.raises(ValueError, match="batch_size"):
         pipeline.build_dataset(cfg.data, cfg.model, "val", training=False, batch_size=0)
+
+
+def _iterate_with_deadline(dataset, batches, seconds=300):
+    """Reads `batches` batches in a daemon thread; returns the error it raised, or fails
+    the test when it has not finished by the deadline (it must never spin forever)."""
+    import threading
+    outcome = {}
+
+    def run():
+        try:
+            for _ in dataset.take(batches):
+                pass
+            outcome["error"] = None
+        except Exception as e:  # noqa: BLE001 - handed to the test
+            outcome["error"] = e
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert outcome, f"reading {batches} batches did not finish in {seconds} s"
+    return outcome["error"]
+
+
+def test_training_pipeline_stops_when_no_image_decodes_any_more(tmp_path, capfd):
+    # Files that decoded when the pipeline was built are broken afterwards: the pass over
+    # them ends after one attempt each, says which were skipped, and stops with an error
+    # (ignore_errors + repeat used to spin here forever).
+    ann, image_dir = _dataset(tmp_path, num_images=3)
+    cfg = _config(ann, image_dir)
+    ds = pipeline.build_dataset(cfg.data, cfg.model, "train", training=True, batch_size=2)
+    for k in (1, 2, 3):
+        with open(os.path.join(image_dir, f"{k}.png"), "wb") as f:
+            f.write(b"\x89PNG\r\n\x1a\n broken")
+    error = _iterate_with_deadline(ds, 100)
+    assert isinstance(error, tf.errors.InvalidArgumentError)
+    assert f"none of the 3 images of {ann} could be decoded in pass 1" in error.message
+    assert os.path.join(image_dir, "2.png") + " (image id 2)" in error.message
+    assert "3 of 3 images could not be decoded" in capfd.readouterr().err
+
+
+def test_training_pipeline_reports_skips_per_pass_and_strict_stops(tmp_path, capfd):
+    ann, image_dir = _dataset(tmp_path, num_images=3)
+    cfg = _config(ann, image_dir)
+    ds = pipeline.build_dataset(cfg.data, cfg.model, "train", training=True, batch_size=1)
+    with open(os.path.join(image_dir, "3.png"), "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n broken")
+    assert _iterate_with_deadline(ds, 7) is None  # 2 images per pass: 3 passes ended
+    err = capfd.readouterr().err
+    for n in (1, 2, 3):
+        assert (f"data: pass {n} over {ann}: 1 of 3 images could not be decoded "
+                f"(preprocess.decode_image) and were skipped: "
+                f"{os.path.join(image_dir, '3.png')} (image id 3)") in err
+    # With data.strict (records loaded before the file broke) the first skip stops the run.
+    strict = _config(ann, image_dir, extra=["data.strict=true"])
+    records = pipeline.load_split(cfg.data, "train")[0]
+    assert len(records) == 2  # the broken file is dropped at loading ...
+    records.append(coco.ImageRecord(3, os.path.join(image_dir, "3.png"), 128, 128,
+                                    np.zeros((0, 4), np.float32), np.zeros((0,), np.int32)))
+    ds = pipeline.build_dataset(strict.data, strict.model, "train", training=True,
+                                batch_size=1, records=records)  # ... not when given
+    error = _iterate_with_deadline(ds, 10)
+    assert isinstance(error, tf.errors.InvalidArgumentError)
+    assert "data.strict: data: pass 1" in error.message and "3.png (image id 3)" in error.message

@@ -32,6 +32,7 @@ def exports(tmp_path_factory):
 
 
 def check_outputs(written, out_dir, model_path, expected_stems):
+    # outputs are named after the whole file name: wide.png -> wide.png.png, .json
     assert sorted(os.path.basename(p) for p in written if p.endswith(".json")) == sorted(
         s + ".json" for s in expected_stems)
     names = {1: "circle", 2: "triangle", 3: "square"}  # class + 1 -> name (sorted ids 3, 7, 11)
@@ -58,8 +59,8 @@ def test_predict_saved_model_with_heatmaps(exports, tmp_path):
     path, _, images = exports
     out_dir = str(tmp_path / "out")
     written = predict_lib.predict(path, [images], out_dir, heatmaps=True)
-    results = check_outputs(written, out_dir, path, ["square", "wide"])
-    for stem in ("square", "wide"):
+    results = check_outputs(written, out_dir, path, ["square.jpg", "wide.png"])
+    for stem in ("square.jpg", "wide.png"):
         for key in ("tl_heatmap", "br_heatmap"):
             p = os.path.join(out_dir, f"{stem}_{key}.png")
             assert p in written
@@ -69,7 +70,7 @@ def test_predict_saved_model_with_heatmaps(exports, tmp_path):
     image = np.asarray(Image.open(os.path.join(images, "wide.png")).convert("RGB"))
     out = tf.saved_model.load(path).signatures["serving_default"](images=image[None])
     n = int(out["num_detections"][0])
-    wide = results["wide"]["detections"]
+    wide = results["wide.png"]["detections"]
     assert len(wide) == n
     np.testing.assert_allclose([d["score"] for d in wide], out["detection_scores"][0, :n],
                                atol=1e-6)
@@ -81,7 +82,7 @@ def test_predict_tflite(exports, tmp_path):
     path, lite, images = exports
     out_dir = str(tmp_path / "out")
     written = predict_lib.predict(lite, [os.path.join(images, "wide.png")], out_dir)
-    results = check_outputs(written, out_dir, lite, ["wide"])
+    results = check_outputs(written, out_dir, lite, ["wide.png"])
     assert not any("heatmap" in p for p in written)
     # The TFLite path fits the 48x80 image as the SavedModel graph does (aspect kept:
     # scale min(64/48, 64/80) = 0.8 -> 38x64, zero rows below), rounded to uint8, runs the
@@ -92,13 +93,13 @@ def test_predict_tflite(exports, tmp_path):
                                       .numpy()), 0, 255).astype(np.uint8)
     out = tflite.TFLiteDetector(lite)(fitted)
     n = int(out["num_detections"][0])
-    assert len(results["wide"]["detections"]) == n
-    np.testing.assert_allclose([d["score"] for d in results["wide"]["detections"]],
+    assert len(results["wide.png"]["detections"]) == n
+    np.testing.assert_allclose([d["score"] for d in results["wide.png"]["detections"]],
                                out["detection_scores"][0, :n], atol=1e-6)
     ymin, xmin, ymax, xmax = (out["detection_boxes"][0, :n] * 64).T  # input pixels
     expected = np.stack([xmin / 0.8, ymin / (38 / 48), xmax / 0.8, ymax / (38 / 48)], -1)
     expected = np.minimum(expected, [80, 48, 80, 48])
-    np.testing.assert_allclose([d["box_xyxy"] for d in results["wide"]["detections"]],
+    np.testing.assert_allclose([d["box_xyxy"] for d in results["wide.png"]["detections"]],
                                expected, atol=1e-3)
 
 
@@ -121,3 +122,83 @@ def test_bad_paths(exports, tmp_path):
         predict_lib.predict(path, [str(empty)], str(tmp_path / "o"))
     with pytest.raises(FileNotFoundError, match="not a SavedModel folder"):
         predict_lib.predict(images, [images], str(tmp_path / "o"))
+
+
+def _listing(folder):
+    """{name: bytes} of every file in a folder."""
+    return {n: open(os.path.join(folder, n), "rb").read() for n in sorted(os.listdir(folder))}
+
+
+def test_output_in_the_input_folder_keeps_photos_and_separates_extensions(exports, tmp_path):
+    # a.jpg and a.png in one folder, predicted into that same folder: the photos stay as
+    # they were, each gets its own outputs (a.jpg.png, a.png.png), and a second run
+    # replaces its own outputs without taking them as inputs.
+    path, _, images = exports
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(noise_image(40, 40, seed=1)).save(folder / "a.jpg", quality=95)
+    Image.fromarray(noise_image(40, 40, seed=2)).save(folder / "a.png")
+    photos = _listing(folder)
+    written = predict_lib.predict(path, [str(folder)], str(folder))
+    assert sorted(os.path.basename(p) for p in written) == [
+        "a.jpg.json", "a.jpg.png", "a.png.json", "a.png.png"]
+    after = _listing(folder)
+    assert {n: after[n] for n in photos} == photos  # byte for byte
+    assert json.load(open(folder / "a.jpg.json"))["image"] == str(folder / "a.jpg")
+    assert json.load(open(folder / "a.png.json"))["image"] == str(folder / "a.png")
+    again = predict_lib.predict(path, [str(folder)], str(folder))
+    assert sorted(again) == sorted(written)  # earlier outputs are not inputs
+    assert sorted(os.listdir(folder)) == sorted(after)
+
+
+def test_never_writes_over_a_users_file(exports, tmp_path):
+    path, _, images = exports
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "wide.png.json").write_text("my notes")
+    with pytest.raises(predict_lib.PredictError, match=r"1 output files already exist .*"
+                       r"wide.png.json.*nothing was written"):
+        predict_lib.predict(path, [images], str(out))
+    assert sorted(os.listdir(out)) == ["wide.png.json"]
+    assert (out / "wide.png.json").read_text() == "my notes"
+
+
+def test_same_name_in_two_folders_is_refused_before_any_output(tmp_path):
+    # The plan is checked before the model is loaded: no model needed.
+    for d in ("d1", "d2"):
+        (tmp_path / d).mkdir()
+        Image.fromarray(noise_image(8, 8, seed=3)).save(tmp_path / d / "a.jpg")
+    with pytest.raises(predict_lib.PredictError, match=r"d2/a.jpg and .*d1/a.jpg would "
+                       r"both write .*a.jpg.png"):
+        predict_lib.predict(str(tmp_path / "no_model"), [str(tmp_path / "d1"),
+                            str(tmp_path / "d2")], str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+    # an input named like another input's output is not written over either
+    (tmp_path / "d1" / "a.jpg.png").write_bytes(b"a user's picture")
+    with pytest.raises(predict_lib.PredictError, match="already exist"):
+        predict_lib.plan_outputs([str(tmp_path / "d1" / "a.jpg"),
+                                  str(tmp_path / "d1" / "a.jpg.png")], str(tmp_path / "d1"),
+                                 heatmaps=False)
+
+
+def test_unreadable_images_are_reported_and_the_others_processed(exports, tmp_path, capsys):
+    path, _, _ = exports
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    Image.fromarray(noise_image(40, 56, seed=4)).save(folder / "good.png")
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "text.png").write_text("not an image\n")
+    out = tmp_path / "out"
+    with pytest.raises(predict_lib.PredictError) as info:
+        predict_lib.predict(path, [str(folder)], str(out))
+    error = info.value
+    assert [os.path.basename(p) for p, _ in error.skipped] == ["empty.jpg", "text.png"]
+    assert str(error).startswith("predict: 2 of 3 images could not be read and were skipped")
+    assert "wrote 2 files for the other 1" in str(error)
+    assert sorted(os.path.basename(p) for p in error.written) == ["good.png.json",
+                                                                  "good.png.png"]
+    assert sorted(os.listdir(out)) == [".cornernet-predict-outputs", "good.png.json",
+                                       "good.png.png"]
+    stderr = capsys.readouterr().err
+    assert f"skipped {folder / 'empty.jpg'}" in stderr and f"skipped {folder / 'text.png'}" \
+        in stderr

@@ -118,6 +118,7 @@ def test_layout_and_files(exported):
     assert set(serving["signatures"]) == {"serving_default", "serving_bytes", "serving_heatmaps"}
     assert set(serving["outputs"]) == OUTPUT_KEYS
     assert serving["network_input_size"] == [64, 64] and serving["max_detections"] == N
+    assert serving["max_image_pixels"] == 50_000_000
 
 
 def test_each_weight_is_stored_once(exported):
@@ -226,6 +227,73 @@ def test_versions_increment_and_never_overwrite(exported):
         saved_model.export_saved_model(model, cfg, root, label_map(), version=1)
 
 
+def dead_pid():
+    """The pid of a process that has ended."""
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                           capture_output=True, text=True, check=True)
+    return int(child.stdout)
+
+
+def test_stale_temporary_folders_of_interrupted_exports_are_removed(tmp_path):
+    base = tmp_path / "tiny"
+    base.mkdir()
+    dead, alive, now = dead_pid(), os.getppid(), 1_000_000_000.0
+
+    def folder(name, age, kind="dir"):
+        path = base / name
+        if kind == "dir":
+            path.mkdir()
+            (path / "saved_model.pb").write_bytes(b"half")
+            os.utime(path / "saved_model.pb", (now - age, now - age))
+        elif kind == "file":
+            path.write_bytes(b"x")
+        else:
+            path.symlink_to(tmp_path, target_is_directory=True)
+        os.utime(path, (now - age, now - age), follow_symlinks=False)
+        return str(path)
+
+    removed = [folder(f".tmp-3-{dead}", age=120),  # its process is gone
+               folder(f".tmp-4-{alive}", age=2 * 24 * 3600)]  # untouched for 2 days
+    kept = [folder(f".tmp-5-{dead}", age=5),  # just written (another machine's export?)
+            folder(f".tmp-6-{alive}", age=3600),  # a live process's export
+            folder(f".tmp-7-{os.getpid()}", age=3600),  # this process's
+            folder(".tmp-mine", age=10 ** 6), folder(f"tmp-8-{dead}", age=10 ** 6),
+            folder(f".tmp-9-{dead}-backup", age=10 ** 6), folder("1", age=10 ** 6),
+            folder(f".tmp-10-{dead}", age=10 ** 6, kind="file"),
+            folder(f".tmp-11-{dead}", age=10 ** 6, kind="link")]
+    assert saved_model.remove_stale_temporaries(str(base), now=now) == removed
+    assert sorted(os.listdir(base)) == sorted(os.path.basename(p) for p in kept)
+    assert os.listdir(tmp_path)  # the link's target is untouched
+    assert saved_model.remove_stale_temporaries(str(tmp_path / "none")) == []
+
+
+def test_the_next_export_cleans_up_after_an_interrupted_one(exported, tmp_path):
+    cfg, model, _, _, _ = exported
+    base = tmp_path / "tiny"
+    left = base / f".tmp-1-{dead_pid()}"
+    (left / "variables").mkdir(parents=True)
+    os.utime(left / "variables", (0, 0))
+    os.utime(left, (0, 0))
+    path = saved_model.export_saved_model(model, cfg, str(tmp_path), label_map())
+    assert path == str(base / "1") and sorted(os.listdir(base)) == ["1"]
+
+
+def test_eight_threads_on_one_saved_model_give_the_single_thread_answers(exported):
+    # The TFLite runner has the same test (tests/export/test_tflite.py).
+    from concurrent.futures import ThreadPoolExecutor
+    signature = exported[4].signatures["serving_default"]
+    images = [noise_image(64, 64, seed=s)[None] for s in range(40, 44)]
+    expected = [numpy_outputs(signature(images=tf.constant(im))) for im in images]
+    assert len({float(e["detection_scores"][0, 0]) for e in expected}) == len(images)
+    order = np.random.default_rng(0).integers(0, len(images), 64)
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(
+            lambda i: numpy_outputs(signature(images=tf.constant(images[i]))), order))
+    wrong = [j for j, (i, out) in enumerate(zip(order, answers))
+             if any(not np.array_equal(out[k], expected[i][k]) for k in out)]
+    assert not wrong, f"{len(wrong)} of {len(order)} answers differ from single-thread"
+
+
 # ---------------------------------------------------------------- bad input
 def test_wrong_dtype_rank_channels_are_rejected_by_the_signature(exported):
     _, _, _, _, loaded = exported
@@ -248,8 +316,11 @@ def test_wrong_dtype_rank_channels_are_rejected_by_the_signature(exported):
 
 def test_undecodable_bytes_and_empty_image(exported):
     _, _, _, _, loaded = exported
-    with pytest.raises(tf.errors.InvalidArgumentError, match="Unknown image file format"):
-        loaded.signatures["serving_bytes"](images=tf.constant([b"not an image"]))
+    good = encode(noise_image(20, 30), "PNG")
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"serving_bytes: image 1 of the batch: not a JPEG, PNG, GIF, BMP "
+                             r"or WebP image \(found 12 bytes"):
+        loaded.signatures["serving_bytes"](images=tf.constant([good, b"not an image"]))
     with pytest.raises(tf.errors.InvalidArgumentError,
                        match="images must have height and width >= 1"):
         loaded.signatures["serving_default"](images=tf.zeros([1, 0, 8, 3], tf.uint8))

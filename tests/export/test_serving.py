@@ -196,3 +196,42 @@ def test_flip_test_pools_the_mirrored_view():
     assert sorted(found) == ["mirrored", "plain"], found
     assert found["plain"] == pytest.approx(score, abs=1e-6)
     assert 0 < found["mirrored"] < score * np.exp(-(36 / 38) ** 2 / 0.5) + 1e-6
+
+
+def test_images_above_the_pixel_limit_are_refused_with_size_and_limit():
+    cfg = tiny_config()
+    fns = DetectionFunctions(PeakNet(), IN, decode_kwargs_from_config(cfg.decode),
+                             max_pixels=48 * 80)
+    serve_images = tf.function(fns.serve_images,
+                               input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)])
+    assert int(serve_images(tf.zeros([1, 48, 80, 3], tf.uint8))["num_detections"][0]) >= 1
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"images: every image of the batch \(index 0 to 1\) is 49 x 80 = "
+                             r"3920 pixels, which exceeds the limit of 3840 pixels \(config key "
+                             r"export.max_image_pixels\)"):
+        serve_images(tf.zeros([2, 49, 80, 3], tf.uint8))
+    import io
+    from PIL import Image
+
+    def png(h, w):
+        buf = io.BytesIO()
+        Image.fromarray(np.zeros((h, w, 3), np.uint8)).save(buf, "PNG")
+        return buf.getvalue()
+
+    serve_bytes = tf.function(fns.serve_bytes, input_signature=[tf.TensorSpec([None], tf.string)])
+    assert serve_bytes(tf.constant([png(48, 80), png(80, 48)]))["num_detections"].shape == (2,)
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"serving_bytes: image 2 of the batch: 81 x 48 = 3888 pixels "
+                             r"\(from its header\) exceed the limit of 3840 pixels"):
+        serve_bytes(tf.constant([png(48, 80), png(80, 48), png(81, 48)]))
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="max_pixels must be a positive int"):
+            DetectionFunctions(PeakNet(), IN, decode_kwargs_from_config(cfg.decode),
+                               max_pixels=bad)
+
+
+def test_the_limit_comes_from_the_config():
+    from cornernet_tf.export.serving import build_detection_functions
+    cfg = tiny_config(extra=["export.max_image_pixels=1234"])
+    assert build_detection_functions(PeakNet(), cfg).max_pixels == 1234
+    assert build_detection_functions(PeakNet(), tiny_config()).max_pixels == 50_000_000

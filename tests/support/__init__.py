@@ -3,4 +3,5 @@
     tests.support.export_models  tiny export config and model, label map, noise images
     tests.support.training       tiny training config overrides and the first fixed batch
     tests.support.train_worker   subprocess entry points for tests/test_training.py
+    tests.support.cli            `python main.py ARGS` run inside the test process
 """

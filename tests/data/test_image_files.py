@@ -1,0 +1,66 @@
+"""The load-time image checks agree with the one decoder, `preprocess.decode_image`."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cornernet_tf.data import image_files
+from cornernet_tf.preprocess import decode_image
+
+TAKEN = ("JPEG", "PNG", "GIF", "BMP", "WEBP")
+REFUSED = ("TIFF", "PPM", "ICO", "TGA")
+
+
+def _encoded(fmt):
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((8, 6, 3), 77, np.uint8)).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("fmt", TAKEN + REFUSED)
+def test_signature_check_agrees_with_the_decoder(fmt, tmp_path):
+    data = _encoded(fmt)
+    try:
+        decode_image(data)
+        decodes = True
+    except Exception:  # noqa: BLE001 - any refusal
+        decodes = False
+    assert decodes == (fmt in TAKEN)
+    assert (image_files.decoder_format(data[:16]) is not None) == decodes
+    path = tmp_path / f"x.{fmt.lower()}"
+    path.write_bytes(data)
+    assert (image_files.header_problem(str(path), 6, 8) is None) == decodes
+    assert (image_files.decode_problem(str(path)) is None) == decodes
+
+
+def test_header_check_messages(tmp_path):
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    assert image_files.header_problem(str(empty)) == (
+        f"{empty} is not a JPEG, PNG, GIF, BMP, WebP or JPEG XL image (an empty file)")
+    png = tmp_path / "x.png"
+    png.write_bytes(_encoded("PNG"))
+    assert image_files.header_problem(str(png), 6, 8) is None
+    assert image_files.header_problem(str(png), 8, 6) == (
+        f"{png} is 6x8 (width x height) but the json says 8x6")
+    assert image_files.header_problem(str(tmp_path / "nope.png")).startswith("cannot open")
+
+
+def test_decode_problems_finds_what_the_header_check_cannot(tmp_path):
+    # A JPEG cut in half keeps an intact header: only decoding finds it.
+    buffer = io.BytesIO()
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(buffer, format="JPEG", quality=95)
+    data = buffer.getvalue()
+    good, cut = tmp_path / "good.jpg", tmp_path / "cut.jpg"
+    good.write_bytes(data)
+    cut.write_bytes(data[:len(data) // 2])
+    assert image_files.header_problem(str(cut)) is None
+    problems = image_files.decode_problems([str(good), str(cut), str(good)])
+    assert list(problems) == [1]
+    assert problems[1].startswith(f"cannot decode {cut}: ")
+    assert "{{" not in problems[1] and "[Op:" not in problems[1]  # the decoder's words only
+    assert image_files.first_decodable([str(cut), str(good)]) == (1, [problems[1]])
+    assert image_files.first_decodable([str(cut)]) == (None, [problems[1]])
