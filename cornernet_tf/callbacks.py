@@ -1,14 +1,28 @@
-"""Keras callbacks of the training loop: checkpoints, NaN guard, progress, heatmap images.
+"""Keras callbacks of the training loop: checkpoints, NaN guard, validation, heatmap images.
 
-`training.train` wires them; they are plain `keras.callbacks.Callback`s and can be used
-with any `fit` of a CornerNet.
+`training.train` wires them (with `progress.ProgressDisplay`, the progress display); they
+are plain `keras.callbacks.Callback`s and can be used with any `fit` of a CornerNet.
+
+A checkpoint that cannot be written (a full disk, a file size limit) stops training with a
+`CheckpointWriteError`. TensorFlow reports some of these failures ("File too large") as a
+`tf.errors.OutOfRangeError`, which Keras' `fit` takes for the end of the data: left alone,
+the run would go on (or stop) without a word and a rerun would start from an older step.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import errno
+import io
+import glob
+import json
+import math
 import os
+import re
+import shutil
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import keras
 import numpy as np
@@ -16,7 +30,86 @@ import tensorflow as tf
 from absl import logging
 
 from cornernet_tf import visualize
-from cornernet_tf.keys import BR_HEATMAP, LOSS_KEYS, TL_HEATMAP, TOTAL_LOSS
+from cornernet_tf.keys import BR_HEATMAP, TL_HEATMAP, TOTAL_LOSS
+
+BEST_SUBDIR = "best"  # <model_dir>/checkpoints/best/: the best validation AP's weights
+BEST_RECORD = "best.json"  # beside it: its step and metrics
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written; training stops (it is not a tf.errors.OpError).
+
+    Attributes:
+      path: the checkpoint prefix that failed (e.g. `run/checkpoints/ckpt-1000`).
+      step: the optimizer step it was for.
+      reason: the OS error, e.g. "File too large (OutOfRangeError)".
+      kept: the newest good checkpoint, left as it was (None when there is none yet).
+    """
+
+    def __init__(self, path: str, step: int, reason: str, kept: Optional[str]):
+        self.path, self.step, self.reason, self.kept = path, step, reason, kept
+        where = (f"the newest good checkpoint, {kept}, is intact" if kept else
+                 "there is no earlier checkpoint")
+        super().__init__(
+            f"could not write checkpoint {path} (step {step}): {reason}; training stopped.\n"
+            f"{where}: free disk space (or lift the file size limit) and rerun the same "
+            f"command to resume.")
+
+
+def os_error_text(error: BaseException) -> str:
+    """The OS error inside `error`: "No space left on device (ENOSPC)", "File too large
+    (OutOfRangeError)" (TensorFlow's message without its op and temporary file names)."""
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.strerror} ({errno.errorcode.get(error.errno, error.errno)})"
+    text = getattr(error, "message", None) or str(error)
+    text = re.sub(r"\s*\[Op:\w+\]\s*$", "", re.sub(r"^\{\{.*?\}\}\s*", "", text.strip()))
+    return f"{text.rsplit('; ', 1)[-1]} ({type(error).__name__})"
+
+
+def write_checkpoint(manager: tf.train.CheckpointManager, step: int) -> str:
+    """`manager.save(checkpoint_number=step)`; a failure leaves the earlier ones as they were.
+
+    The manager writes the new files (through a `<prefix>_temp` folder) before it rewrites
+    the `checkpoint` index, which it replaces atomically; a failed write therefore leaves
+    the index pointing at the previous checkpoint. The failed write's partial files are
+    removed (unless the index on disk lists that prefix).
+
+    Returns:
+      The checkpoint prefix written.
+
+    Raises:
+      CheckpointWriteError: the write failed (OSError or a TensorFlow I/O error).
+    """
+    prefix = f"{os.path.join(manager.directory, 'ckpt')}-{step}"
+    kept = manager.latest_checkpoint
+    try:
+        return manager.save(checkpoint_number=step)
+    except (OSError, tf.errors.OpError) as e:
+        _remove_partial_checkpoint(manager.directory, prefix)
+        raise CheckpointWriteError(prefix, step, os_error_text(e), kept) from e
+
+
+def _remove_partial_checkpoint(directory: str, prefix: str) -> None:
+    """Deletes `prefix`'s files and temporary files unless the index on disk lists it."""
+    state = tf.train.get_checkpoint_state(directory)
+    listed = {os.path.normpath(p) for p in (state.all_model_checkpoint_paths if state else [])}
+    if os.path.normpath(prefix) in listed:
+        return
+    pattern = glob.escape(prefix)
+    leftovers = glob.glob(pattern + ".*") + glob.glob(pattern + "_temp*") + glob.glob(
+        os.path.join(glob.escape(directory), "checkpoint.tmp*"))
+    for path in leftovers:
+        try:
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            else:
+                os.remove(path)
+        except OSError as e:  # the error being reported matters more than this one
+            logging.warning("could not remove the partial checkpoint file %s: %s", path, e)
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
 
 
 def weights_are_finite(model: keras.Model) -> bool:
@@ -50,21 +143,28 @@ class CheckpointCallback(keras.callbacks.Callback):
       stopped_on_nan: True once training was stopped on a NaN/inf (read by `training.train`).
     """
 
-    def __init__(self, manager: tf.train.CheckpointManager, every: int):
+    def __init__(self, manager: tf.train.CheckpointManager, every: int,
+                 say: Callable[[str], None] = None):
         super().__init__()
         self.manager = manager
         self.every = every
+        self.say = say or _say
         self.last_saved: Optional[str] = manager.latest_checkpoint
         self.stopped_on_nan = False
+        self.write_failed = False
 
     def save(self) -> Optional[str]:
         """Writes a checkpoint of the current step unless the weights are not finite.
 
         Returns:
           The checkpoint written (or already there for this step), or None when the
-          weights hold a NaN/inf: the last good checkpoint is then left as the newest.
+          weights hold a NaN/inf (the last good checkpoint is then left as the newest) or
+          an earlier write failed.
+
+        Raises:
+          CheckpointWriteError: the write failed; `fit` stops, no later save is attempted.
         """
-        if self.stopped_on_nan:
+        if self.stopped_on_nan or self.write_failed:
             return None
         if not weights_are_finite(self.model):
             self.stop_on_nan("a model weight is NaN/inf")
@@ -73,7 +173,12 @@ class CheckpointCallback(keras.callbacks.Callback):
         if self.manager.latest_checkpoint and \
                 self.manager.latest_checkpoint.endswith(f"-{step}"):
             return self.manager.latest_checkpoint
-        self.last_saved = self.manager.save(checkpoint_number=step)
+        try:
+            self.last_saved = write_checkpoint(self.manager, step)
+        except CheckpointWriteError:
+            self.write_failed = True
+            self.model.stop_training = True
+            raise
         return self.last_saved
 
     def stop_on_nan(self, what: str) -> None:
@@ -87,7 +192,7 @@ class CheckpointCallback(keras.callbacks.Callback):
                f"{self.last_saved or 'none yet'}. Lower train.learning_rate or add "
                f"train.warmup_steps, then resume.")
         logging.error(msg)
-        print(f"error: {msg}", flush=True)
+        self.say(f"error: {msg}")
 
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get(TOTAL_LOSS)
@@ -118,51 +223,162 @@ class NaNGuard(keras.callbacks.Callback):
             self.checkpoints.stop_on_nan(f"{TOTAL_LOSS} is {float(loss)}")
 
 
-class ProgressLogger(keras.callbacks.Callback):
-    """One line per logging interval: step/total, every loss term, lr, images/s, ETA.
+class ValidationCallback(keras.callbacks.Callback):
+    """COCO evaluation of the validation split during `fit`; the best weights kept as `best`.
 
-    It also adds `learning_rate` to the epoch logs so TensorBoard records it.
+    At every multiple of `every` optimizer steps it runs `eval_runner.run_evaluation`
+    (the code behind `--mode=evaluate`, with the config's flip test and scales, without the
+    pictures) on the first `max_images` validation images (0: all). It prints AP, AP50 and
+    the per-class AP, writes them to TensorBoard (`<log_dir>/validation`, tags `AP`, `AP50`,
+    `AP75`, `AP_per_class/<name>`, at the optimizer step) and appends them to
+    `<output_dir>/history.jsonl`. When the AP beats every earlier one (of this run and of
+    the runs it resumes), the model's variables (no optimizer) are written to `best_manager`'s
+    folder, `<model_dir>/checkpoints/best/` (one checkpoint, the older one deleted), with
+    `best.json` beside it (step, AP, AP50, per-class AP). Training never resumes from it.
+
+    Args:
+      cfg: the resolved Config (data.val_*, decode, evaluate).
+      every: train.eval_every (> 0).
+      total_steps: train.steps (for the ETA of the evaluations still to come).
+      max_images: evaluate.max_images.
+      output_dir: run_evaluation's folder (detections.json and metrics.json of the newest
+        evaluation) and history.jsonl.
+      best_manager: a CheckpointManager (max_to_keep=1) over the model variables.
+      best_record: the best.json to start from (the chief's, on a resumed run); None: none.
+      log_dir: the run's TensorBoard folder.
+      checkpoints: the run's CheckpointCallback: nothing is evaluated after a NaN stop.
+      say: prints a message (the progress display's, so a live line stays below it).
+
+    Attributes:
+      evaluations: one dict per evaluation: step, AP, AP50, AP75, per_class_AP, seconds,
+        images, best (whether it became the best).
+      best: {"step", "AP", "AP50", "per_class_AP", "checkpoint"} or None.
     """
 
-    def __init__(self, total_steps: int, batch_size: int, early_steps=(1, 5)):
+    TAGS = ("AP", "AP50", "AP75")
+
+    def __init__(self, cfg, every: int, total_steps: int, max_images: int, output_dir: str,
+                 best_manager: tf.train.CheckpointManager, best_record: Optional[str],
+                 log_dir: str, checkpoints: Optional[CheckpointCallback] = None,
+                 say: Callable[[str], None] = None):
         super().__init__()
+        # Pictures (PR curves, gallery) are for --mode=evaluate; here they would cost time.
+        self.cfg = dataclasses.replace(cfg, evaluate=dataclasses.replace(
+            cfg.evaluate, pictures=False, oracle="none"))
+        self.every = every
         self.total_steps = total_steps
-        self.batch_size = batch_size
-        self.early_steps = set(early_steps)
-        self._t0 = self._t_last = None
-        self._step_last = 0
-        self.history: list[dict] = []
+        self.max_images = max_images
+        self.output_dir = output_dir
+        self.best_manager = best_manager
+        self.best_record = best_record
+        self.log_dir = log_dir
+        self.checkpoints = checkpoints
+        self.say = say or _say
+        self.evaluations: list[dict] = []
+        self.best: Optional[dict] = None
+        self.seconds = 0.0  # spent in evaluations so far (the progress display's ETA)
+        self._writer = None
+        self._last_step = -1
+        self._printed = ""
 
     def on_train_begin(self, logs=None):
-        self._t0 = self._t_last = time.time()
-        self._step_last = int(self.model.optimizer.iterations.numpy())
-
-    def _line(self, step, logs, rate):
-        remaining = (self.total_steps - step) * self.batch_size / max(rate, 1e-9)
-        terms = "  ".join(f"{k} {float(v):.4f}" for k, v in sorted((logs or {}).items())
-                          if k in LOSS_KEYS)
-        lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-        return (f"step {step}/{self.total_steps}  {terms}  lr {lr:.3g}  {rate:.1f} img/s  "
-                f"ETA {time.strftime('%H:%M:%S', time.gmtime(remaining))}")
+        self.best = read_best_record(self.best_record)
+        self._writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "validation"))
 
     def on_train_batch_end(self, batch, logs=None):
         step = int(self.model.optimizer.iterations.numpy())
-        if step - self._step_last in self.early_steps and self._t0 is not None:
-            rate = (step - self._step_last) * self.batch_size / (time.time() - self._t0)
-            print(self._line(step, logs, rate) + "  (includes graph tracing)", flush=True)
+        if self.checkpoints is not None and (self.checkpoints.stopped_on_nan
+                                             or self.checkpoints.write_failed):
+            return
+        if step == self._last_step or step % self.every:
+            return
+        self._last_step = step
+        self.evaluate(step)
 
-    def on_epoch_end(self, epoch, logs=None):
-        now = time.time()
-        step = int(self.model.optimizer.iterations.numpy())
-        steps = max(step - getattr(self, "_epoch_start_step", self._step_last), 1)
-        rate = steps * self.batch_size / max(now - self._t_last, 1e-9)
-        self._t_last, self._epoch_start_step = now, step
-        if logs is not None:
-            logs["learning_rate"] = float(
-                keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-            logs["images_per_second"] = rate
-        self.history.append(dict(step=step, **{k: float(v) for k, v in (logs or {}).items()}))
-        print(self._line(step, logs, rate), flush=True)
+    def remaining_seconds(self, step: int) -> float:
+        """The evaluations after `step` times the mean time of those done (0: none yet)."""
+        if not self.evaluations:
+            return 0.0
+        count = self.total_steps // self.every - step // self.every
+        return count * self.seconds / len(self.evaluations)
+
+    def evaluate(self, step: int) -> dict:
+        """Runs one evaluation of the current weights at `step`; returns its entry."""
+        from cornernet_tf import eval_runner  # heavy (export, pycocotools); only when used
+        start = time.perf_counter()
+        # What the evaluation prints (the split's loading report) goes through `say`, so a
+        # live progress line stays intact; the same report as last time is not repeated.
+        printed = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(printed):
+                metrics = eval_runner.run_evaluation(self.model, self.cfg, self.output_dir,
+                                                     max_images=self.max_images,
+                                                     verbose=False)
+        finally:
+            if printed.getvalue().strip() and printed.getvalue() != self._printed:
+                self.say(printed.getvalue().rstrip("\n"))
+            self._printed = printed.getvalue()
+        entry = dict(step=step, **{k: float(metrics[k]) for k in self.TAGS},
+                     per_class_AP={k: float(v) for k, v in
+                                   metrics.get("per_class_AP", {}).items()},
+                     images=int(metrics.get("images", -1)),
+                     seconds=time.perf_counter() - start)
+        ap = entry["AP"]
+        entry["best"] = math.isfinite(ap) and (self.best is None or ap > self.best["AP"])
+        if entry["best"]:
+            path = write_checkpoint(self.best_manager, step)
+            self.best = dict(step=step, AP=ap, AP50=entry["AP50"],
+                             per_class_AP=entry["per_class_AP"], checkpoint=path)
+            self._write_best_record(path)
+        self.evaluations.append(entry)
+        self.seconds += time.perf_counter() - start
+        self._log(entry)
+        return entry
+
+    def _write_best_record(self, path: str) -> None:
+        record = dict(self.best, checkpoint=os.path.basename(path))
+        target = os.path.join(self.best_manager.directory, BEST_RECORD)
+        try:
+            with open(target + ".tmp", "w", encoding="utf-8") as f:
+                json.dump(record, f, indent=1)
+            os.replace(target + ".tmp", target)
+        except OSError as e:
+            raise CheckpointWriteError(target, self.best["step"], os_error_text(e),
+                                       path) from e
+
+    def _log(self, entry: dict) -> None:
+        step = entry["step"]
+        with self._writer.as_default():
+            for key in self.TAGS:
+                tf.summary.scalar(key, entry[key], step=step)
+            for name, value in entry["per_class_AP"].items():
+                if math.isfinite(value):
+                    tf.summary.scalar(f"AP_per_class/{name}", value, step=step)
+        self._writer.flush()
+        os.makedirs(self.output_dir, exist_ok=True)
+        with open(os.path.join(self.output_dir, "history.jsonl"), "a", encoding="utf-8") as f:
+            f.write(json.dumps(entry) + "\n")
+        best = self.best
+        best_text = (f"best AP {best['AP']:.3f} (step {best['step']}"
+                     + (f", saved as {best['checkpoint']})" if entry["best"] else ")")
+                     if best else "no best yet")
+        per_class = ", ".join(f"{k} {v:.3f}" if v >= 0 else f"{k} n/a (no ground truth)"
+                              for k, v in entry["per_class_AP"].items())
+        self.say(f"validation at step {step} on {entry['images']} images "
+                 f"({entry['seconds']:.1f} s): AP {entry['AP']:.3f}  AP50 "
+                 f"{entry['AP50']:.3f}  AP75 {entry['AP75']:.3f}; {best_text}\n"
+                 f"  per-class AP: {per_class or '-'}")
+
+
+def read_best_record(path: Optional[str]) -> Optional[dict]:
+    """The best.json at `path` (its "checkpoint" made a full path), or None when absent."""
+    if not path or not os.path.isfile(path):
+        return None
+    with open(path, "r", encoding="utf-8") as f:
+        record = json.load(f)
+    record["checkpoint"] = os.path.join(os.path.dirname(path), record["checkpoint"])
+    return record
+
 
 
 class HeatmapImages(keras.callbacks.Callback):

@@ -87,6 +87,10 @@ def _export(cfg: config_lib.Config) -> None:
 
 def _predict(cfg: config_lib.Config) -> None:
     from cornernet_tf.export.predict import predict
+    if FLAGS.checkpoint and not FLAGS.model:
+        raise app.UsageError(f"--mode=predict runs an exported model, not a checkpoint: "
+                             f"export it first (--mode=export --checkpoint={FLAGS.checkpoint}),"
+                             f" then pass --model=<the SavedModel version folder>")
     if not FLAGS.model or not FLAGS.images:
         raise app.UsageError("--mode=predict needs --model=<SavedModel folder or .tflite> and "
                              "--images=<files or folders>")
@@ -127,7 +131,8 @@ MODES: dict[str, Mode] = {
                  "export SavedModel + TFLite, predict, summary", _demo),
     "train": Mode("train (or resume) with model.fit; checkpoints, logs, labels.json in "
                   "--model_dir", _train),
-    "evaluate": Mode("COCO AP on the val split of the newest (or --checkpoint) checkpoint, "
+    "evaluate": Mode("COCO AP on the val split of the newest (or --checkpoint=best|<path>) "
+                     "checkpoint, "
                      "or of an exported file with --model (SavedModel folder or .tflite; "
                      "adds latency and size); writes <model_dir>/eval/", _evaluate),
     "export": Mode("SavedModel for TF Serving (+ TFLite with export.tflite) under "
@@ -156,8 +161,9 @@ def _define_flags() -> None:
                               "--set train.steps=200 --set model.num_classes=3.")
     flags.DEFINE_string("model_dir", None, "Where checkpoints, logs, labels.json and the resolved "
                         "config go (default: runs/<config name>/).")
-    flags.DEFINE_string("checkpoint", None, "evaluate/export: a checkpoint path instead of the "
-                        "newest in --model_dir.")
+    flags.DEFINE_string("checkpoint", None, "evaluate/export: latest (the default: the newest "
+                        "in --model_dir), best (the best validation AP during training, "
+                        "train.eval_every > 0) or a checkpoint path.")
     flags.DEFINE_string("export_dir", "export", "export: root folder of SavedModels "
                         "(<export_dir>/<export.name>/<version>/).")
     flags.DEFINE_string("model", None, "predict, evaluate: a SavedModel version folder or a "
@@ -186,6 +192,13 @@ def resolve_model_dir(config_path: str, model_dir: str | None) -> str:
     return os.path.join("runs", stem)
 
 
+def _is_checkpoint_write_error(error: BaseException) -> bool:
+    """Whether training stopped on a failed checkpoint write (callbacks.CheckpointWriteError;
+    looked up only if training was imported, so the CLI stays TensorFlow-free until then)."""
+    callbacks = sys.modules.get("cornernet_tf.callbacks")
+    return callbacks is not None and isinstance(error, callbacks.CheckpointWriteError)
+
+
 def _main(argv: list[str]) -> None:
     from absl import logging
     logging.set_verbosity(logging.WARNING)  # TF's Python INFO chatter; our summaries print
@@ -196,6 +209,11 @@ def _main(argv: list[str]) -> None:
         cfg = config_lib.load_config(FLAGS.config, overrides)
         MODES[FLAGS.mode].run(cfg)
     except Exception as e:  # noqa: BLE001 - sorted into the user's mistakes and ours
+        if not FLAGS.verbose and _is_checkpoint_write_error(e):
+            # Neither the user's input (exit 2) nor a bug (traceback): the run failed on
+            # the machine's disk, and the same command resumes once there is room.
+            sys.stderr.write(f"error: {e}\n")
+            sys.exit(1)
         if FLAGS.verbose or not errors.is_user_error(e):
             raise
         sys.stderr.write(f"error: {errors.one_or_two_lines(e)}\n"

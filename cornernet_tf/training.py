@@ -7,11 +7,16 @@ callbacks, and resumes from the newest checkpoint in `model_dir` when there is o
 Checkpoints are `tf.train.Checkpoint`s of the model's variables and the optimizer, written
 by a `CheckpointManager` every `train.checkpoint_every` steps into `<model_dir>/checkpoints/`.
 The manager writes the new files before it points the `checkpoint` index at them, so a run
-killed mid-write still
-resumes from the previous checkpoint; resuming restores the weights, the optimizer state
-(Adam moments) and the step counter, and `fit` continues at that step. This replaces Keras'
-`ModelCheckpoint` + `BackupAndRestore` pair: Keras 3's BackupAndRestore rewrites one
-`.weights.h5` file in place and restarts a mid-epoch backup at the start of its epoch.
+killed mid-write still resumes from the previous checkpoint; resuming restores the weights,
+the optimizer state (Adam moments) and the step counter, and `fit` continues at that step.
+This replaces Keras' `ModelCheckpoint` + `BackupAndRestore` pair: Keras 3's BackupAndRestore
+rewrites one `.weights.h5` file in place and restarts a mid-epoch backup at the start of its
+epoch. A write that fails (a full disk) stops training with a `CheckpointWriteError` and
+leaves the previous checkpoint as the newest.
+
+With `train.eval_every` > 0 the validation split is evaluated during training and the
+weights with the best AP are kept in `<model_dir>/checkpoints/best/` (`--checkpoint=best`);
+resuming always starts from the newest checkpoint, never from `best`.
 """
 
 from __future__ import annotations
@@ -26,14 +31,17 @@ import keras
 import tensorflow as tf
 
 from cornernet_tf import config as config_lib
-from cornernet_tf.callbacks import (CheckpointCallback, HeatmapImages, NaNGuard, ProgressLogger,
-                                    StopAtStep)
+from cornernet_tf.callbacks import (BEST_RECORD, BEST_SUBDIR, CheckpointCallback,
+                                    CheckpointWriteError, HeatmapImages, NaNGuard, StopAtStep,
+                                    ValidationCallback)
 from cornernet_tf.choices import PRECISIONS, SCHEDULES, STRATEGIES
 from cornernet_tf.data import pipeline
 from cornernet_tf.model import CornerNet, build_model
+from cornernet_tf.progress import ProgressDisplay
 from cornernet_tf.resolve import resolve_dataset_dependent
 
 CHECKPOINT_SUBDIR = "checkpoints"
+VALIDATION_SUBDIR = "validation"  # detections and metrics of the newest in-training evaluation
 
 
 # --------------------------------------------------------------------------------------
@@ -166,20 +174,65 @@ def checkpoint_manager(model: keras.Model, model_dir: str, optimizer=None,
                                       max_to_keep=max_to_keep)
 
 
+def resolve_checkpoint(model_dir: str, checkpoint: Optional[str] = None) -> str:
+    """The checkpoint prefix that `--checkpoint` names.
+
+    Args:
+      model_dir: the training run's folder.
+      checkpoint: None or "latest" (the newest in `<model_dir>/checkpoints/`), "best" (the
+        best validation AP, `<model_dir>/checkpoints/best/`, written when train.eval_every
+        > 0), a checkpoint prefix (e.g. `runs/x/checkpoints/ckpt-500`) or a folder
+        holding a `checkpoint` index (its newest).
+
+    Returns:
+      The checkpoint prefix.
+
+    Raises:
+      FileNotFoundError: no such checkpoint (names the folder looked in and what writes it).
+    """
+    folder = os.path.join(model_dir, CHECKPOINT_SUBDIR)
+    if checkpoint in (None, "", "latest"):
+        path = tf.train.latest_checkpoint(folder)
+        if not path:
+            raise FileNotFoundError(
+                f"no checkpoint in {folder!r}: train first (--mode=train "
+                f"--model_dir={model_dir}) or pass --checkpoint=<path>")
+        return path
+    if checkpoint == "best":
+        best_dir = os.path.join(folder, BEST_SUBDIR)
+        path = tf.train.latest_checkpoint(best_dir)
+        if not path:
+            raise FileNotFoundError(
+                f"--checkpoint=best: no best checkpoint in {best_dir!r}; it is written by "
+                f"validation during training (train.eval_every > 0). Use --checkpoint=latest "
+                f"or a checkpoint path")
+        return path
+    if tf.io.gfile.exists(checkpoint + ".index"):
+        return checkpoint
+    path = tf.train.latest_checkpoint(checkpoint) if tf.io.gfile.isdir(checkpoint) else None
+    if not path:
+        raise FileNotFoundError(f"--checkpoint={checkpoint}: expected 'latest', 'best', a "
+                                f"checkpoint prefix (with a {checkpoint}.index file) or a "
+                                f"folder with a 'checkpoint' index; found none of these")
+    return path
+
+
 def restore_weights(model: keras.Model, model_dir: str, checkpoint: Optional[str] = None) -> str:
-    """Loads model weights (no optimizer) from `checkpoint` or the newest one in model_dir.
+    """Loads model weights (no optimizer) from the checkpoint `checkpoint` names.
+
+    Args:
+      model: a model built from the run's config.
+      model_dir: the training run's folder.
+      checkpoint: see `resolve_checkpoint`: None/"latest", "best", or a path.
 
     Returns:
       The checkpoint path restored.
 
     Raises:
-      FileNotFoundError: no checkpoint there (names the folder looked in).
+      FileNotFoundError: no such checkpoint (names the folder looked in).
+      ValueError: the checkpoint does not match the model.
     """
-    path = checkpoint or tf.train.latest_checkpoint(os.path.join(model_dir, CHECKPOINT_SUBDIR))
-    if not path:
-        raise FileNotFoundError(
-            f"no checkpoint in {os.path.join(model_dir, CHECKPOINT_SUBDIR)!r}: train first "
-            f"(--mode=train --model_dir={model_dir}) or pass --checkpoint")
+    path = resolve_checkpoint(model_dir, checkpoint)
     try:
         training_checkpoint(model).restore(path).expect_partial().assert_existing_objects_matched()
     except (AssertionError, ValueError) as e:
@@ -238,16 +291,23 @@ def train(cfg: config_lib.Config, model_dir: str, verbose: int = 1) -> dict:
       cfg: the resolved config.
       model_dir: checkpoints (`checkpoints/`), TensorBoard logs (`logs/`), `config.yaml`
         and `labels.json` go here.
-      verbose: Keras progress-bar verbosity (our per-interval lines print regardless).
+      verbose: 1: a live progress line when stdout is a terminal, plain lines (one per
+        train.log_every steps) otherwise; 0: plain lines always. Keras' own progress bar
+        is off (`progress.ProgressDisplay` is the one display).
 
     Returns:
       dict: "checkpoint" (the last one written; a temporary path on non-chief workers),
       "steps" (the step reached), "history" (one dict of logged values per logging
-      interval), "images_per_second" (last interval), "model" (the trained model).
+      interval), "images_per_second" (last interval), "model" (the trained model),
+      "stopped_on_nan", "evaluations" (one dict per validation during training, see
+      `callbacks.ValidationCallback`) and "best" (the best validation's step, AP and
+      checkpoint, or None).
 
     Raises:
       ConfigError: batch size not divisible by the replicas, or num_classes not matching
         the dataset.
+      CheckpointWriteError: a checkpoint could not be written (training stopped; the
+        previous checkpoint is intact).
     """
     cfg = resolve_dataset_dependent(cfg)  # model.num_classes / data.max_objects at 0
     previous_policy = keras.mixed_precision.global_policy()
@@ -280,28 +340,65 @@ def _train(cfg: config_lib.Config, model_dir: str, strategy: tf.distribute.Strat
     if step >= t.steps:
         print(f"already trained: step {step} >= train.steps {t.steps}", flush=True)
         return dict(checkpoint=latest, steps=step, history=[], stopped_on_nan=False,
-                    images_per_second=float("nan"), model=model)
-    checkpoints = CheckpointCallback(manager, t.checkpoint_every)
-    checkpoints.last_saved = latest
-    progress = ProgressLogger(t.steps, t.batch_size)
-    log_dir = os.path.join(write_dir, "logs")
-    log_every = min(t.log_every, t.steps)
-    # NaNGuard runs before CheckpointCallback so a bad step is never saved.
-    callbacks = [StopAtStep(t.steps), progress, NaNGuard(checkpoints), checkpoints,
-                 keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch"),
-                 HeatmapImages(next(iter(dataset))[0][:2], log_dir,
-                               every_epochs=max(1, t.checkpoint_every // log_every))]
+                    images_per_second=float("nan"), model=model, evaluations=[], best=None)
+    callbacks, progress, checkpoints, validation = _callbacks(
+        cfg, model, model_dir, write_dir, manager, latest, dataset,
+        live=None if verbose else False)
     print(f"training {t.steps} steps, global batch {t.batch_size} on "
           f"{strategy.num_replicas_in_sync} replica(s) ({type(strategy).__name__}); "
           f"checkpoints every {t.checkpoint_every} steps in {manager.directory}; TensorBoard "
-          f"logs in {log_dir}", flush=True)
-    _fit(model, dataset, t, step, callbacks, checkpoints, verbose)
+          f"logs in {os.path.join(write_dir, 'logs')}", flush=True)
+    if validation is not None:
+        print(f"validation every {t.eval_every} steps on "
+              f"{cfg.evaluate.max_images or 'all'} images of {cfg.data.val_annotations}; the "
+              f"best AP's weights in {validation.best_manager.directory}", flush=True)
+    _fit(model, dataset, t, step, callbacks, checkpoints, progress)
     history = progress.history
     return dict(checkpoint=checkpoints.last_saved,
                 steps=int(model.optimizer.iterations.numpy()), history=history,
                 images_per_second=history[-1].get("images_per_second", float("nan"))
                 if history else float("nan"), model=model,
-                stopped_on_nan=checkpoints.stopped_on_nan)
+                stopped_on_nan=checkpoints.stopped_on_nan,
+                evaluations=validation.evaluations if validation else [],
+                best=validation.best if validation else None)
+
+
+def _callbacks(cfg: config_lib.Config, model: CornerNet, model_dir: str, write_dir: str,
+               manager: tf.train.CheckpointManager, latest: Optional[str],
+               dataset: tf.data.Dataset, live: Optional[bool]):
+    """The fit callbacks, in order.
+
+    Returns:
+      (callbacks, the ProgressDisplay, the CheckpointCallback, the ValidationCallback or
+      None when train.eval_every is 0).
+    """
+    t = cfg.train
+    progress = ProgressDisplay(t.steps, t.batch_size, live=live)
+    checkpoints = CheckpointCallback(manager, t.checkpoint_every, say=progress.message)
+    checkpoints.last_saved = latest
+    log_dir = os.path.join(write_dir, "logs")
+    log_every = min(t.log_every, t.steps)
+    # NaNGuard runs before CheckpointCallback so a bad step is never saved; validation
+    # after it, so the step it evaluates is on disk first.
+    callbacks = [StopAtStep(t.steps), progress, NaNGuard(checkpoints), checkpoints]
+    validation = None
+    if t.eval_every > 0:
+        pipeline.load_split(cfg.data, "val", check_images="none")  # a missing split: now
+        best_folder = os.path.join(CHECKPOINT_SUBDIR, BEST_SUBDIR)
+        best_manager = tf.train.CheckpointManager(
+            training_checkpoint(model),
+            os.path.join(write_dir, best_folder), max_to_keep=1)
+        validation = ValidationCallback(
+            cfg, t.eval_every, t.steps, cfg.evaluate.max_images,
+            os.path.join(write_dir, VALIDATION_SUBDIR), best_manager,
+            os.path.join(model_dir, best_folder, BEST_RECORD), log_dir, checkpoints,
+            say=progress.message)
+        callbacks.append(validation)
+        progress.validation = validation
+    callbacks += [keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch"),
+                  HeatmapImages(next(iter(dataset))[0][:2], log_dir,
+                                every_epochs=max(1, t.checkpoint_every // log_every))]
+    return callbacks, progress, checkpoints, validation
 
 
 def _check_batch_split(t: config_lib.TrainConfig, strategy: tf.distribute.Strategy) -> None:
@@ -352,20 +449,24 @@ def _build_or_resume(cfg: config_lib.Config, strategy: tf.distribute.Strategy, m
 
 
 def _fit(model: CornerNet, dataset: tf.data.Dataset, t: config_lib.TrainConfig, step: int,
-         callbacks: list, checkpoints: CheckpointCallback, verbose: int) -> None:
+         callbacks: list, checkpoints: CheckpointCallback, progress: ProgressDisplay) -> None:
     """`model.fit` from `step` to `train.steps` in logging intervals (one epoch each).
 
-    A crash or Ctrl-C never loses the work since the last checkpoint: it is saved before
-    the exception propagates (unless the weights have gone bad: the last good checkpoint
-    is then kept as it is).
+    Keras prints nothing (verbose=0): `progress` is the one display. A crash or Ctrl-C
+    never loses the work since the last checkpoint: it is saved before the exception
+    propagates (unless the weights have gone bad, or the write itself failed: the last good
+    checkpoint is then kept as it is).
     """
     log_every = min(t.log_every, t.steps)
     initial_epoch = step // log_every
     try:
         model.fit(dataset, epochs=initial_epoch + math.ceil((t.steps - step) / log_every),
                   initial_epoch=initial_epoch, steps_per_epoch=log_every,
-                  callbacks=callbacks, verbose=verbose, shuffle=False)
-    except BaseException:
+                  callbacks=callbacks, verbose=0, shuffle=False)
+    except BaseException as e:
+        progress.close()
+        if isinstance(e, CheckpointWriteError):  # writing is what fails: do not try again
+            raise
         path = checkpoints.save() if checkpoints.model is not None else None
         if path:
             print(f"interrupted: saved {path}", flush=True)

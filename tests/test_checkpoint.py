@@ -54,3 +54,22 @@ def test_mismatched_model_is_a_clear_error(tmp_path):
 def test_missing_checkpoint_names_the_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint in"):
         training.restore_weights(build_model(_cfg().model), str(tmp_path))
+
+
+def test_checkpoint_flag_values_resolve(tmp_path):
+    """--checkpoint: latest (or none) is the newest; a prefix or a folder; best has its own
+    folder, which the newest-checkpoint lookup (and so resuming) never reads."""
+    model = build_model(_cfg().model)
+    manager = training.checkpoint_manager(model, str(tmp_path))
+    first, second = manager.save(checkpoint_number=10), manager.save(checkpoint_number=20)
+    folder = os.path.join(str(tmp_path), training.CHECKPOINT_SUBDIR)
+    best = tf.train.CheckpointManager(training.training_checkpoint(model),
+                                      os.path.join(folder, "best"), max_to_keep=1)
+    best_path = best.save(checkpoint_number=15)
+    assert training.resolve_checkpoint(str(tmp_path)) == second
+    assert training.resolve_checkpoint(str(tmp_path), "latest") == second
+    assert training.resolve_checkpoint(str(tmp_path), "best") == best_path
+    assert best_path == os.path.join(folder, "best", "ckpt-15")
+    assert training.resolve_checkpoint("elsewhere", first) == first
+    assert training.resolve_checkpoint("elsewhere", folder) == second
+    assert tf.train.latest_checkpoint(folder) == second  # what resuming reads

@@ -9,6 +9,9 @@
     python tests/support/train_worker.py worker INDEX PORT0,PORT1 DATA_DIR MODEL_DIR OUT.npz
         One MultiWorkerMirroredStrategy worker (TF_CONFIG built here, sync BN) running
         `training.train` on the tiny config; saves the final weights and the step.
+
+    python tests/support/train_worker.py file_size_limit CONFIG.yaml MODEL_DIR
+        `main.py --mode=train` with a file size limit set after the first checkpoint.
 """
 
 from __future__ import annotations
@@ -102,6 +105,35 @@ def worker(index: int, ports: str, data_dir: str, model_dir: str, out: str,
              checkpoint=str(result["checkpoint"]))
 
 
+def file_size_limit(config_path: str, model_dir: str) -> None:
+    """`main.py --mode=train` under a real file size limit set after the first checkpoint.
+
+    SIGXFSZ is ignored, so a write past the limit fails with EFBIG ("File too large", which
+    TensorFlow reports as an OutOfRangeError) as on a full disk. The limit (half the first
+    checkpoint's data file) is set right after that checkpoint is written; the next save
+    must fail. Exits with the CLI's exit code.
+    """
+    import resource
+    import signal
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    from cornernet_tf import callbacks
+    original = callbacks.CheckpointCallback.save
+
+    def save_then_limit(self):
+        path = original(self)
+        if path and resource.getrlimit(resource.RLIMIT_FSIZE)[0] == resource.RLIM_INFINITY:
+            limit = os.path.getsize(path + ".data-00000-of-00001") // 2
+            resource.setrlimit(resource.RLIMIT_FSIZE,
+                               (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+            print(f"file size limit: {limit} bytes from now on", flush=True)
+        return path
+
+    callbacks.CheckpointCallback.save = save_then_limit
+    from cornernet_tf.cli import run
+    sys.argv = ["main.py", "--mode=train", f"--config={config_path}", f"--model_dir={model_dir}"]
+    run()
+
+
 if __name__ == "__main__":
     mode = sys.argv[1]
     if mode == "replica":
@@ -109,5 +141,8 @@ if __name__ == "__main__":
     elif mode == "worker":
         worker(int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6],
                int(sys.argv[7]))
+    elif mode == "file_size_limit":
+        file_size_limit(sys.argv[2], sys.argv[3])
     else:
-        raise SystemExit(f"train_worker.py: unknown mode {mode!r}; expected replica or worker")
+        raise SystemExit(f"train_worker.py: unknown mode {mode!r}; expected replica, worker "
+                         f"or file_size_limit")
