@@ -139,6 +139,19 @@ def test_training_where_nothing_decodes_is_an_error_at_start(tmp_path, cases):
         pipeline.build_dataset(cfg.data, cfg.model, "train", training=True, batch_size=2)
 
 
+def test_training_data_where_loading_drops_everything_gives_the_counts(tmp_path):
+    # train's own path (training._training_data) passes the loader's report on, so the
+    # error says why every entry went (as evaluate does)
+    from cornernet_tf import training
+    folder = str(tmp_path)
+    files = {case: name for case, name in corpus.write_images(folder).items()
+             if case in HEADER_FINDS}
+    cfg = tiny_config(extra=_overrides(corpus.coco_dataset(folder, files), folder))
+    with pytest.raises(coco.DatasetError, match=r"the 'train' split .* has no usable image: "
+                       r"all 5 image entries were dropped \(unreadable_image=5\)"):
+        training._training_data(cfg)
+
+
 @pytest.mark.slow  # a subprocess: TensorFlow's start-up
 def test_train_command_where_nothing_decodes_exits_2_promptly(tmp_path):
     folder = str(tmp_path)
