@@ -154,29 +154,12 @@ def test_quickstart_follows_the_generated_shapes(tmp_path):
     assert resolved.data.max_objects == max(max(per_image), 1) <= 3
 
 
-@pytest.mark.slow  # builds and traces the training step (about 1-2 min on 2 busy cores)
-def test_cli_trains_on_three_categories_without_num_classes(tmp_path, capsys):
-    """The own-data path from the quickstart config: 3 categories (the shapes have 4),
-    nothing about classes or objects on the command line."""
-    import tensorflow as tf
-    from cornernet_tf import training
-    from cornernet_tf.model import build_model
+def test_cli_num_classes_that_disagrees_exits_2_before_training(tmp_path, capsys):
+    """The own-data path from the quickstart config with a wrong model.num_classes. (The
+    same path training on the data with nothing set is tests/test_own_data.py, which runs
+    the README walk-through: classes, objects and the written config from the data.)"""
     path, images = write_coco(str(tmp_path / "data"), [2, 3, 1, 2])
-    model_dir = str(tmp_path / "run")
     sets = [a for item in own_data(path, images) + TINY for a in ("--set", item)]
-    run_cli("--mode=train", "--config=quickstart", f"--model_dir={model_dir}", *sets)
-    out = capsys.readouterr().out
-    assert "model.num_classes=3" in out and "data.max_objects=3" in out
-    assert "trained to step 2" in out
-    written = load_config(os.path.join(model_dir, "config.yaml"))
-    assert (written.model.num_classes, written.data.max_objects) == (3, 3)
-    with open(os.path.join(model_dir, "labels.json")) as f:
-        assert [c["category_id"] for c in json.load(f)["classes"]] == [3, 5, 9]
-    model = build_model(written.model)  # the checkpoint has three heatmap channels
-    training.restore_weights(model, model_dir)
-    assert model(tf.zeros([1, 64, 64, 3]), training=False)[-1]["tl_heatmap"].shape == (
-        1, 16, 16, 3)
-
     # model.num_classes=5 on the same data: exit 2, one line naming 5, 3 and the file
     with pytest.raises(SystemExit) as e:
         run_cli("--mode=train", "--config=quickstart", f"--model_dir={tmp_path / 'other'}",

@@ -2,7 +2,7 @@
 
 Each request runs in a fresh Python process that loads the SavedModel of the tiny model,
 answers one small warm-up request, and then the measured one; the worker reports its peak
-resident set size (`ru_maxrss`) before and after. The bounds are generous (measured
+resident set size (VmHWM of /proc/self/status) before and after. The bounds are generous (measured
 figures are in docs/robustness.md): before the fix, a 49 MP PNG added 1.26 GB (the image in
 float32) and the 23000 x 23000 PNG 13.6 GB; now they add about 0.14 GB and nothing.
 """
@@ -19,20 +19,32 @@ from tests.robustness import corpus
 from tests.support.export_models import label_map, tiny_config, tiny_model
 
 WORKER = r'''
-import json, os, resource, sys
+import json, os, sys
 import tensorflow as tf
+
+
+def peak_mb():
+    # VmHWM: the peak resident set of this process's own address space. Not ru_maxrss:
+    # Linux carries that over fork and exec, so a child of a large pytest process would
+    # report the parent's peak.
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 model, path = sys.argv[1], sys.argv[2]
 fn = tf.saved_model.load(model).signatures["serving_bytes"]
 fn(images=tf.constant([open(sys.argv[3], "rb").read()]))  # warm-up: graph, allocator
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+before = peak_mb()
 result = {}
 try:
     out = fn(images=tf.constant([open(path, "rb").read()]))
     result["num_detections"] = out["num_detections"].numpy().tolist()
 except tf.errors.InvalidArgumentError as e:
     result["error"] = str(e)
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-result.update(before_mb=before / 1024, after_mb=after / 1024)  # ru_maxrss: kB on Linux
+result.update(before_mb=before, after_mb=peak_mb())
 print(json.dumps(result))
 '''
 
