@@ -416,14 +416,13 @@ def _training_data(cfg: config_lib.Config) -> tuple[tf.data.Dataset, object]:
       ConfigError: model.num_classes differs from the dataset's category count.
     """
     records, label_map, report = pipeline.load_split(cfg.data, "train")
-    # here with the loader's report, so that "no usable image" gives the drop counts
-    pipeline.require_decodable(records, "train", cfg.data.train_annotations, report)
     if label_map.num_classes != cfg.model.num_classes:
         raise config_lib.ConfigError(
             f"config key 'model.num_classes': {cfg.model.num_classes}, but "
             f"{cfg.data.train_annotations} has {label_map.num_classes} categories")
     dataset = pipeline.build_dataset(cfg.data, cfg.model, "train", training=True,
-                                     batch_size=cfg.train.batch_size, records=records)
+                                     batch_size=cfg.train.batch_size, records=records,
+                                     report=report)
     return dataset, label_map
 
 

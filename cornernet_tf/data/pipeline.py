@@ -160,7 +160,8 @@ def _record_slices(records: list, max_objects: int) -> dict:
 
 def build_dataset(data_config, model_config, split: str, training: bool,
                   batch_size: Optional[int] = None, check_images: str = "header",
-                  records: Optional[list] = None) -> tf.data.Dataset:
+                  records: Optional[list] = None,
+                  report: Optional[coco.DatasetReport] = None) -> tf.data.Dataset:
     """The tf.data pipeline of one split.
 
     Training (`training=True`): shuffled, repeated forever, augmented (`train_augment` with
@@ -190,6 +191,8 @@ def build_dataset(data_config, model_config, split: str, training: bool,
       batch_size: images per batch; None yields single images without the batch axis.
       check_images: how records are checked at loading (see `coco.load_coco`).
       records: already loaded `ImageRecord`s to use instead of reading the split.
+      report: the `DatasetReport` that came with `records` (its drop counts go into the
+        "no usable image" error).
 
     Returns:
       The tf.data.Dataset.
@@ -201,7 +204,6 @@ def build_dataset(data_config, model_config, split: str, training: bool,
     """
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"batch_size: expected a positive int or None, found {batch_size!r}")
-    report = None
     if records is None:
         records, _, report = load_split(data_config, split, check_images)
     source = getattr(data_config, f"{split}_annotations", split)
