@@ -12,6 +12,7 @@ numpy `.copy()` of a tensor of the same shape and dtype, timed in the same round
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Sequence
 
@@ -192,8 +193,23 @@ def bench_forward(model_config, batch: int = 1, repeats: int = 3) -> dict:
                 min_ms=min_ms, params=params)
 
 
-def bench_train_step(model_config, batch: int, steps: int = 5, max_objects: int = 32) -> dict:
-    """Seconds per training step (forward, loss, backward, Adam) on a fixed random batch."""
+def bench_train_step(model_config, batch: int, steps: int = 5, max_objects: int = 32,
+                     precision: str = "float32") -> dict:
+    """Seconds per training step (forward, loss, backward, Adam) on a fixed random batch.
+
+    `precision`: a Keras dtype policy ("float32", "mixed_bfloat16", ...), set for this
+    model and restored afterwards.
+    """
+    import keras
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(precision)
+    try:
+        return _bench_train_step(model_config, batch, steps, max_objects)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def _bench_train_step(model_config, batch: int, steps: int, max_objects: int) -> dict:
     import keras
     import tensorflow as tf
 
@@ -228,7 +244,129 @@ def bench_train_step(model_config, batch: int, steps: int = 5, max_objects: int 
               shuffle=False)
     step = float(np.median(times[1:]))  # the first step includes tracing
     return dict(backbone=model_config.backbone, input_size=(h, w), batch=batch,
-                seconds_per_step=step, images_per_second=batch / step)
+                seconds_per_step=step, images_per_second=batch / step,
+                first_step_seconds=times[0])
+
+
+def gradient_step(model):
+    """A tf.function (images, targets) -> one number needing every gradient of the loss.
+
+    The training step without the optimizer update: train-mode forward of every stack, the
+    loss, backward. (Returning the gradients' sum keeps TensorFlow from pruning any.)
+    """
+    import tensorflow as tf
+
+    from cornernet_tf.keys import TOTAL_LOSS
+
+    @tf.function
+    def step(images, targets):
+        with tf.GradientTape() as tape:
+            terms, _ = model.loss_terms(images, targets, training=True)
+        grads = tape.gradient(terms[TOTAL_LOSS], model.trainable_variables)
+        return tf.add_n([tf.reduce_sum(g) for g in grads])
+    return step
+
+
+def random_targets(model_config, batch: int, objects: int = 5, max_objects: int = 128,
+                   seed: int = 0) -> dict:
+    """Batched `encode_targets` of `objects` random boxes per image."""
+    import tensorflow as tf
+
+    from cornernet_tf.data.targets import encode_targets
+    h, w = model_config.input_size
+    rng = np.random.default_rng(seed)
+    per_image = []
+    for _ in range(batch):
+        xy = rng.uniform(0, min(h, w) * 0.5, (objects, 2))
+        size = rng.uniform(min(h, w) * 0.1, min(h, w) * 0.4, (objects, 2))
+        boxes = np.concatenate([xy, xy + size], axis=1).astype(np.float32)
+        classes = rng.integers(0, model_config.num_classes, objects).astype(np.int32)
+        t = encode_targets(boxes, classes, model_config.num_classes, (h, w),
+                           model_config.output_size, max_objects=max_objects)
+        per_image.append({k: v for k, v in t.items() if k != "num_objects"})
+    return {k: tf.stack([t[k] for t in per_image]) for k in per_image[0]}
+
+
+def bench_scaling(model_config, sizes: Sequence[int], batches: Sequence[int] = (1, 2, 4),
+                  passes: Sequence[str] = ("forward", "train"), repeats: int = 2) -> list:
+    """Forward and gradient-step time at each square input size and batch (one model).
+
+    Rows {pass, size, batch, ms, ms_per_megapixel}: ms per image-megapixel constant across
+    a column means the cost is linear in pixels and batch.
+    """
+    import dataclasses
+
+    import keras
+    import tensorflow as tf
+
+    from cornernet_tf.model import build_model
+    rows = []
+    for size in sizes:
+        mc = dataclasses.replace(model_config, input_size=(size, size))
+        keras.utils.set_random_seed(0)
+        model = build_model(mc)
+        forward = tf.function(lambda x: model(x, training=False))
+        step = gradient_step(model)
+        for batch in batches:
+            images = tf.random.uniform([batch, size, size, 3], 0, 255, seed=0)
+            for pass_ in passes:
+                if pass_ == "forward":
+                    fn = lambda: [v.numpy() for v in forward(images)[-1].values()]  # noqa: E731
+                else:
+                    targets = random_targets(mc, batch)
+                    fn = lambda: step(images, targets).numpy()  # noqa: E731
+                ms, min_ms = _median_ms(fn, repeats, warmup=1)
+                rows.append(dict(pass_=pass_, size=size, batch=batch, ms=ms, min_ms=min_ms,
+                                 ms_per_megapixel=ms / (batch * size * size / 1e6)))
+    return rows
+
+
+def format_scaling(name: str, rows: list) -> str:
+    lines = [f"{name}: median ms per call (min in brackets) and ms per image-megapixel "
+             f"(batch x size^2); equal figures down a column = cost linear in pixels.", "",
+             "| pass | size | batch | ms | ms per megapixel |", "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['pass_']} | {r['size']} | {r['batch']} | {r['ms']:.0f} "
+                     f"({r['min_ms']:.0f}) | {r['ms_per_megapixel']:.0f} |")
+    return "\n".join(lines)
+
+
+def bench_first_step(config: str, overrides: Sequence[str], steps: int = 3,
+                     timeout: float = 3600) -> dict:
+    """Runs `main.py --mode=train` in a fresh process; seconds from its start to the end of
+    the first training step, and the first step itself as the progress display reports it.
+    """
+    import re
+    import subprocess
+    import sys
+    import tempfile
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with tempfile.TemporaryDirectory() as model_dir:
+        command = [sys.executable, os.path.join(root, "main.py"), "--mode=train",
+                   f"--config={config}", f"--model_dir={model_dir}",
+                   *[f"--set={o}" for o in (f"train.steps={steps}", "train.eval_every=0",
+                                            "train.log_every=1", *overrides)]]
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+        start = time.perf_counter()
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, env=env)
+        first = graph = None
+        output = []
+        try:
+            for line in proc.stdout:
+                output.append(line)
+                m = re.search(r"first step \(graph built\) in ([0-9.]+) s", line)
+                if m and first is None:
+                    first, graph = time.perf_counter() - start, float(m.group(1))
+            proc.wait(timeout=timeout)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        if proc.returncode != 0 or first is None:
+            raise RuntimeError(f"bench_first_step: {' '.join(command)} exited "
+                               f"{proc.returncode}:\n{''.join(output[-10:])}")
+    return dict(config=config, to_first_step_s=first, first_step_s=graph,
+                total_s=time.perf_counter() - start)
 
 
 def bench_pipeline(input_size: int = 511, num_classes: int = 80, batch: int = 16,
@@ -253,7 +391,7 @@ def bench_pipeline(input_size: int = 511, num_classes: int = 80, batch: int = 16
 
 
 BENCHMARKS = ("corner_pool", "decode", "pipeline", "quickstart", "hourglass104", "squeeze",
-              "hourglass104_train")
+              "first_step", "deploy", "scaling", "precision", "hourglass104_train")
 DEFAULT_BENCHMARKS = BENCHMARKS[:-1]  # hourglass104_train: minutes of tracing on 2 CPU cores
 
 
@@ -297,6 +435,41 @@ def run_benchmarks(names: Sequence[str], quickstart_config=None) -> dict[str, st
                               f"{t['images_per_second']:.1f} images/s at batch "
                               f"{cfg.train.batch_size} ({t['seconds_per_step'] * 1e3:.0f} ms/step);"
                               f" inference forward {f['ms']:.1f} ms/image at batch 1.")
+        elif name == "first_step":
+            sections[name] = _first_step_section(quickstart_config)
+        elif name == "deploy":
+            from cornernet_tf import benchmark_deploy
+            from cornernet_tf.config import load_config
+            squeeze = load_config(_config_path("squeeze_coco"))
+            sections[name] = "\n\n".join(
+                benchmark_deploy.format_deploy(n, benchmark_deploy.bench_deploy(c))
+                for n, c in (("quickstart", quickstart_config), ("squeeze", squeeze)))
+        elif name == "scaling":
+            parts = [format_scaling("quickstart", bench_scaling(
+                quickstart_config.model, (64, 128, 256)))]
+            for backbone, passes in (("squeeze", ("forward", "train")),
+                                     ("hourglass104", ("forward",))):
+                parts.append(format_scaling(backbone, bench_scaling(
+                    ModelConfig(backbone=backbone, num_classes=80), (255, 383, 511),
+                    passes=passes)))
+            sections[name] = ("Forward (inference, last stack's heads) and gradient step "
+                              "(training forward of every stack, loss, backward; no optimizer "
+                              "update) at three sizes and batch 1, 2, 4. Hourglass-104's "
+                              "gradient step is left out (minutes per shape; its batch-1 and "
+                              "batch-2 figures are in hourglass104_train and side_by_side)."
+                              "\n\n" + "\n\n".join(parts))
+        elif name == "precision":
+            cfg = quickstart_config
+            runs = {p: [] for p in ("float32", "mixed_bfloat16")}
+            for _ in range(2):
+                for p in runs:
+                    runs[p].append(bench_train_step(cfg.model, cfg.train.batch_size, steps=10,
+                                                    precision=p)["images_per_second"])
+            sections[name] = (
+                "Quickstart training step (batch {b}, Adam) by Keras dtype policy, two "
+                "interleaved runs each (images/s): ".format(b=cfg.train.batch_size) +
+                "; ".join(f"{p} {' / '.join(f'{r:.1f}' for r in v)}"
+                          for p, v in runs.items()) + ".")
         elif name == "hourglass104_train":
             t = bench_train_step(ModelConfig(num_classes=80), 1, steps=2)
             sections[name] = (f"Hourglass-104 at 511x511, 80 classes: training step at batch 1 "
@@ -312,6 +485,33 @@ def run_benchmarks(names: Sequence[str], quickstart_config=None) -> dict[str, st
                               f"{d['ms']:.1f} ms = {100 * d['ms'] / f['ms']:.1f}% of the forward.")
         print(sections[name], flush=True)
     return sections
+
+
+def _config_path(name: str) -> str:
+    from cornernet_tf.config import resolve_config_path
+    return resolve_config_path(name)
+
+
+def _first_step_section(cfg) -> str:
+    from cornernet_tf.data.synthetic import ensure_synthetic
+    paths = ensure_synthetic(cfg.data)  # generated before the clock starts
+    data = [f"data.train_annotations={paths.train_annotations}",
+            f"data.train_images={paths.train_images}",
+            f"data.val_annotations={paths.val_annotations}",
+            f"data.val_images={paths.val_images}"]
+    quick = bench_first_step(_config_path("quickstart"), data)
+    hg = bench_first_step(_config_path("hourglass104_coco"),
+                          [*data, "model.num_classes=0", "data.max_objects=0",
+                           "train.batch_size=1"], steps=2)
+    return ("A fresh `python main.py --mode=train` process on the quickstart's shapes data: "
+            "seconds from the process start to the end of the first training step, and the "
+            "first step itself (tracing, compiling, filling the input pipeline) as the "
+            "progress display prints it.\n\n"
+            "| config | start to first step done (s) | first step (s) |\n|---|---|---|\n"
+            f"| quickstart (batch 16, 128x128) | {quick['to_first_step_s']:.1f} | "
+            f"{quick['first_step_s']:.1f} |\n"
+            f"| hourglass104_coco (batch 1, 511x511) | {hg['to_first_step_s']:.1f} | "
+            f"{hg['first_step_s']:.1f} |")
 
 
 def write_report(sections: dict[str, str], path: str, command: str) -> str:
