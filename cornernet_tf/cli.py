@@ -101,7 +101,7 @@ def _predict(cfg: config_lib.Config) -> None:
 def _benchmark(cfg: config_lib.Config) -> None:
     from cornernet_tf import benchmark
     names = [n for n in FLAGS.benchmarks.split(",") if n]
-    uses_quickstart = {"quickstart", "first_step", "deploy", "scaling", "precision"}
+    uses_quickstart = {"quickstart", "first_step", "deploy", "scaling", "quickstart_profile"}
     cfg = resolve_dataset_dependent(cfg) if uses_quickstart & set(names) else cfg
     sections = benchmark.run_benchmarks(names, quickstart_config=cfg)
     command = "python main.py --mode=benchmark" + (

@@ -40,10 +40,43 @@ def pytorch_bias_initializer(fan_in: int) -> keras.initializers.Initializer:
     return keras.initializers.RandomUniform(minval=-bound, maxval=bound)
 
 
+@keras.saving.register_keras_serializable(package="cornernet_tf")
+class BatchNorm(keras.layers.BatchNormalization):
+    """Keras BatchNormalization whose training pass is TensorFlow's fused kernel.
+
+    Keras 3 normalises in training with separate ops (moments, then subtract, scale and
+    shift), each a pass over the activation, and differentiates through all of them.
+    `FusedBatchNormV3` does the forward in one op and has a one-op gradient. Measured on
+    CornerNet-Squeeze's gradient step at 511, batch 2: see docs/benchmarks.md, section
+    speed_notes. The results are Keras': the moving variance keeps Keras' biased batch
+    variance (the fused op returns the unbiased one; it is scaled back by (n - 1) / n), and
+    the fused op's epsilon floor (1.001e-5, for cuDNN) moves the output by < 1e-6 relative
+    at unit variance. Inference, masks, synchronized BN and non-float32 inputs (mixed
+    precision) take Keras' own path, so exported graphs are unchanged.
+    """
+
+    def call(self, inputs, training=None, mask=None):
+        if (not (training and self.trainable) or mask is not None or self.synchronized
+                or self.renorm or keras.backend.backend() != "tensorflow"
+                or inputs.dtype != "float32" or len(inputs.shape) != 4
+                or self.axis not in (-1, 3)):
+            return super().call(inputs, training=training, mask=mask)
+        import tensorflow as tf
+        outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+            inputs, self.gamma, self.beta, epsilon=self.epsilon, data_format="NHWC",
+            is_training=True)
+        n = tf.cast(tf.reduce_prod(tf.shape(inputs)[:-1]), tf.float32)
+        variance = variance * tf.maximum(n - 1.0, 1.0) / n  # unbiased -> Keras' biased
+        m = self.momentum
+        self.moving_mean.assign(self.moving_mean * m + tf.stop_gradient(mean) * (1.0 - m))
+        self.moving_variance.assign(
+            self.moving_variance * m + tf.stop_gradient(variance) * (1.0 - m))
+        return outputs
+
+
 def batch_norm(sync_batchnorm: bool = False) -> keras.layers.BatchNormalization:
     """BN with PyTorch's numerics (momentum 0.1 there, 0.9 here; epsilon 1e-5)."""
-    return keras.layers.BatchNormalization(momentum=_BN_MOMENTUM, epsilon=_BN_EPSILON,
-                                           synchronized=sync_batchnorm)
+    return BatchNorm(momentum=_BN_MOMENTUM, epsilon=_BN_EPSILON, synchronized=sync_batchnorm)
 
 
 def subsample(x, strides: int):

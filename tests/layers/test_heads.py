@@ -129,3 +129,45 @@ def test_configs_round_trip():
                   CornerHeads(num_classes=7, channels=8, kernel_size=1)):
         clone = layer.__class__.from_config(layer.get_config())
         assert clone.get_config() == layer.get_config()
+
+
+
+def test_batch_norm_training_pass_equals_keras_batch_normalization():
+    """The fused training pass gives Keras' outputs, gradients and moving statistics."""
+    import tensorflow as tf
+
+    from cornernet_tf.layers.conv_bn import BatchNorm, batch_norm
+    x = tf.random.normal([2, 9, 7, 5], 3.0, 2.0, seed=1)
+    upstream = tf.random.normal(x.shape, seed=2)
+    ours = batch_norm()
+    reference = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5)
+    assert isinstance(ours, BatchNorm)
+    rng = np.random.default_rng(0)
+    initial = [rng.uniform(0.5, 1.5, 5).astype(np.float32) for _ in range(4)]
+    for layer in (ours, reference):
+        layer.build(x.shape)
+        for weight, value in zip(layer.weights, initial):  # gamma, beta, mean, variance
+            weight.assign(value)
+    results = []
+    for layer in (ours, reference):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=True)
+            loss = tf.reduce_sum(y * upstream)
+        grads = tape.gradient(loss, [x, layer.gamma, layer.beta])
+        results.append([y, *grads, layer.moving_mean, layer.moving_variance])
+    for name, a, b in zip(["y", "dx", "dgamma", "dbeta", "moving_mean", "moving_variance"],
+                          *results):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-5,
+                                   err_msg=name)
+    # Moving statistics by hand: momentum 0.9 towards the batch's (biased) moments.
+    flat = x.numpy().reshape(-1, 5).astype(np.float64)
+    np.testing.assert_allclose(np.asarray(ours.moving_mean),
+                               0.9 * initial[2] + 0.1 * flat.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(ours.moving_variance),
+                               0.9 * initial[3] + 0.1 * flat.var(0), rtol=1e-5)
+    # Inference is Keras' own path on the moving statistics, which it leaves unchanged.
+    before = ours.moving_mean.numpy().copy()
+    np.testing.assert_allclose(ours(x, training=False), reference(x, training=False),
+                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(before, ours.moving_mean.numpy())
