@@ -172,8 +172,11 @@ def _define_flags() -> None:
     flags.DEFINE_multi_string("images", [], "predict: image files or folders (repeatable).")
     flags.DEFINE_string("output", "predictions", "predict: output folder.")
     flags.DEFINE_bool("heatmaps", False, "predict: also write corner-heatmap overlays.")
-    flags.DEFINE_string("benchmarks", "corner_pool,decode,pipeline,quickstart,hourglass104,squeeze",
-                        "benchmark: comma-separated subset to run (also: hourglass104_train).")
+    from cornernet_tf import benchmark  # plain module: nothing heavy at import
+    flags.DEFINE_string("benchmarks", ",".join(benchmark.DEFAULT_BENCHMARKS),
+                        "benchmark: comma-separated subset to run (also: hourglass104_train). "
+                        "The side by side with the authors' code is `python -m "
+                        "cornernet_tf.side_by_side` (docs/benchmarks.md).")
     flags.DEFINE_string("benchmark_report", os.path.join("docs", "benchmarks.md"),
                         "benchmark: the report file (sections of the run benchmarks replaced).")
     flags.DEFINE_string("weights", None, "convert: the authors' state dict file, e.g. "

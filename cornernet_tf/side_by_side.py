@@ -209,6 +209,8 @@ def main(argv=None) -> int:
                         help="model:pass,... from " + ",".join(f"{m}:{p}" for m, p in ROWS))
     parser.add_argument("--min_rate_kept", type=float, default=0.85)
     parser.add_argument("--report", default="docs/benchmarks.md")
+    parser.add_argument("--section", default="side_by_side",
+                        help="the report section to (re)write")
     parser.add_argument("--results", default="",
                         help="also write every block as json here (refuses an existing file)")
     args = parser.parse_args(argv)
@@ -242,11 +244,12 @@ def main(argv=None) -> int:
                "".join(f" --{k}={getattr(args, k)}" for k, d in
                        (("rounds", 2), ("size", 511), ("batch", 1), ("threads", 2))
                        if getattr(args, k) != d) +
-               (f" --rows={args.rows}" if rows != list(ROWS) else ""))
+               (f" --rows={args.rows}" if rows != list(ROWS) else "") +
+               (f" --section={args.section}" if args.section != "side_by_side" else ""))
     section = format_section(summarize(blocks), blocks, command, args.size)
     print(section)
     from cornernet_tf import benchmark
-    benchmark.write_report({"side_by_side": section}, args.report, command)
+    benchmark.write_report({args.section: section}, args.report, command)
     return 0
 
 

@@ -81,7 +81,7 @@ def test_wheel_installs_and_runs_the_demo_outside_the_checkout(tmp_path):
             "model.channels=[16, 16, 24]", "model.blocks=[1, 1, 1]", "model.stem_channels=16",
             "model.head_channels=16", "model.pool_channels=8", "train.batch_size=4",
             "train.steps=2", "train.log_every=2", "train.checkpoint_every=2",
-            "train.warmup_steps=0", "export.tflite=fp32", "export.representative_images=2",
+            "train.warmup_steps=0", "export.tflite=none",
             "demo.predict_images=2"]
     args = [str(venv / "bin" / "cornernet"), "--config=quickstart"]
     for override in tiny:
