@@ -17,19 +17,6 @@ import numpy as np
 TFLITE_MODES = ("fp32", "fp16", "dynamic_int8", "int8")
 
 
-def _interleaved(fns: dict, repeats: int) -> dict:
-    """{name: [seconds per call]} of each fn, one warm-up each, calls alternating."""
-    for fn in fns.values():
-        fn()
-    times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return times
-
-
 def bench_deploy(cfg, modes=TFLITE_MODES, threads=(1, 2), repeats: int = 5,
                  seed: int = 0) -> dict:
     """Forward, SavedModel `serving_default` and each TFLite file at 1 and 2 threads.
@@ -48,6 +35,7 @@ def bench_deploy(cfg, modes=TFLITE_MODES, threads=(1, 2), repeats: int = 5,
     import keras
     import tensorflow as tf
 
+    from cornernet_tf.benchmark import _time_interleaved
     from cornernet_tf.data.coco import LabelMap
     from cornernet_tf.export import tflite
     from cornernet_tf.export.saved_model import export_saved_model
@@ -80,16 +68,14 @@ def bench_deploy(cfg, modes=TFLITE_MODES, threads=(1, 2), repeats: int = 5,
             for n in threads:
                 detector = tflite.TFLiteDetector(file, num_threads=n)
                 fns[f"{mode}/{n}"] = (lambda d: lambda: d(image))(detector)
-        times = _interleaved(fns, repeats)
+        times = _time_interleaved(fns, repeats)  # {name: (median ms, min ms)}
         for mode in modes:
             mb = os.path.getsize(os.path.join(root, f"{mode}.tflite")) / 2 ** 20
             for n in threads:
-                t = times[f"{mode}/{n}"]
-                out["tflite"].append(dict(mode=mode, threads=n, ms=float(np.median(t)) * 1e3,
-                                          min_ms=float(np.min(t)) * 1e3, mb=mb))
+                ms, min_ms = times[f"{mode}/{n}"]
+                out["tflite"].append(dict(mode=mode, threads=n, ms=ms, min_ms=min_ms, mb=mb))
     for name in ("forward", "saved_model"):
-        out[f"{name}_ms"] = float(np.median(times[name])) * 1e3
-        out[f"{name}_min_ms"] = float(np.min(times[name])) * 1e3
+        out[f"{name}_ms"], out[f"{name}_min_ms"] = times[name]
     out["overhead"] = out["saved_model_ms"] / out["forward_ms"] - 1
     return out
 
@@ -106,7 +92,7 @@ def format_deploy(name: str, d: dict) -> str:
     h, w = d["input_size"]
     lines = [
         f"{name} ({d['backbone']}, {h}x{w}, random weights), one uint8 image of the input "
-        f"size, batch 1, medians of interleaved calls after a warm-up (min in brackets):",
+        f"size, batch 1, medians of interleaved calls after two warm-ups (min in brackets):",
         "",
         "| variant | threads | ms per image | x forward | size MB |",
         "|---|---|---|---|---|",
