@@ -123,8 +123,27 @@ def format_rows(rows: Sequence[dict]) -> str:
 # Whole-model figures
 # --------------------------------------------------------------------------------------
 
+def vector_extensions(flags) -> str:
+    """The CPU's vector instruction sets that bound its arithmetic, from cpuinfo flags.
+
+    The same "model name" can hide different generations (a lent "AMD EPYC" has come both
+    with and without AVX-512), and the float32 peak per cycle doubles from AVX2 to
+    AVX-512, so every figure names these.
+    """
+    flags = set(flags)
+    if "avx512f" in flags:
+        extras = [name for flag, name in (("avx512_bf16", "bf16"), ("avx512_vnni", "VNNI"),
+                                          ("amx_tile", "AMX")) if flag in flags]
+        return "AVX-512" + (f" ({', '.join(extras)})" if extras else "")
+    if "avx2" in flags:
+        return "AVX2" + (" FMA" if "fma" in flags else "") + ", no AVX-512"
+    if "avx" in flags:
+        return "AVX, no AVX2"
+    return "no AVX"
+
+
 def machine_description() -> str:
-    """CPU model, cores, memory, TF version: the line every figure is read against."""
+    """CPU model and vector ISA, cores, memory, TF version: what every figure is read against."""
     import os
     import platform
 
@@ -132,8 +151,13 @@ def machine_description() -> str:
     cpu = platform.processor() or "unknown CPU"
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+            lines = f.readlines()
+        names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+        flags = next((line.split(":", 1)[1].split() for line in lines
+                      if line.startswith("flags")), None)
         cpu = names[0] if names else cpu
+        if flags is not None:
+            cpu = f"{cpu} ({vector_extensions(flags)})"
     except OSError:
         pass
     try:
@@ -191,6 +215,36 @@ def bench_forward(model_config, batch: int = 1, repeats: int = 3) -> dict:
     params = sum(int(np.prod(v.shape)) for v in model.trainable_weights)
     return dict(backbone=model_config.backbone, input_size=(h, w), batch=batch, ms=ms,
                 min_ms=min_ms, params=params)
+
+
+def forward_gflop(model, input_size) -> float:
+    """Multiply-add arithmetic of one image's inference forward, in GFLOP (2 per multiply-add).
+
+    Counted from the traced graph's ops and static shapes: Conv2D, depthwise and transposed
+    convolutions and MatMul (everything else is a rounding error for these networks). A
+    training image costs about three times this: each convolution's backward is two
+    convolutions of the same size (input and weight gradients). With a measured time it
+    gives the arithmetic rate, which says how close a figure is to the CPU's peak.
+    """
+    import tensorflow as tf
+    h, w = input_size
+    fn = tf.function(lambda x: model(x, training=False)).get_concrete_function(
+        tf.TensorSpec([1, h, w, 3], tf.float32))
+    flops = 0
+    for op in fn.graph.get_operations():
+        if op.type == "Conv2D":  # kernel [kh, kw, in, out]; output [1, h, w, out]
+            k = op.inputs[1].shape.as_list()
+            flops += 2 * np.prod(op.outputs[0].shape.as_list()[1:]) * k[0] * k[1] * k[2]
+        elif op.type == "DepthwiseConv2dNative":  # kernel [kh, kw, in, multiplier]
+            k = op.inputs[1].shape.as_list()
+            flops += 2 * np.prod(op.outputs[0].shape.as_list()[1:]) * k[0] * k[1]
+        elif op.type == "Conv2DBackpropInput":  # a transposed conv: kernel [kh, kw, out, in]
+            k = op.inputs[1].shape.as_list()
+            flops += 2 * np.prod(op.inputs[2].shape.as_list()[1:]) * k[0] * k[1] * k[2]
+        elif op.type in ("MatMul", "BatchMatMulV2"):
+            a, b = op.inputs[0].shape.as_list(), op.outputs[0].shape.as_list()
+            flops += 2 * np.prod(b) * a[-1]
+    return float(flops) / 1e9
 
 
 def bench_train_step(model_config, batch: int, steps: int = 5, max_objects: int = 32,
@@ -434,11 +488,17 @@ def run_benchmarks(names: Sequence[str], quickstart_config=None) -> dict[str, st
             cfg = quickstart_config
             t = bench_train_step(cfg.model, cfg.train.batch_size, steps=10)
             f = bench_forward(cfg.model, batch=1, repeats=10)
+            from cornernet_tf.model import build_model
+            gflop = forward_gflop(build_model(cfg.model), cfg.model.input_size)
             sections[name] = (f"Quickstart network ({f['params'] / 1e6:.2f}M parameters, input "
-                              f"{cfg.model.input_size[0]}x{cfg.model.input_size[1]}): training "
+                              f"{cfg.model.input_size[0]}x{cfg.model.input_size[1]}, "
+                              f"{gflop:.2f} GFLOP per image forward): training "
                               f"{t['images_per_second']:.1f} images/s at batch "
-                              f"{cfg.train.batch_size} ({t['seconds_per_step'] * 1e3:.0f} ms/step);"
-                              f" inference forward {f['ms']:.1f} ms/image at batch 1.")
+                              f"{cfg.train.batch_size} ({t['seconds_per_step'] * 1e3:.0f} ms/step,"
+                              f" {3 * gflop * t['images_per_second']:.0f} GFLOP/s counting a "
+                              f"training image as 3 forwards);"
+                              f" inference forward {f['ms']:.1f} ms/image at batch 1 "
+                              f"({gflop / f['ms'] * 1e3:.0f} GFLOP/s).")
         elif name == "first_step":
             sections[name] = _first_step_section(quickstart_config)
         elif name == "deploy":

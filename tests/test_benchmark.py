@@ -73,3 +73,44 @@ def test_deploy_times_every_variant_and_reports_the_overhead():
     assert d["saved_model_mb"] > 0 and all(r["mb"] > 0 for r in d["tflite"])
     text = benchmark_deploy.format_deploy("tiny", d)
     assert "| TFLite fp32 (decode inside) | 2 |" in text and "Serving overhead" in text
+
+
+def test_vector_extensions_name_the_widest_instruction_set():
+    # Flag sets as /proc/cpuinfo lists them (subsets of two lent "AMD EPYC" machines).
+    zen2 = "fpu sse2 avx fma avx2 bmi2 sha_ni".split()
+    zen4 = zen2 + "avx512f avx512bw avx512_vnni avx512_bf16".split()
+    assert benchmark.vector_extensions(zen2) == "AVX2 FMA, no AVX-512"
+    assert benchmark.vector_extensions(zen4) == "AVX-512 (bf16, VNNI)"
+    assert benchmark.vector_extensions(["avx512f", "avx2", "fma"]) == "AVX-512"
+    assert benchmark.vector_extensions(["sse2", "avx"]) == "AVX, no AVX2"
+    assert benchmark.vector_extensions(["sse2"]) == "no AVX"
+
+
+def test_machine_description_names_the_cpu_and_its_vector_instructions():
+    line = benchmark.machine_description()
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+        flags = next(row.split(":", 1)[1].split() for row in f if row.startswith("flags"))
+    # the wiring (the naming itself is the test above)
+    assert line.startswith(f"{cpu_name()} ({benchmark.vector_extensions(flags)}), "), line
+    assert " cores, " in line and "TensorFlow " in line
+
+
+def cpu_name():
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+        return next(row.split(":", 1)[1].strip() for row in f if row.startswith("model name"))
+
+
+def test_forward_gflop_counts_each_convolution_in_closed_form():
+    import keras
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same")(inputs)
+    x = keras.layers.DepthwiseConv2D(3, padding="same")(x)
+    x = keras.layers.Conv2DTranspose(4, 2, strides=2)(x)
+    x = keras.layers.Dense(5)(keras.layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(inputs, x)
+    conv = 2 * 16 * 16 * 8 * (3 * 3 * 3)       # every output value: a 3x3x3 dot product
+    depthwise = 2 * 16 * 16 * 8 * (3 * 3)      # a 3x3 window per channel
+    transposed = 2 * 16 * 16 * 8 * (2 * 2 * 4)  # every input value to a 2x2x4 patch
+    dense = 2 * 4 * 5
+    expected = (conv + depthwise + transposed + dense) / 1e9
+    assert benchmark.forward_gflop(model, (16, 16)) == pytest.approx(expected, rel=1e-12)

@@ -174,7 +174,7 @@ def test_overfits_a_fixed_batch(data_dir):
 
 @pytest.mark.slow
 def test_sigkill_then_resume_continues_from_the_checkpoint(data_dir, tmp_path):
-    steps = 300
+    steps = 60  # killed at the first checkpoint (step 10), polled every 50 ms
     cfg = tiny_config(data_dir, f"train.steps={steps}", "train.checkpoint_every=10",
                       "train.log_every=10")
     config_path = tmp_path / "tiny.yaml"

@@ -7,7 +7,6 @@ import pytest
 import tensorflow as tf
 
 from cornernet_tf.export import tflite
-from cornernet_tf.export.choices import TFLITE_MODES
 from cornernet_tf.export.serving import DECODE_SCOPE, build_detection_functions
 from tests.support.export_models import N, noise_image, tiny_config, tiny_model
 
