@@ -88,16 +88,16 @@ def test_vector_extensions_name_the_widest_instruction_set():
 
 def test_machine_description_names_the_cpu_and_its_vector_instructions():
     line = benchmark.machine_description()
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-        flags = next(row.split(":", 1)[1].split() for row in f if row.startswith("flags"))
+    name, flags = cpuinfo_field("model name"), cpuinfo_field("flags").split()
     # the wiring (the naming itself is the test above)
-    assert line.startswith(f"{cpu_name()} ({benchmark.vector_extensions(flags)}), "), line
+    assert line.startswith(f"{name} ({benchmark.vector_extensions(flags)}), "), line
     assert " cores, " in line and "TensorFlow " in line
 
 
-def cpu_name():
+def cpuinfo_field(key):
+    """The first value of `key` in /proc/cpuinfo, read here apart from the code under test."""
     with open("/proc/cpuinfo", encoding="utf-8") as f:
-        return next(row.split(":", 1)[1].strip() for row in f if row.startswith("model name"))
+        return next(row.split(":", 1)[1].strip() for row in f if row.startswith(key))
 
 
 def test_forward_gflop_counts_each_convolution_in_closed_form():
