@@ -451,6 +451,8 @@ def bench_pipeline(input_size: int = 511, num_classes: int = 80, batch: int = 16
 BENCHMARKS = ("corner_pool", "decode", "pipeline", "quickstart", "hourglass104", "squeeze",
               "first_step", "deploy", "scaling", "quickstart_profile", "hourglass104_train")
 DEFAULT_BENCHMARKS = BENCHMARKS[:-1]  # hourglass104_train: minutes of tracing on 2 CPU cores
+# The benchmarks that measure the quickstart config (the caller resolves it first).
+QUICKSTART_BENCHMARKS = ("quickstart", "first_step", "deploy", "scaling", "quickstart_profile")
 
 
 def run_benchmarks(names: Sequence[str], quickstart_config=None) -> dict[str, str]:
@@ -458,12 +460,16 @@ def run_benchmarks(names: Sequence[str], quickstart_config=None) -> dict[str, st
 
     Args:
       names: a subset of BENCHMARKS.
-      quickstart_config: the Config used for the "quickstart" figures.
+      quickstart_config: the Config used for the "quickstart" figures (its dataset-dependent
+        keys are resolved here when a benchmark of QUICKSTART_BENCHMARKS runs).
     """
     from cornernet_tf.config.schema import ModelConfig
+    from cornernet_tf.data.resolve import resolve_dataset_dependent
     unknown = sorted(set(names) - set(BENCHMARKS))
     if unknown:
         raise ValueError(f"--benchmarks: unknown {unknown}; choose from {', '.join(BENCHMARKS)}")
+    if quickstart_config is not None and set(QUICKSTART_BENCHMARKS) & set(names):
+        quickstart_config = resolve_dataset_dependent(quickstart_config)
     sections = {}
     for name in names:
         print(f"benchmark: {name} ...", flush=True)

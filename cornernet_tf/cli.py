@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Optional
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -17,7 +17,7 @@ from absl import app, flags  # noqa: E402
 
 from cornernet_tf.config import schema as config_lib  # noqa: E402
 from cornernet_tf import errors  # noqa: E402
-from cornernet_tf.data.resolve import resolve_dataset_dependent  # noqa: E402
+from cornernet_tf import demo, run  # noqa: E402  (TensorFlow: inside their functions)
 
 DEFAULT_CONFIG = "quickstart"  # a bundled config: works from any folder, installed or not
 # Measured figures land under runs/ (git-ignored) unless the tracked page is asked for.
@@ -25,70 +25,41 @@ DEFAULT_BENCHMARK_REPORT = os.path.join("runs", "benchmarks.md")
 
 
 class Mode(NamedTuple):
+    """A mode: `run` is its function in the composition root (`cornernet_tf/run.py`),
+    `arguments` its keyword arguments from the config and the flags (checking the flags
+    first), `report` what is printed of its result (None: the function says it)."""
     help: str
-    run: Callable[[config_lib.Config], None]
+    run: Callable[..., object]
+    arguments: Callable[[config_lib.Config], dict]
+    report: Optional[Callable[[object, dict], None]] = None
+
+
+def _model_dir() -> str:
+    return resolve_model_dir(FLAGS.config, FLAGS.model_dir)
 
 
 def _show_config(cfg: config_lib.Config) -> None:
     sys.stdout.write(cfg.to_yaml())
 
 
-def _train(cfg: config_lib.Config) -> None:
-    from cornernet_tf.training import loop as training
-    model_dir = resolve_model_dir(FLAGS.config, FLAGS.model_dir)
-    result = training.train(cfg, model_dir)
+def _report_training(result: dict, arguments: dict) -> None:
     if result["stopped_on_nan"]:
         sys.exit(f"error: training stopped on a non-finite loss at step {result['steps']}; "
                  f"last good checkpoint {result['checkpoint']}")
     print(f"trained to step {result['steps']}; last checkpoint {result['checkpoint']}; "
-          f"config.yaml and labels.json in {model_dir}")
+          f"config.yaml and labels.json in {arguments['model_dir']}")
 
 
-def _restored_model(cfg: config_lib.Config, model_dir: str):
-    from cornernet_tf.modeling.model import build_model
-    from cornernet_tf.training.checkpoints import restore_weights
-    model = build_model(cfg.model)
-    path = restore_weights(model, model_dir, FLAGS.checkpoint)
-    print(f"restored {path}")
-    return model
+def _evaluate_arguments(cfg: config_lib.Config) -> dict:
+    if FLAGS.model and cfg.evaluate.oracle != "none":
+        raise app.UsageError(f"--model evaluates an exported file, which has no heads to "
+                             f"replace; evaluate.oracle={cfg.evaluate.oracle!r} needs a "
+                             f"checkpoint (drop --model)")
+    return dict(cfg=cfg, model_dir=_model_dir(), checkpoint=FLAGS.checkpoint,
+                model_path=FLAGS.model)
 
 
-def _evaluate(cfg: config_lib.Config) -> None:
-    from cornernet_tf.evaluation import runner as eval_runner
-    model_dir = resolve_model_dir(FLAGS.config, FLAGS.model_dir)
-    cfg = resolve_dataset_dependent(cfg, run_dir=model_dir)
-    if FLAGS.model:
-        if cfg.evaluate.oracle != "none":
-            raise app.UsageError(f"--model evaluates an exported file, which has no heads to "
-                                 f"replace; evaluate.oracle={cfg.evaluate.oracle!r} needs a "
-                                 f"checkpoint (drop --model)")
-        eval_runner.evaluate_export(FLAGS.model, cfg, export_eval_dir(model_dir, FLAGS.model),
-                                    max_images=cfg.evaluate.max_images)
-        return
-    model = _restored_model(cfg, model_dir)
-    eval_runner.run_evaluation(model, cfg, os.path.join(model_dir, "eval"),
-                               max_images=cfg.evaluate.max_images, oracle=cfg.evaluate.oracle)
-
-
-def export_eval_dir(model_dir: str, model_path: str) -> str:
-    """Where `--mode=evaluate --model=...` writes: <model_dir>/eval/<file stem or
-    saved_model_<version>>."""
-    path = os.path.normpath(model_path)
-    if path.endswith(".tflite"):
-        name = os.path.splitext(os.path.basename(path))[0]
-    else:
-        name = f"saved_model_{os.path.basename(path)}"
-    return os.path.join(model_dir, "eval", name)
-
-
-def _export(cfg: config_lib.Config) -> None:
-    from cornernet_tf.export.job import export_model
-    export_model(cfg, resolve_model_dir(FLAGS.config, FLAGS.model_dir), FLAGS.export_dir,
-                 checkpoint=FLAGS.checkpoint)
-
-
-def _predict(cfg: config_lib.Config) -> None:
-    from cornernet_tf.export.predict import predict
+def _predict_arguments(cfg: config_lib.Config) -> dict:
     if FLAGS.checkpoint and not FLAGS.model:
         raise app.UsageError(f"--mode=predict runs an exported model, not a checkpoint: "
                              f"export it first (--mode=export --checkpoint={FLAGS.checkpoint}),"
@@ -96,8 +67,12 @@ def _predict(cfg: config_lib.Config) -> None:
     if not FLAGS.model or not FLAGS.images:
         raise app.UsageError("--mode=predict needs --model=<SavedModel folder or .tflite> and "
                              "--images=<files or folders>")
-    written = predict(FLAGS.model, FLAGS.images, FLAGS.output, heatmaps=FLAGS.heatmaps)
-    print(f"wrote {len(written)} files to {FLAGS.output}")
+    return dict(model_path=FLAGS.model, image_paths=FLAGS.images, output_dir=FLAGS.output,
+                heatmaps=FLAGS.heatmaps)
+
+
+def _report_predictions(written: list, arguments: dict) -> None:
+    print(f"wrote {len(written)} files to {arguments['output_dir']}")
 
 
 def _benchmark(cfg: config_lib.Config) -> None:
@@ -108,8 +83,6 @@ def _benchmark(cfg: config_lib.Config) -> None:
                                "checkout (python main.py --mode=benchmark from the repository "
                                "root); it is not part of the installed package") from None
     names = [n for n in FLAGS.benchmarks.split(",") if n] or list(benchmark.DEFAULT_BENCHMARKS)
-    uses_quickstart = {"quickstart", "first_step", "deploy", "scaling", "quickstart_profile"}
-    cfg = resolve_dataset_dependent(cfg) if uses_quickstart & set(names) else cfg
     sections = benchmark.run_benchmarks(names, quickstart_config=cfg)
     command = "python main.py --mode=benchmark" + (
         f" --benchmarks={FLAGS.benchmarks}" if FLAGS.benchmarks else "")
@@ -119,39 +92,45 @@ def _benchmark(cfg: config_lib.Config) -> None:
     print(f"wrote {path}")
 
 
-def _convert(cfg: config_lib.Config) -> None:
-    from cornernet_tf.convert.job import convert_weights
+def _convert_arguments(cfg: config_lib.Config) -> dict:
     if not FLAGS.weights:
         raise errors.UserError("--mode=convert needs --weights=<the authors' .pkl file> (with "
                                "--config=hourglass104_coco or squeeze_coco)")
     # A ConversionError (bad file, wrong config, occupied model_dir) is a UserError: one
     # line and exit 2 from _main; nothing was written.
-    convert_weights(cfg, FLAGS.weights, resolve_model_dir(FLAGS.config, FLAGS.model_dir))
+    return dict(cfg=cfg, weights=FLAGS.weights, model_dir=_model_dir())
 
 
-def _demo(cfg: config_lib.Config) -> None:
-    from cornernet_tf.demo import run_demo
-    run_demo(cfg, resolve_model_dir(FLAGS.config, FLAGS.model_dir), FLAGS.export_dir)
+def _itself(cfg: config_lib.Config) -> dict:
+    return dict(cfg=cfg)
 
 
 MODES: dict[str, Mode] = {
     "demo": Mode("end to end on the config (default: synthetic shapes): data, train, evaluate, "
-                 "export SavedModel + TFLite, predict, summary", _demo),
+                 "export SavedModel + TFLite, predict, summary", demo.run_demo,
+                 lambda cfg: dict(cfg=cfg, model_dir=_model_dir(), export_dir=FLAGS.export_dir)),
     "train": Mode("train (or resume) with model.fit; checkpoints, logs, labels.json in "
-                  "--model_dir", _train),
+                  "--model_dir", run.train,
+                  lambda cfg: dict(cfg=cfg, model_dir=_model_dir()), _report_training),
     "evaluate": Mode("COCO AP on the val split of the newest (or --checkpoint=best|<path>) "
                      "checkpoint, "
                      "or of an exported file with --model (SavedModel folder or .tflite; "
-                     "adds latency and size); writes <model_dir>/eval/", _evaluate),
+                     "adds latency and size); writes <model_dir>/eval/", run.evaluate,
+                     _evaluate_arguments),
     "export": Mode("SavedModel for TF Serving (+ TFLite with export.tflite) under "
-                   "--export_dir, decode inside", _export),
+                   "--export_dir, decode inside", run.export,
+                   lambda cfg: dict(cfg=cfg, model_dir=_model_dir(), export_dir=FLAGS.export_dir,
+                                    checkpoint=FLAGS.checkpoint)),
     "predict": Mode("run an exported model (--model) on --images; annotated PNGs and JSON "
-                    "into --output", _predict),
-    "benchmark": Mode("measure corner pooling, decode, data pipeline and model speed; writes "
-                      "docs/benchmarks.md", _benchmark),
+                    "into --output", run.predict, _predict_arguments, _report_predictions),
+    "benchmark": Mode("measure corner pooling, decode, data pipeline and model speed (a "
+                      "source checkout's benchmarks/); writes runs/benchmarks.md",
+                      _benchmark, _itself),
     "convert": Mode("the authors' trained PyTorch file (--weights) -> a checkpoint, "
-                    "config.yaml and labels.json in --model_dir", _convert),
-    "config": Mode("print the resolved config (defaults + YAML + --set) as YAML", _show_config),
+                    "config.yaml and labels.json in --model_dir", run.convert,
+                    _convert_arguments),
+    "config": Mode("print the resolved config (defaults + YAML + --set) as YAML",
+                   _show_config, _itself),
 }
 DEFAULT_MODE = "demo"
 
@@ -212,7 +191,11 @@ def _main(argv: list[str]) -> None:
     try:
         overrides = list(FLAGS.set) + (["data.strict=true"] if FLAGS.strict else [])
         cfg = config_lib.load_config(FLAGS.config, overrides)
-        MODES[FLAGS.mode].run(cfg)
+        mode = MODES[FLAGS.mode]
+        arguments = mode.arguments(cfg)
+        result = mode.run(**arguments)
+        if mode.report is not None:
+            mode.report(result, arguments)
     except Exception as e:  # noqa: BLE001 - sorted into the user's mistakes and ours
         if not FLAGS.verbose and isinstance(e, errors.MachineError):
             # Neither the user's input (exit 2) nor a bug (traceback): the run failed on

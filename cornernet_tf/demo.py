@@ -17,6 +17,7 @@ import os
 import time
 from typing import Optional
 
+from cornernet_tf import run
 from cornernet_tf.config import schema as config_lib
 from cornernet_tf.data.resolve import resolve_dataset_dependent
 
@@ -42,39 +43,24 @@ def run_demo(cfg: config_lib.Config, model_dir: str, export_dir: str = "export",
     """Runs the demo; returns the summary dict (also written to model_dir/summary.json)."""
     if cfg.demo.ablation == "corner_pooling":
         return run_ablation(cfg, model_dir)
-    from cornernet_tf.data import pipeline
-    from cornernet_tf.evaluation.runner import run_evaluation
-    from cornernet_tf.export.job import export_model
-    from cornernet_tf.export.predict import predict
-    from cornernet_tf.modeling.model import build_model
-    from cornernet_tf.training.checkpoints import restore_weights
-    from cornernet_tf.training.loop import train
-
     stages = _Stages()
     start = time.time()
     if cfg.data.dataset == "synthetic":
         from cornernet_tf.data.synthetic import ensure_synthetic
         stages.run("1. dataset", ensure_synthetic, cfg.data)
-    cfg = resolve_dataset_dependent(cfg)  # evaluate and export below build from it
-    trained = stages.run("2. train", train, cfg, model_dir)
+    cfg = resolve_dataset_dependent(cfg)  # once: every stage below runs on this config
+    trained = stages.run("2. train", run.train, cfg, model_dir)
     if trained.get("stopped_on_nan"):
         raise RuntimeError(f"training stopped on a non-finite loss at step {trained['steps']}; "
                            f"last good checkpoint {trained['checkpoint']}")
-
-    def evaluate():
-        model = build_model(cfg.model)
-        restore_weights(model, model_dir)
-        return run_evaluation(model, cfg, os.path.join(model_dir, "eval"),
-                              max_images=cfg.evaluate.max_images)
-
-    metrics = stages.run("3. evaluate", evaluate)
-    exported = stages.run("4. export", export_model, cfg, model_dir, export_dir,
+    metrics = stages.run("3. evaluate", run.evaluate, cfg, model_dir)
+    exported = stages.run("4. export", run.export, cfg, model_dir, export_dir,
                           tflite_modes=list(tflite_modes))
     predict_dir = predict_dir or os.path.join(model_dir, "predictions")
-    val = pipeline.load_split(cfg.data, "val", check_images="none")[0]
+    val = run.Splits(cfg.data).get("val", check_images="none")[0]
     images = [r.path for r in val[:cfg.demo.predict_images]]
-    written = stages.run("5. predict", predict, exported["saved_model"], images, predict_dir,
-                         heatmaps=True) if images else []
+    written = stages.run("5. predict", run.predict, exported["saved_model"], images,
+                         predict_dir, heatmaps=True) if images else []
     summary = dict(
         model_dir=model_dir, checkpoint=trained["checkpoint"], steps=trained["steps"],
         train_images_per_second=trained["images_per_second"],
@@ -133,11 +119,7 @@ def format_summary(s: dict) -> str:
 
 def run_ablation(cfg: config_lib.Config, model_dir: str) -> dict:
     """Trains with and without corner pooling; prints the two AP tables side by side."""
-    from cornernet_tf.evaluation.runner import run_evaluation
     from cornernet_tf.evaluation.metrics import METRIC_NAMES
-    from cornernet_tf.modeling.model import build_model
-    from cornernet_tf.training.checkpoints import restore_weights
-    from cornernet_tf.training.loop import train
 
     cfg = resolve_dataset_dependent(cfg)
     results = {}
@@ -146,11 +128,8 @@ def run_ablation(cfg: config_lib.Config, model_dir: str) -> dict:
                                "demo.ablation=none"])
         run_dir = os.path.join(model_dir, name)
         print(f"\n=== train: {name} ===", flush=True)
-        train(run_cfg, run_dir)
-        model = build_model(run_cfg.model)
-        restore_weights(model, run_dir)
-        results[name] = run_evaluation(model, run_cfg, os.path.join(run_dir, "eval"),
-                                       max_images=cfg.evaluate.max_images)
+        run.train(run_cfg, run_dir)
+        results[name] = run.evaluate(run_cfg, run_dir)
     lines = ["", "=== ablation: corner pooling (the paper: 36.5 -> 38.4 AP on COCO) ===",
              f"{'metric':<8}{'with':>10}{'without':>10}{'change':>10}"]
     for key in METRIC_NAMES:

@@ -13,7 +13,7 @@ from cornernet_tf import keys
 from cornernet_tf.config.schema import load_config
 from cornernet_tf.data.targets import encode_targets
 from cornernet_tf.inference.decode import decode
-from cornernet_tf.inference.detector import build_detection_functions
+from cornernet_tf.inference.detector import build_detector
 from cornernet_tf.losses import compute_normalizers, cornernet_loss
 from cornernet_tf.modeling.model import build_model
 
@@ -86,6 +86,6 @@ def test_decode_and_serving_return_the_detection_keys(model, cfg):
     heads = model(np.zeros((1, 32, 32, 3), np.float32), training=False)[-1]
     assert set(decode(heads, k=8, num_pairs=16, max_detections=5)) == {
         keys.BOXES, keys.SCORES, keys.CLASSES, keys.NUM_DETECTIONS}
-    served = build_detection_functions(model, cfg).serve_images(
+    served = build_detector(model, cfg).serve_images(
         tf.zeros((1, 20, 30, 3), tf.uint8))
     assert set(served) == set(keys.DETECTION_OUTPUT_KEYS)

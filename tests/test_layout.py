@@ -113,3 +113,16 @@ def test_the_checker_sees_a_known_edge():
     # Guards the test itself: an edge that exists must be found.
     assert "cornernet_tf.modeling.model" in GRAPH["cornernet_tf.training.loop"]
     assert "cornernet_tf.config.schema" in GRAPH["cornernet_tf.modeling.model"]
+
+
+def test_nothing_in_the_package_imports_torch_or_the_benchmarks():
+    # The benchmark tooling (benchmarks/, with its torch half) stays out of the wheel.
+    offending = []
+    for m, path in MODULES.items():
+        for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offending += [f"{m}: {n}" for n in names
+                          if n.split(".")[0] == "torch"
+                          or (n.split(".")[0] == "benchmarks" and m != "cornernet_tf.cli")]
+    assert not offending, offending

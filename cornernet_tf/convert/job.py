@@ -38,13 +38,14 @@ def _sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def load_converted_model(cfg, weights: str):
+def load_converted_model(cfg, weights: str, model=None):
     """Builds the config's model and fills it from the authors' file (nothing written).
 
     Args:
       cfg: resolved Config; `model.backbone` must be hourglass104 or squeeze and match
         the file.
       weights: path of a `torch.save`d state dict (legacy or zip serialization).
+      model: `build_model(cfg.model)`, to be filled (None: built here).
 
     Returns:
       (model, info): the built, filled CornerNet and a dict with "architecture",
@@ -80,7 +81,7 @@ def load_converted_model(cfg, weights: str):
                               f"the config's model.backbone {backbone!r} is "
                               f"{ARCHITECTURES[backbone]}{hint}")
     start = time.perf_counter()
-    model = build_model(cfg.model)
+    model = model or build_model(cfg.model)
     try:
         counts = mapping.assign(model, state, source=weights)
     except mapping.MappingError as e:
@@ -91,7 +92,7 @@ def load_converted_model(cfg, weights: str):
 
 
 def convert_weights(cfg, weights: str, model_dir: str, label_map=None,
-                    verbose: bool = True) -> dict:
+                    verbose: bool = True, model=None) -> dict:
     """Converts the authors' file and writes checkpoint, config.yaml and labels.json.
 
     Args:
@@ -101,6 +102,7 @@ def convert_weights(cfg, weights: str, model_dir: str, label_map=None,
       label_map: classes of the model; default COCO's 80 in the authors' order (requires
         model.num_classes 80).
       verbose: print what was written.
+      model: `build_model(cfg.model)` to fill (None: built here).
 
     Returns:
       dict: "checkpoint" (path written), "architecture", "tensors", "ignored",
@@ -112,9 +114,7 @@ def convert_weights(cfg, weights: str, model_dir: str, label_map=None,
     """
     from cornernet_tf.training import checkpoints as ckpt_lib
     from cornernet_tf.convert.coco_labels import coco_label_map
-    from cornernet_tf.data.resolve import resolve_dataset_dependent
 
-    cfg = resolve_dataset_dependent(cfg)
     checkpoints = os.path.join(model_dir, ckpt_lib.CHECKPOINT_SUBDIR)
     if os.path.isdir(checkpoints) and os.listdir(checkpoints):
         raise ConversionError(f"--model_dir {model_dir} already holds checkpoints "
@@ -124,7 +124,7 @@ def convert_weights(cfg, weights: str, model_dir: str, label_map=None,
     if label_map.num_classes != cfg.model.num_classes:
         raise ConversionError(f"model.num_classes is {cfg.model.num_classes} but the labels "
                               f"have {label_map.num_classes} classes (COCO: 80)")
-    model, info = load_converted_model(cfg, weights)
+    model, info = load_converted_model(cfg, weights, model)
 
     # Everything checked: write.
     manager = ckpt_lib.checkpoint_manager(model, model_dir)

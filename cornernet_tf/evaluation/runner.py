@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -37,15 +37,28 @@ from cornernet_tf.data.coco import DatasetError, LabelMap
 from cornernet_tf.data.targets import encode_targets
 from cornernet_tf.errors import UserError
 from cornernet_tf.evaluation import analysis
+from cornernet_tf.config.choices import ORACLES
 from cornernet_tf.evaluation.metrics import coco_evaluate, format_coco_table, load_ground_truth
 from cornernet_tf.inference.exported import ExportedDetector
-from cornernet_tf.inference.detector import build_detection_functions
+from cornernet_tf.inference.detector import build_detector
 
-ORACLES = ("none", "heatmaps", "heatmaps+offsets", "all")
+
+
+def evaluation_views(cfg, oracle: str = "none") -> tuple[tuple, bool]:
+    """(scales, flip_test) an evaluation runs: the config's, or one plain view for an oracle.
+
+    Raises:
+      ValueError: unknown oracle.
+    """
+    if oracle not in ORACLES:
+        raise ValueError(f"evaluate.oracle: expected one of {ORACLES}, found {oracle!r}")
+    views = oracle == "none"
+    return (tuple(cfg.evaluate.scales) if views else (1.0,)), bool(cfg.evaluate.flip_test) and views
 
 
 def run_evaluation(model, cfg, output_dir: str, max_images: int = 0, oracle: str = "none",
-                   batch_size: int = 8, verbose: bool = True) -> dict:
+                   batch_size: int = 8, verbose: bool = True, split: Optional[tuple] = None,
+                   detector=None) -> dict:
     """Detects on the validation split, writes COCO results and metrics, returns metrics.
 
     Args:
@@ -57,6 +70,10 @@ def run_evaluation(model, cfg, output_dir: str, max_images: int = 0, oracle: str
         multi-scale then).
       batch_size: images per forward pass.
       verbose: print the COCO table and per-class AP.
+      split: the validation split loaded once by the caller, (records, label_map, report)
+        of `pipeline.load_split(..., ground_truth=True)`; None: loaded here.
+      detector: `build_detector(model, cfg, score_threshold=0.0, flip_test=..., scales=...)`
+        with the views of `evaluation_views(cfg, oracle)`; None: built here.
 
     Returns:
       the metrics dict of `coco_evaluate` (with "per_class_AP"), plus "images" (scored),
@@ -68,15 +85,12 @@ def run_evaluation(model, cfg, output_dir: str, max_images: int = 0, oracle: str
       DatasetError: the split has no readable image; with data.strict, any dataset problem
         or unreadable image.
     """
-    if oracle not in ORACLES:
-        raise ValueError(f"evaluate.oracle: expected one of {ORACLES}, found {oracle!r}")
-    start = time.time()
-    records, label_map, report = _val_records(cfg, max_images)
+    scales, flip = evaluation_views(cfg, oracle)
     views = oracle == "none"
-    scales = tuple(cfg.evaluate.scales) if views else (1.0,)
-    flip = bool(cfg.evaluate.flip_test) and views
-    fns = build_detection_functions(model, cfg, score_threshold=0.0, flip_test=flip,
-                                    scales=scales)
+    start = time.time()
+    records, label_map, report = _val_records(cfg, max_images, split)
+    fns = detector or build_detector(model, cfg, score_threshold=0.0, flip_test=flip,
+                                     scales=scales)
     dataset = pipeline.build_dataset(cfg.data, cfg.model, "val", training=False,
                                      batch_size=batch_size, records=records)
     if views:
@@ -97,7 +111,7 @@ def run_evaluation(model, cfg, output_dir: str, max_images: int = 0, oracle: str
 
 
 def evaluate_export(model_path: str, cfg, output_dir: str, max_images: int = 0,
-                    verbose: bool = True) -> dict:
+                    verbose: bool = True, split: Optional[tuple] = None) -> dict:
     """COCO AP of an exported file (SavedModel folder or .tflite) on the validation split.
 
     Each image is read by `image_lib.read_image` and given to the export alone, as
@@ -110,6 +124,7 @@ def evaluate_export(model_path: str, cfg, output_dir: str, max_images: int = 0,
       output_dir: `detections.json` and `metrics.json` are written here.
       max_images: the first N images only (0: all).
       verbose: print the COCO table, latency and size.
+      split: the validation split loaded once by the caller (see `run_evaluation`).
 
     Returns:
       the `coco_evaluate` metrics plus "model", "format", "bytes" (file size),
@@ -124,7 +139,7 @@ def evaluate_export(model_path: str, cfg, output_dir: str, max_images: int = 0,
         or unreadable image.
     """
     start = time.time()
-    records, label_map, report = _val_records(cfg, max_images)
+    records, label_map, report = _val_records(cfg, max_images, split)
     detector = ExportedDetector(model_path)
     _check_export_labels(model_path, label_map)
     results, latencies, scored = [], [], set()
@@ -208,14 +223,15 @@ def oracle_heads(heads: dict, targets: list, oracle: str, offset: float = -100.0
 
 # ------------------------------------------------------------------------------- steps
 
-def _val_records(cfg, max_images: int):
-    """(records, label_map, report) of the validation split, the first max_images if > 0;
-    the report keeps the ground truth the loader kept.
+def _val_records(cfg, max_images: int, split: Optional[tuple] = None):
+    """(records, label_map, report) of the validation split (`split`, or loaded here), the
+    first max_images if > 0; the report keeps the ground truth the loader kept.
 
     Raises:
       DatasetError: no usable image, or none that decodes (`pipeline.require_decodable`).
     """
-    records, label_map, report = pipeline.load_split(cfg.data, "val", ground_truth=True)
+    records, label_map, report = split or pipeline.load_split(cfg.data, "val",
+                                                              ground_truth=True)
     records = records[:max_images] if max_images else records
     pipeline.require_decodable(records, "val", cfg.data.val_annotations, report)
     return records, label_map, report

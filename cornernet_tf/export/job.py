@@ -1,6 +1,9 @@
-"""`--mode=export`: checkpoint -> SavedModel (TF Serving layout) [-> TFLite + parity].
+"""`--mode=export`'s last stage: a restored model -> SavedModel [-> TFLite + parity].
 
-    result = export_model(cfg, model_dir="runs/quickstart", export_dir="export")
+The composition root (`run.export`) restores the model, builds its detector and picks the
+images; this writes the files:
+
+    result = run.export(cfg, model_dir="runs/quickstart", export_dir="export")
     result["saved_model"]   # export/quickstart/1
     result["tflite"]        # {"int8": {"path": ..., "parity": {...}, "bytes": ...}}
 """
@@ -8,7 +11,7 @@
 from __future__ import annotations
 
 import os
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -24,44 +27,33 @@ def _tflite_inputs(paths: Sequence[str], size) -> list[np.ndarray]:
             for p in paths]
 
 
-def export_model(cfg, model_dir: str, export_dir: str = "export",
-                 checkpoint: Optional[str] = None, tflite_modes: Optional[Sequence[str]] = None,
-                 parity_images: int = 4, verbose: bool = True) -> dict:
-    """Restores the trained model and writes the configured exports.
+def write_exports(model, cfg, export_dir: str, label_map, detector, checkpoint: str,
+                  tflite_modes: Sequence[str], parity_paths: Sequence[str],
+                  calibration_paths: Sequence[str], verbose: bool = True) -> dict:
+    """Writes the SavedModel and the TFLite files of a restored model, with parity checks.
 
     Args:
-      cfg: resolved Config (export.name, export.tflite, decode, model).
-      model_dir: where training wrote checkpoints and labels.json.
-      export_dir: root of the exports.
-      checkpoint: a specific checkpoint path (default: the newest in model_dir).
-      tflite_modes: TFLite conversions to make (default: [cfg.export.tflite] unless "none").
-      parity_images: validation images used for the TFLite parity check.
+      model: the restored CornerNet.
+      cfg: resolved Config (export.name, export.representative_images, decode, model).
+      export_dir: root of the exports (`<export_dir>/<export.name>/<version>/`).
+      label_map: the run's LabelMap (written beside the model as labels.json).
+      detector: `build_detector(model, cfg)`, the graph both formats export.
+      checkpoint: the checkpoint restored (reported).
+      tflite_modes: TFLite conversions to make ([]: none).
+      parity_paths: validation images the TFLite files are compared on with the SavedModel.
+      calibration_paths: training images for full int8 calibration.
       verbose: print what was written.
 
     Returns:
       dict: "checkpoint", "saved_model" (version folder), "tflite": {mode: {"path",
       "bytes", "parity"}}.
     """
-    from cornernet_tf.data import coco, pipeline
     from cornernet_tf.export import saved_model, tflite
-    from cornernet_tf.modeling.model import build_model
-    from cornernet_tf.data.resolve import resolve_dataset_dependent
-    from cornernet_tf.training.checkpoints import restore_weights
 
-    cfg = resolve_dataset_dependent(cfg, run_dir=model_dir)
-    model = build_model(cfg.model)
-    restored = restore_weights(model, model_dir, checkpoint)
-    labels_path = os.path.join(model_dir, "labels.json")
-    if os.path.isfile(labels_path):
-        label_map = coco.LabelMap.from_json(labels_path)
-    else:
-        label_map = pipeline.load_split(cfg.data, "train", check_images="none")[1]
-    path = saved_model.export_saved_model(model, cfg, export_dir, label_map)
-    result = dict(checkpoint=restored, saved_model=path, tflite={})
+    path = saved_model.export_saved_model(model, cfg, export_dir, label_map, detector=detector)
+    result = dict(checkpoint=checkpoint, saved_model=path, tflite={})
     if verbose:
-        print(f"SavedModel (from {restored}) written to {path}", flush=True)
-    if tflite_modes is None:
-        tflite_modes = [] if cfg.export.tflite == "none" else [cfg.export.tflite]
+        print(f"SavedModel (from {checkpoint}) written to {path}", flush=True)
     if not tflite_modes:
         return result
 
@@ -71,14 +63,11 @@ def export_model(cfg, model_dir: str, export_dir: str = "export",
     def saved_model_fn(batch):
         return {k: v.numpy() for k, v in serving(images=tf.constant(batch)).items()}
 
-    val_records = pipeline.load_split(cfg.data, "val", check_images="none")[0]
-    check = _tflite_inputs([r.path for r in val_records[:parity_images]], cfg.model.input_size)
-    train_records = pipeline.load_split(cfg.data, "train", check_images="none")[0]
-    calibration_paths = [r.path for r in train_records[:cfg.export.representative_images]]
+    check = _tflite_inputs(parity_paths, cfg.model.input_size)
     for mode in tflite_modes:
         out = os.path.join(path, f"{cfg.export.name}_{mode}.tflite")
         tflite.convert(model, cfg, mode, out, representative_images=lambda: _tflite_inputs(
-            calibration_paths, cfg.model.input_size))
+            calibration_paths, cfg.model.input_size), detector=detector)
         parity = tflite.check_parity(saved_model_fn, out, check, mode)
         result["tflite"][mode] = dict(path=out, bytes=os.path.getsize(out), parity=parity)
         if verbose and not parity["checked"]:

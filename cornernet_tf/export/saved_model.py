@@ -27,7 +27,7 @@ from typing import Optional
 import keras
 import tensorflow as tf
 
-from cornernet_tf.inference.detector import build_detection_functions
+from cornernet_tf.inference.detector import build_detector
 from cornernet_tf.keys import (BR_HEATMAP, DETECTION_BOXES, DETECTION_CLASSES, DETECTION_SCORES,
                                NUM_DETECTIONS, TL_HEATMAP)
 
@@ -133,7 +133,7 @@ def write_archive(model: keras.Model, endpoints: dict, path: str) -> None:
 
 
 def export_saved_model(model: keras.Model, cfg, export_dir: str, label_map,
-                       version: Optional[int] = None) -> str:
+                       version: Optional[int] = None, detector=None) -> str:
     """Exports `model` with preprocessing and decode inside, for TF Serving.
 
     Args:
@@ -142,6 +142,7 @@ def export_saved_model(model: keras.Model, cfg, export_dir: str, label_map,
       export_dir: the models' root; the export goes to `<export_dir>/<cfg.export.name>/<v>/`.
       label_map: the dataset's LabelMap (written as labels.json).
       version: force a version number (must not exist yet); default: the next one.
+      detector: `build_detector(model, cfg)` (None: built here).
 
     Returns:
       The version folder written.
@@ -158,7 +159,7 @@ def export_saved_model(model: keras.Model, cfg, export_dir: str, label_map,
     remove_stale_temporaries(base)
     tmp = os.path.join(base, f".tmp-{version}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    fns = build_detection_functions(model, cfg)
+    fns = detector or build_detector(model, cfg)
     write_archive(model, {"serving_default": (fns.serve_images, [IMAGES_SPEC]),
                           "serving_bytes": (fns.serve_bytes, [BYTES_SPEC]),
                           "serving_heatmaps": (fns.serve_heatmaps, [IMAGES_SPEC])}, tmp)

@@ -28,7 +28,7 @@ from ai_edge_litert.interpreter import Interpreter
 from cornernet_tf import boxes as box_lib
 from cornernet_tf.config.choices import TFLITE_MODES
 from cornernet_tf.export.saved_model import write_archive
-from cornernet_tf.inference.detector import DECODE_SCOPE, build_detection_functions
+from cornernet_tf.inference.detector import DECODE_SCOPE, build_detector
 from cornernet_tf.compat import tflite_ops_details
 from cornernet_tf.inference.exported import TFLiteDetector
 from cornernet_tf.keys import (DETECTION_BOXES, DETECTION_CLASSES, DETECTION_SCORES,
@@ -37,15 +37,9 @@ from cornernet_tf.keys import (DETECTION_BOXES, DETECTION_CLASSES, DETECTION_SCO
 # Parity tolerances per mode: (max |score difference| and min IoU of a matched detection,
 # max fraction of compared detections outside either). `check_parity` compares reference
 # detections scoring >= min_score (0.1) + the score tolerance; unmatched ones count as
-# outliers. fp32 agrees to float round-off: on the quickstart model (configs/quickstart.yaml,
-# 2500 steps, AP 0.45), 50 validation images, 1634 detections >= 0.1: score difference
-# <= 3.5e-6, IoU >= 0.99996, no outlier. Quantised modes, same model and images, reference
-# detections >= 0.2 (888): dynamic_int8 median score difference 0.002, median IoU 0.997,
-# 3.8% outside (0.1, 0.7); int8 (network int8, decode float32) median 0.004 / 0.995, 8.7%
-# outside (0.1, 0.7), 6.1% outside (0.15, 0.5) (on detections >= 0.3: 5.4%). The outliers
-# are corners and pairings the quantised heads flip (near-tied peaks, embedding distances
-# near ae_threshold), not box arithmetic; a quantised decode (boxes collapsed to ~0) puts
-# ~100% outside. The fractions leave room for the 4-image check of `--mode=export`.
+# outliers. fp32 agrees to float round-off; the quantised modes flip a few corners and
+# pairings (near-tied peaks, embedding distances near ae_threshold), so they allow a
+# fraction of outliers. The figures these were chosen from: docs/measurements.md.
 # One entry per mode of TFLITE_MODES.
 TOLERANCES = {
     "fp32": (1e-4, 0.99, 0.0),
@@ -60,7 +54,8 @@ class TFLiteExportError(RuntimeError):
 
 
 def convert(model, cfg, mode: str, output_path: str,
-            representative_images: Optional[Callable[[], Iterable[np.ndarray]]] = None) -> str:
+            representative_images: Optional[Callable[[], Iterable[np.ndarray]]] = None,
+            detector=None) -> str:
     """Converts the serving graph (network + decode) to a TFLite flatbuffer.
 
     Args:
@@ -71,6 +66,7 @@ def convert(model, cfg, mode: str, output_path: str,
       output_path: the `.tflite` file to write.
       representative_images: for "int8", a callable returning an iterable of uint8
         [in_h, in_w, 3] images from the training data (calibration).
+      detector: `build_detector(model, cfg)` (None: built here).
 
     Returns:
       output_path.
@@ -82,7 +78,7 @@ def convert(model, cfg, mode: str, output_path: str,
     if mode not in TFLITE_MODES:
         raise ValueError(f"export.tflite: {mode!r} is not one of {', '.join(TFLITE_MODES)}")
     in_h, in_w = cfg.model.input_size
-    fns = build_detection_functions(model, cfg)
+    fns = detector or build_detector(model, cfg)
     spec = tf.TensorSpec([1, in_h, in_w, 3], tf.uint8, name="images")
     with tempfile.TemporaryDirectory() as tmp:
         write_archive(model, {"serving_default": (fns.serve_fixed, [spec])}, tmp)

@@ -270,7 +270,7 @@ class DetectionFunctions:
         return self.detect(inputs, transforms, sizes)
 
 
-def build_detection_functions(model, cfg, score_threshold: Optional[float] = None,
+def build_detector(model, cfg, score_threshold: Optional[float] = None,
                               flip_test: bool = False, scales: Sequence[float] = (1.0,)):
     """DetectionFunctions for a model and its resolved Config.
 

@@ -11,14 +11,12 @@ the run would go on (or stop) without a word and a rerun would start from an old
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import io
 import json
 import math
 import os
 import time
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import keras
 import numpy as np
@@ -27,8 +25,13 @@ from absl import logging
 
 from cornernet_tf.evaluation import visualize
 from cornernet_tf.keys import BR_HEATMAP, TL_HEATMAP, TOTAL_LOSS
-from cornernet_tf.training.checkpoints import (BEST_RECORD, CheckpointWriteError, os_error_text,
-                                               read_best_record, write_checkpoint)
+from cornernet_tf.training.progress import ProgressDisplay, ValidationClock
+from cornernet_tf.training.checkpoints import (BEST_RECORD, BEST_SUBDIR, CHECKPOINT_SUBDIR,
+                                               CheckpointWriteError, os_error_text,
+                                               read_best_record, training_checkpoint,
+                                               write_checkpoint)
+
+VALIDATION_SUBDIR = "validation"  # detections and metrics of the newest in-training evaluation
 
 
 def _say(text: str) -> None:
@@ -62,17 +65,18 @@ class CheckpointCallback(keras.callbacks.Callback):
     checkpoint stays the last good one.
 
     Attributes:
-      last_saved: the newest checkpoint path written (or found at start), or None.
+      last_saved: the newest checkpoint path written, or at start `last_saved` (the
+        checkpoint the run resumed from) or the manager's newest; None when there is none.
       stopped_on_nan: True once training was stopped on a NaN/inf (read by `training.train`).
     """
 
     def __init__(self, manager: tf.train.CheckpointManager, every: int,
-                 say: Callable[[str], None] = None):
+                 say: Callable[[str], None] = None, last_saved: Optional[str] = None):
         super().__init__()
         self.manager = manager
         self.every = every
         self.say = say or _say
-        self.last_saved: Optional[str] = manager.latest_checkpoint
+        self.last_saved: Optional[str] = last_saved or manager.latest_checkpoint
         self.stopped_on_nan = False
         self.write_failed = False
 
@@ -171,6 +175,10 @@ class ValidationCallback(keras.callbacks.Callback):
       log_dir: the run's TensorBoard folder.
       checkpoints: the run's CheckpointCallback: nothing is evaluated after a NaN stop.
       say: prints a message (the progress display's, so a live line stays below it).
+      split: the validation split as loaded once by the composition root, (records,
+        label_map, report) of `pipeline.load_split(..., ground_truth=True)`; None: each
+        evaluation loads it (and prints the loader's summary).
+      clock: the ValidationClock the progress display reads (None: a private one).
 
     Attributes:
       evaluations: one dict per evaluation: step, AP, AP50, AP75, per_class_AP, seconds,
@@ -183,7 +191,8 @@ class ValidationCallback(keras.callbacks.Callback):
     def __init__(self, cfg, every: int, total_steps: int, max_images: int, output_dir: str,
                  best_manager: tf.train.CheckpointManager, best_record: Optional[str],
                  log_dir: str, checkpoints: Optional[CheckpointCallback] = None,
-                 say: Callable[[str], None] = None):
+                 say: Callable[[str], None] = None, split: Optional[tuple] = None,
+                 clock: Optional[ValidationClock] = None):
         super().__init__()
         # Pictures (PR curves, gallery) are for --mode=evaluate; here they would cost time.
         self.cfg = dataclasses.replace(cfg, evaluate=dataclasses.replace(
@@ -199,10 +208,15 @@ class ValidationCallback(keras.callbacks.Callback):
         self.say = say or _say
         self.evaluations: list[dict] = []
         self.best: Optional[dict] = None
-        self.seconds = 0.0  # spent in evaluations so far (the progress display's ETA)
+        self.split = split
+        self.clock = clock or ValidationClock(every, total_steps)
         self._writer = None
         self._last_step = -1
-        self._printed = ""
+
+    @property
+    def seconds(self) -> float:
+        """Seconds spent in evaluations so far."""
+        return self.clock.seconds
 
     def on_train_begin(self, logs=None):
         self.best = read_best_record(self.best_record)
@@ -220,27 +234,15 @@ class ValidationCallback(keras.callbacks.Callback):
 
     def remaining_seconds(self, step: int) -> float:
         """The evaluations after `step` times the mean time of those done (0: none yet)."""
-        if not self.evaluations:
-            return 0.0
-        count = self.total_steps // self.every - step // self.every
-        return count * self.seconds / len(self.evaluations)
+        return self.clock.remaining_seconds(step)
 
     def evaluate(self, step: int) -> dict:
         """Runs one evaluation of the current weights at `step`; returns its entry."""
-        from cornernet_tf.evaluation import runner as eval_runner  # heavy (export, pycocotools); only when used
+        from cornernet_tf.evaluation import runner as eval_runner  # pycocotools: when used
         start = time.perf_counter()
-        # What the evaluation prints (the split's loading report) goes through `say`, so a
-        # live progress line stays intact; the same report as last time is not repeated.
-        printed = io.StringIO()
-        try:
-            with contextlib.redirect_stdout(printed):
-                metrics = eval_runner.run_evaluation(self.model, self.cfg, self.output_dir,
-                                                     max_images=self.max_images,
-                                                     verbose=False)
-        finally:
-            if printed.getvalue().strip() and printed.getvalue() != self._printed:
-                self.say(printed.getvalue().rstrip("\n"))
-            self._printed = printed.getvalue()
+        metrics = eval_runner.run_evaluation(self.model, self.cfg, self.output_dir,
+                                             max_images=self.max_images, verbose=False,
+                                             split=self.split)
         entry = dict(step=step, **{k: float(metrics[k]) for k in self.TAGS},
                      per_class_AP={k: float(v) for k, v in
                                    metrics.get("per_class_AP", {}).items()},
@@ -254,7 +256,7 @@ class ValidationCallback(keras.callbacks.Callback):
                              per_class_AP=entry["per_class_AP"], checkpoint=path)
             self._write_best_record(path)
         self.evaluations.append(entry)
-        self.seconds += time.perf_counter() - start
+        self.clock.add(time.perf_counter() - start)
         self._log(entry)
         return entry
 
@@ -317,3 +319,60 @@ class HeatmapImages(keras.callbacks.Callback):
             tf.summary.image("heatmaps (tl, br)", np.stack(pictures), step=step,
                              max_outputs=len(pictures))
         self.writer.flush()
+
+
+class TrainingCallbacks(NamedTuple):
+    """The callbacks of one training run: `all` in `fit`'s order, and the ones the loop
+    reads after it (the display's history, the checkpoint state, the validations)."""
+    all: list
+    progress: ProgressDisplay
+    checkpoints: CheckpointCallback
+    validation: Optional[ValidationCallback]
+
+
+def build_callbacks(cfg, model: keras.Model, model_dir: str, write_dir: str,
+                    manager: tf.train.CheckpointManager, latest: Optional[str],
+                    sample_images: tf.Tensor, val_split: Optional[tuple] = None,
+                    live: Optional[bool] = None) -> TrainingCallbacks:
+    """The fit callbacks of a run, each given its collaborators.
+
+    Args:
+      cfg: the resolved Config.
+      model: the compiled model (the best-weights manager tracks its variables).
+      model_dir: the run folder (best.json is read from the chief's copy there).
+      write_dir: where this process writes (model_dir, or a non-chief worker's scratch).
+      manager: the CheckpointManager writing `<write_dir>/checkpoints`.
+      latest: the checkpoint the run resumed from, or None.
+      sample_images: [2, H, W, 3] training images for the TensorBoard heatmap pictures.
+      val_split: the validation split (records, label_map, report), loaded once; needed
+        when train.eval_every > 0.
+      live: the progress display's live line (None: when stdout is a terminal).
+
+    Returns:
+      TrainingCallbacks.
+    """
+    t = cfg.train
+    clock = ValidationClock(t.eval_every, t.steps) if t.eval_every > 0 else None
+    progress = ProgressDisplay(t.steps, t.batch_size, live=live, validation=clock)
+    checkpoints = CheckpointCallback(manager, t.checkpoint_every, say=progress.message,
+                                     last_saved=latest)
+    log_dir = os.path.join(write_dir, "logs")
+    log_every = min(t.log_every, t.steps)
+    # NaNGuard runs before CheckpointCallback so a bad step is never saved; validation
+    # after it, so the step it evaluates is on disk first.
+    callbacks = [StopAtStep(t.steps), progress, NaNGuard(checkpoints), checkpoints]
+    validation = None
+    if clock is not None:
+        best_folder = os.path.join(CHECKPOINT_SUBDIR, BEST_SUBDIR)
+        best_manager = tf.train.CheckpointManager(
+            training_checkpoint(model), os.path.join(write_dir, best_folder), max_to_keep=1)
+        validation = ValidationCallback(
+            cfg, t.eval_every, t.steps, cfg.evaluate.max_images,
+            os.path.join(write_dir, VALIDATION_SUBDIR), best_manager,
+            os.path.join(model_dir, best_folder, BEST_RECORD), log_dir, checkpoints,
+            say=progress.message, split=val_split, clock=clock)
+        callbacks.append(validation)
+    callbacks += [keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch"),
+                  HeatmapImages(sample_images, log_dir,
+                                every_epochs=max(1, t.checkpoint_every // log_every))]
+    return TrainingCallbacks(callbacks, progress, checkpoints, validation)

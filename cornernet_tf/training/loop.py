@@ -1,48 +1,38 @@
-"""Training: strategy choice, learning-rate schedule, callbacks, and the `fit` loop.
+"""Training: strategy, seed and precision, the learning-rate schedule, and the `fit` loop.
 
-`train(cfg, model_dir)` is what `python main.py --mode=train` runs. It wires the data
-pipeline, the model (under the distribution strategy's scope), the optimizer and the
-callbacks, and resumes from the newest checkpoint in `model_dir` when there is one.
+The composition root (`cornernet_tf/run.py`, `run.train`) builds the pieces of a run and
+hands them to these functions: `session` (strategy, seed, dtype policy, a non-chief
+worker's scratch folder), `prepare_model` (compile, optimizer, checkpoint manager, resume
+from the newest checkpoint of the run folder) and `fit` (the loop from the optimizer's step
+to `train.steps`). Checkpoints themselves are `training/checkpoints.py`; the callbacks
+`training/callbacks.py`.
 
-Checkpoints are `tf.train.Checkpoint`s of the model's variables and the optimizer, written
-by a `CheckpointManager` every `train.checkpoint_every` steps into `<model_dir>/checkpoints/`.
-The manager writes the new files before it points the `checkpoint` index at them, so a run
-killed mid-write still resumes from the previous checkpoint; resuming restores the weights,
-the optimizer state (Adam moments) and the step counter, and `fit` continues at that step.
-This replaces Keras' `ModelCheckpoint` + `BackupAndRestore` pair: Keras 3's BackupAndRestore
-rewrites one `.weights.h5` file in place and restarts a mid-epoch backup at the start of its
-epoch. A write that fails (a full disk) stops training with a `CheckpointWriteError` and
-leaves the previous checkpoint as the newest.
-
-With `train.eval_every` > 0 the validation split is evaluated during training and the
-weights with the best AP are kept in `<model_dir>/checkpoints/best/` (`--checkpoint=best`);
-resuming always starts from the newest checkpoint, never from `best`.
+Resuming restores the weights, the optimizer state (Adam moments) and the step counter, and
+`fit` continues at that step. This replaces Keras' `ModelCheckpoint` + `BackupAndRestore`
+pair: Keras 3's BackupAndRestore rewrites one `.weights.h5` file in place and restarts a
+mid-epoch backup at the start of its epoch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
 import tempfile
-from typing import Optional
+from typing import Iterator, Optional
 
 import keras
 import tensorflow as tf
 
 from cornernet_tf.config import schema as config_lib
-from cornernet_tf.training.checkpoints import (BEST_RECORD, BEST_SUBDIR, CHECKPOINT_SUBDIR,
-                                               CheckpointWriteError, checkpoint_manager,
-                                               training_checkpoint, write_run_files)
-from cornernet_tf.training.callbacks import (CheckpointCallback, HeatmapImages, NaNGuard,
-                                             StopAtStep, ValidationCallback)
+from cornernet_tf.training.checkpoints import (CHECKPOINT_SUBDIR, CheckpointWriteError,
+                                               checkpoint_manager, training_checkpoint)
+from cornernet_tf.training.callbacks import CheckpointCallback, TrainingCallbacks
 from cornernet_tf.config.choices import PRECISIONS, SCHEDULES, STRATEGIES
-from cornernet_tf.data import pipeline
-from cornernet_tf.modeling.model import CornerNet, build_model
+from cornernet_tf.modeling.model import CornerNet
 from cornernet_tf.training.progress import ProgressDisplay
-from cornernet_tf.data.resolve import resolve_dataset_dependent
 
-VALIDATION_SUBDIR = "validation"  # detections and metrics of the newest in-training evaluation
 
 
 # --------------------------------------------------------------------------------------
@@ -181,20 +171,81 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     return bool(strategy.extended.should_checkpoint)
 
 
-def train(cfg: config_lib.Config, model_dir: str, verbose: int = 1) -> dict:
-    """Trains (or resumes training of) the model described by `cfg` into `model_dir`.
+@contextlib.contextmanager
+def session(train_cfg: config_lib.TrainConfig) -> Iterator[tuple[tf.distribute.Strategy,
+                                                                  Optional[str]]]:
+    """The distribution strategy, seed and dtype policy of a training run.
 
-    The global Keras dtype policy is set to `train.mixed_precision` while training and
-    restored afterwards. With `train.strategy=multi_worker` only the chief writes into
-    `model_dir`; every worker resumes from the chief's newest checkpoint there.
+    The global Keras dtype policy is set to `train.mixed_precision` inside and restored on
+    exit. With `train.strategy=multi_worker` only the chief writes into the run folder: a
+    non-chief worker gets a temporary folder (deleted on exit) for its copies.
 
-    Args:
-      cfg: the resolved config.
-      model_dir: checkpoints (`checkpoints/`), TensorBoard logs (`logs/`), `config.yaml`
-        and `labels.json` go here.
-      verbose: 1: a live progress line when stdout is a terminal, plain lines (one per
-        train.log_every steps) otherwise; 0: plain lines always. Keras' own progress bar
-        is off (`progress.ProgressDisplay` is the one display).
+    Yields:
+      (the strategy, the non-chief's scratch folder or None on the chief).
+
+    Raises:
+      ConfigError: train.batch_size does not split evenly over the replicas.
+    """
+    previous_policy = keras.mixed_precision.global_policy()
+    scratch = None
+    try:
+        tf.get_logger().setLevel("WARNING")
+        strategy = get_strategy(train_cfg.strategy)
+        keras.utils.set_random_seed(train_cfg.seed)
+        set_precision(train_cfg.mixed_precision)
+        check_batch_split(train_cfg, strategy)
+        if not is_chief(strategy):
+            scratch = tempfile.mkdtemp(prefix="cornernet-worker-")
+        yield strategy, scratch
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def check_batch_split(t: config_lib.TrainConfig, strategy: tf.distribute.Strategy) -> None:
+    """Raises ConfigError unless the global batch splits evenly over the replicas."""
+    replicas = strategy.num_replicas_in_sync
+    if t.batch_size % replicas:
+        raise config_lib.ConfigError(
+            f"config key 'train.batch_size': {t.batch_size} does not split evenly over the "
+            f"{replicas} replicas of train.strategy={t.strategy!r}")
+
+
+def check_num_classes(cfg: config_lib.Config, label_map) -> None:
+    """Raises ConfigError when model.num_classes differs from the train split's categories."""
+    if label_map.num_classes != cfg.model.num_classes:
+        raise config_lib.ConfigError(
+            f"config key 'model.num_classes': {cfg.model.num_classes}, but "
+            f"{cfg.data.train_annotations} has {label_map.num_classes} categories")
+
+
+def prepare_model(model: CornerNet, cfg: config_lib.Config, model_dir: str,
+                  write_dir: str) -> tuple[tf.train.CheckpointManager, Optional[str]]:
+    """Compiles a freshly built model (under the strategy's scope) and resumes it.
+
+    Builds the optimizer, makes the checkpoint manager writing to
+    `<write_dir>/checkpoints` and restores the newest checkpoint of `<model_dir>/checkpoints`
+    (weights, optimizer state, step) when there is one.
+
+    Returns:
+      (the manager, the checkpoint resumed from or None).
+    """
+    compile_model(model, cfg, build_optimizer(cfg.train))
+    model.optimizer.build(model.trainable_variables)
+    manager = checkpoint_manager(model, write_dir, model.optimizer)
+    latest = tf.train.latest_checkpoint(os.path.join(model_dir, CHECKPOINT_SUBDIR))
+    if latest:
+        training_checkpoint(model, model.optimizer).restore(
+            latest).assert_existing_objects_matched()
+        print(f"resuming from {latest} "
+              f"(step {int(model.optimizer.iterations.numpy())})", flush=True)
+    return manager, latest
+
+
+def fit(model: CornerNet, dataset: tf.data.Dataset, t: config_lib.TrainConfig,
+        callbacks: TrainingCallbacks) -> dict:
+    """Trains from the model's optimizer step to `train.steps`; the run's results.
 
     Returns:
       dict: "checkpoint" (the last one written; a temporary path on non-chief workers),
@@ -205,149 +256,20 @@ def train(cfg: config_lib.Config, model_dir: str, verbose: int = 1) -> dict:
       checkpoint, or None).
 
     Raises:
-      ConfigError: batch size not divisible by the replicas, or num_classes not matching
-        the dataset.
       CheckpointWriteError: a checkpoint could not be written (training stopped; the
         previous checkpoint is intact).
     """
-    cfg = resolve_dataset_dependent(cfg)  # model.num_classes / data.max_objects at 0
-    previous_policy = keras.mixed_precision.global_policy()
-    scratch = None
-    try:
-        t = cfg.train
-        tf.get_logger().setLevel("WARNING")
-        strategy = get_strategy(t.strategy)
-        keras.utils.set_random_seed(t.seed)
-        set_precision(t.mixed_precision)
-        if not is_chief(strategy):
-            scratch = tempfile.mkdtemp(prefix="cornernet-worker-")
-        return _train(cfg, model_dir, strategy, scratch, verbose)
-    finally:
-        keras.mixed_precision.set_global_policy(previous_policy)
-        if scratch is not None:
-            shutil.rmtree(scratch, ignore_errors=True)
-
-
-def _train(cfg: config_lib.Config, model_dir: str, strategy: tf.distribute.Strategy,
-           scratch: Optional[str], verbose: int) -> dict:
-    """`train` once the strategy and policy are set; `scratch` is a non-chief's folder."""
-    t = cfg.train
-    _check_batch_split(t, strategy)
-    dataset, label_map = _training_data(cfg)
-    write_dir = scratch or model_dir
-    write_run_files(cfg, write_dir, label_map)
-    model, manager, latest = _build_or_resume(cfg, strategy, model_dir, write_dir)
     step = int(model.optimizer.iterations.numpy())
-    if step >= t.steps:
-        print(f"already trained: step {step} >= train.steps {t.steps}", flush=True)
-        return dict(checkpoint=latest, steps=step, history=[], stopped_on_nan=False,
-                    images_per_second=float("nan"), model=model, evaluations=[], best=None)
-    callbacks, progress, checkpoints, validation = _callbacks(
-        cfg, model, model_dir, write_dir, manager, latest, dataset,
-        live=None if verbose else False)
-    print(f"training {t.steps} steps, global batch {t.batch_size} on "
-          f"{strategy.num_replicas_in_sync} replica(s) ({type(strategy).__name__}); "
-          f"checkpoints every {t.checkpoint_every} steps in {manager.directory}; TensorBoard "
-          f"logs in {os.path.join(write_dir, 'logs')}", flush=True)
-    if validation is not None:
-        print(f"validation every {t.eval_every} steps on "
-              f"{cfg.evaluate.max_images or 'all'} images of {cfg.data.val_annotations}; the "
-              f"best AP's weights in {validation.best_manager.directory}", flush=True)
-    _fit(model, dataset, t, step, callbacks, checkpoints, progress)
-    history = progress.history
-    return dict(checkpoint=checkpoints.last_saved,
+    _fit(model, dataset, t, step, callbacks.all, callbacks.checkpoints, callbacks.progress)
+    history = callbacks.progress.history
+    validation = callbacks.validation
+    return dict(checkpoint=callbacks.checkpoints.last_saved,
                 steps=int(model.optimizer.iterations.numpy()), history=history,
                 images_per_second=history[-1].get("images_per_second", float("nan"))
                 if history else float("nan"), model=model,
-                stopped_on_nan=checkpoints.stopped_on_nan,
+                stopped_on_nan=callbacks.checkpoints.stopped_on_nan,
                 evaluations=validation.evaluations if validation else [],
                 best=validation.best if validation else None)
-
-
-def _callbacks(cfg: config_lib.Config, model: CornerNet, model_dir: str, write_dir: str,
-               manager: tf.train.CheckpointManager, latest: Optional[str],
-               dataset: tf.data.Dataset, live: Optional[bool]):
-    """The fit callbacks, in order.
-
-    Returns:
-      (callbacks, the ProgressDisplay, the CheckpointCallback, the ValidationCallback or
-      None when train.eval_every is 0).
-    """
-    t = cfg.train
-    progress = ProgressDisplay(t.steps, t.batch_size, live=live)
-    checkpoints = CheckpointCallback(manager, t.checkpoint_every, say=progress.message)
-    checkpoints.last_saved = latest
-    log_dir = os.path.join(write_dir, "logs")
-    log_every = min(t.log_every, t.steps)
-    # NaNGuard runs before CheckpointCallback so a bad step is never saved; validation
-    # after it, so the step it evaluates is on disk first.
-    callbacks = [StopAtStep(t.steps), progress, NaNGuard(checkpoints), checkpoints]
-    validation = None
-    if t.eval_every > 0:
-        pipeline.load_split(cfg.data, "val", check_images="none")  # a missing split: now
-        best_folder = os.path.join(CHECKPOINT_SUBDIR, BEST_SUBDIR)
-        best_manager = tf.train.CheckpointManager(
-            training_checkpoint(model),
-            os.path.join(write_dir, best_folder), max_to_keep=1)
-        validation = ValidationCallback(
-            cfg, t.eval_every, t.steps, cfg.evaluate.max_images,
-            os.path.join(write_dir, VALIDATION_SUBDIR), best_manager,
-            os.path.join(model_dir, best_folder, BEST_RECORD), log_dir, checkpoints,
-            say=progress.message)
-        callbacks.append(validation)
-        progress.validation = validation
-    callbacks += [keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch"),
-                  HeatmapImages(next(iter(dataset))[0][:2], log_dir,
-                                every_epochs=max(1, t.checkpoint_every // log_every))]
-    return callbacks, progress, checkpoints, validation
-
-
-def _check_batch_split(t: config_lib.TrainConfig, strategy: tf.distribute.Strategy) -> None:
-    replicas = strategy.num_replicas_in_sync
-    if t.batch_size % replicas:
-        raise config_lib.ConfigError(
-            f"config key 'train.batch_size': {t.batch_size} does not split evenly over the "
-            f"{replicas} replicas of train.strategy={t.strategy!r}")
-
-
-def _training_data(cfg: config_lib.Config) -> tuple[tf.data.Dataset, object]:
-    """The batched, augmented training dataset and the split's LabelMap.
-
-    Raises:
-      ConfigError: model.num_classes differs from the dataset's category count.
-    """
-    records, label_map, report = pipeline.load_split(cfg.data, "train")
-    if label_map.num_classes != cfg.model.num_classes:
-        raise config_lib.ConfigError(
-            f"config key 'model.num_classes': {cfg.model.num_classes}, but "
-            f"{cfg.data.train_annotations} has {label_map.num_classes} categories")
-    dataset = pipeline.build_dataset(cfg.data, cfg.model, "train", training=True,
-                                     batch_size=cfg.train.batch_size, records=records,
-                                     report=report)
-    return dataset, label_map
-
-
-def _build_or_resume(cfg: config_lib.Config, strategy: tf.distribute.Strategy, model_dir: str,
-                     write_dir: str) -> tuple[CornerNet, tf.train.CheckpointManager,
-                                              Optional[str]]:
-    """Model, optimizer and checkpoint manager under the strategy, restored when possible.
-
-    Returns:
-      (compiled model, manager writing to `<write_dir>/checkpoints`, the checkpoint resumed
-      from in `<model_dir>/checkpoints` or None).
-    """
-    with strategy.scope():
-        model = build_model(cfg.model)
-        compile_model(model, cfg, build_optimizer(cfg.train))
-        model.optimizer.build(model.trainable_variables)
-        manager = checkpoint_manager(model, write_dir, model.optimizer)
-        latest = tf.train.latest_checkpoint(os.path.join(model_dir, CHECKPOINT_SUBDIR))
-        if latest:
-            training_checkpoint(model, model.optimizer).restore(
-                latest).assert_existing_objects_matched()
-            print(f"resuming from {latest} "
-                  f"(step {int(model.optimizer.iterations.numpy())})", flush=True)
-    return model, manager, latest
 
 
 def _fit(model: CornerNet, dataset: tf.data.Dataset, t: config_lib.TrainConfig, step: int,

@@ -41,6 +41,36 @@ def format_duration(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
+class ValidationClock:
+    """Time spent in validations during training, shared by the one who spends it
+    (`callbacks.ValidationCallback`, which adds each evaluation's seconds) and the one who
+    forecasts (`ProgressDisplay`, whose ETA leaves validation out of the per-step time and
+    adds the validations still to come).
+
+    Args:
+      every: train.eval_every (> 0).
+      total_steps: train.steps.
+    """
+
+    def __init__(self, every: int, total_steps: int):
+        self.every = every
+        self.total_steps = total_steps
+        self.seconds = 0.0  # spent in evaluations so far
+        self.count = 0  # evaluations done
+
+    def add(self, seconds: float) -> None:
+        """Records one evaluation that took `seconds`."""
+        self.seconds += seconds
+        self.count += 1
+
+    def remaining_seconds(self, step: int) -> float:
+        """The evaluations after `step` times the mean time of those done (0: none yet)."""
+        if not self.count:
+            return 0.0
+        count = self.total_steps // self.every - step // self.every
+        return count * self.seconds / self.count
+
+
 class ProgressDisplay(keras.callbacks.Callback):
     """Reports training progress on `stream`; keeps one history entry per logging interval.
 
@@ -53,7 +83,7 @@ class ProgressDisplay(keras.callbacks.Callback):
       stream: where to write; None: `sys.stdout` as it is when training begins.
       live: True: the live line; False: plain lines; None: live when `stream.isatty()`.
       clock: seconds, monotonic (tests pass a fake one).
-      validation: the run's `callbacks.ValidationCallback` (its `seconds` so far and
+      validation: the run's `ValidationClock` (its `seconds` so far and
         `remaining_seconds(step)` go into the ETA), or None.
 
     Attributes:

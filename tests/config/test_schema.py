@@ -241,3 +241,28 @@ def test_max_image_pixels_default_matches_the_preprocessing_default():
     # config.py imports no TensorFlow, so the number is written twice
     from cornernet_tf.data import images as preprocess
     assert Config().export.max_image_pixels == preprocess.DEFAULT_MAX_IMAGE_PIXELS == 50_000_000
+
+
+def _leaves(tree: dict, prefix: tuple = ()):
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from _leaves(value, prefix + (key,))
+        else:
+            yield prefix + (key,), value
+
+
+@pytest.mark.parametrize("name", sorted(f for f in os.listdir(os.path.join(REPO, "configs"))
+                                        if f.endswith(".yaml")))
+def test_bundled_configs_state_only_what_differs_from_the_defaults(name):
+    with open(os.path.join(REPO, "configs", name), encoding="utf-8") as f:
+        tree = yaml.safe_load(f)
+    defaults = Config()
+    restated = []
+    for path, value in _leaves(tree):
+        default = defaults
+        for part in path:
+            default = getattr(default, part)
+        if (list(default) if isinstance(default, tuple) else default) == value:
+            restated.append(".".join(path))
+    assert not restated, f"{name} restates defaults: {restated}"
+

@@ -10,7 +10,7 @@ from ai_edge_litert.interpreter import Interpreter
 
 from cornernet_tf.compat import tflite_ops_details
 from cornernet_tf.export import tflite
-from cornernet_tf.inference.detector import DECODE_SCOPE, build_detection_functions
+from cornernet_tf.inference.detector import DECODE_SCOPE, build_detector
 from tests.support.export_models import N, noise_image, tiny_config, tiny_model
 
 
@@ -26,7 +26,7 @@ def tiny(tmp_path_factory):
     """(cfg, model, reference fn uint8 [1, 64, 64, 3] -> numpy outputs, folder)."""
     cfg = tiny_config(extra=["export.score_threshold=0.05"])
     model = tiny_model(cfg)
-    fns = build_detection_functions(model, cfg)
+    fns = build_detector(model, cfg)
     serve = tf.function(fns.serve_images)
 
     def reference(batch):

@@ -231,7 +231,7 @@ def test_images_above_the_pixel_limit_are_refused_with_size_and_limit():
 
 
 def test_the_limit_comes_from_the_config():
-    from cornernet_tf.inference.detector import build_detection_functions
+    from cornernet_tf.inference.detector import build_detector
     cfg = tiny_config(extra=["export.max_image_pixels=1234"])
-    assert build_detection_functions(PeakNet(), cfg).max_pixels == 1234
-    assert build_detection_functions(PeakNet(), tiny_config()).max_pixels == 50_000_000
+    assert build_detector(PeakNet(), cfg).max_pixels == 1234
+    assert build_detector(PeakNet(), tiny_config()).max_pixels == 50_000_000

@@ -95,11 +95,11 @@ def worker(index: int, ports: str, data_dir: str, model_dir: str, out: str,
         "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports.split(",")]},
         "task": {"type": "worker", "index": index}})
     import numpy as np
-    from cornernet_tf.training import loop as training
+    from cornernet_tf import run as run_lib
     cfg = tiny_config(data_dir, ["train.strategy=multi_worker", f"train.steps={steps}",
                                  "model.sync_batchnorm=true",
                                  "train.log_every=2", "train.checkpoint_every=2"])
-    result = training.train(cfg, model_dir, verbose=0)
+    result = run_lib.train(cfg, model_dir, verbose=0)
     model = result["model"]
     np.savez(out, *[w.numpy() for w in model.weights], steps=result["steps"],
              checkpoint=str(result["checkpoint"]))

@@ -21,6 +21,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from cornernet_tf import run as run_lib
+
 from cornernet_tf.config import schema as config_lib
 from cornernet_tf.training import checkpoints as ckpt_lib
 from cornernet_tf.training import loop as training
@@ -224,12 +226,12 @@ def test_sigkill_then_resume_continues_from_the_checkpoint(data_dir, tmp_path):
 def test_resume_mid_interval_stops_exactly_at_train_steps(data_dir, tmp_path):
     """A checkpoint at a step that is not a multiple of log_every (e.g. an interrupt)."""
     model_dir = str(tmp_path / "run")
-    first = training.train(tiny_config(data_dir, "train.steps=3", "train.log_every=3",
+    first = run_lib.train(tiny_config(data_dir, "train.steps=3", "train.log_every=3",
                                        "train.checkpoint_every=3"), model_dir, verbose=0)
     assert first["steps"] == 3
     # Resumed at 3 with log_every 5, fit runs whole intervals (5 + 5 steps): the run must
     # still stop at train.steps = 10, not at 13.
-    second = training.train(tiny_config(data_dir, "train.steps=10", "train.log_every=5",
+    second = run_lib.train(tiny_config(data_dir, "train.steps=10", "train.log_every=5",
                                         "train.checkpoint_every=5"), model_dir, verbose=0)
     assert second["steps"] == 10
     assert int(second["model"].optimizer.iterations.numpy()) == 10
@@ -292,7 +294,7 @@ def test_multi_worker_two_processes_agree_and_only_the_chief_writes(data_dir, tm
 def test_mixed_precision_trains_with_float32_heads(data_dir, tmp_path, float32_policy, policy):
     cfg = tiny_config(data_dir, f"train.mixed_precision={policy}", "train.steps=3",
                       "train.log_every=3", "train.checkpoint_every=3")
-    result = training.train(cfg, str(tmp_path / "run"), verbose=0)
+    result = run_lib.train(cfg, str(tmp_path / "run"), verbose=0)
     assert keras.mixed_precision.global_policy().name == "float32"  # restored by train
     model = result["model"]
     assert result["steps"] == 3
@@ -355,7 +357,7 @@ def test_warmup_is_capped_at_half_the_steps_and_constant_schedule():
 
 def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path, capsys):
     model_dir = str(tmp_path / "run")
-    training.train(tiny_config(data_dir, "train.steps=2", "train.log_every=2",
+    run_lib.train(tiny_config(data_dir, "train.steps=2", "train.log_every=2",
                                "train.checkpoint_every=2"), model_dir, verbose=0)
     good = listed_checkpoints(model_dir)[-1]
     assert checkpoint_step(good) == 2
@@ -363,7 +365,7 @@ def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path, 
         good_bytes = f.read()
     capsys.readouterr()
     # An absurd learning rate: Adam moves every weight by ~1e30, the next forward overflows.
-    result = training.train(tiny_config(data_dir, "train.steps=20", "train.log_every=1",
+    result = run_lib.train(tiny_config(data_dir, "train.steps=20", "train.log_every=1",
                                         "train.checkpoint_every=1",
                                         "train.learning_rate=1e30"), model_dir, verbose=0)
     out = capsys.readouterr().out

@@ -12,7 +12,8 @@ import re
 import numpy as np
 import pytest
 
-from cornernet_tf.training import loop as training
+from cornernet_tf import run as run_lib
+
 from cornernet_tf.data.synthetic import generate_shapes_dataset
 from cornernet_tf.keys import LOSS_KEYS
 from cornernet_tf.training.progress import ProgressDisplay, format_duration
@@ -209,7 +210,7 @@ def test_training_output_is_plain_lines_when_not_a_terminal(data_dir, tmp_path, 
     model_dir = str(tmp_path / "run")
     cfg = tiny_config(data_dir, ["train.steps=4", "train.log_every=2",
                                  "train.checkpoint_every=4"])
-    result = training.train(cfg, model_dir)  # verbose=1: live only in a terminal
+    result = run_lib.train(cfg, model_dir)  # verbose=1: live only in a terminal
     out = capsys.readouterr().out
     assert "\x1b" not in out and "\r" not in out
     lines = out.splitlines()

@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from cornernet_tf import run as run_lib
+
 from cornernet_tf.training import callbacks as callbacks_lib
 from cornernet_tf.evaluation import runner as eval_runner
 from cornernet_tf.training import checkpoints as ckpt_lib
-from cornernet_tf.training import loop as training
 from cornernet_tf.data.synthetic import generate_shapes_dataset
 from cornernet_tf.modeling.model import build_model
 from tests.support.training import tiny_config
@@ -72,7 +73,7 @@ def run(data_dir, tmp_path_factory):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(eval_runner, "run_evaluation", fake)
-        result = training.train(cfg, model_dir, verbose=0)
+        result = run_lib.train(cfg, model_dir, verbose=0)
     return dict(cfg=cfg, model_dir=model_dir, result=result, calls=calls)
 
 
@@ -129,23 +130,25 @@ def test_best_is_the_highest_ap_step_and_restores(run):
 
 def test_resume_starts_from_latest_not_best(run, capsys):
     # best is step 4, latest step 6 = train.steps: resuming from best would train 2 steps.
-    result = training.train(run["cfg"], run["model_dir"], verbose=0)
+    result = run_lib.train(run["cfg"], run["model_dir"], verbose=0)
     out = capsys.readouterr().out
     assert "resuming from " + os.path.join(run["model_dir"], "checkpoints", "ckpt-6") in out
     assert "already trained: step 6" in out and result["steps"] == 6
 
 
-def test_cli_checkpoint_best_restores_best(run, capsys):
+def test_cli_checkpoint_best_restores_best(run):
     from absl import flags
     from cornernet_tf import cli
     cli._define_flags()
-    flags.FLAGS(["main.py", "--checkpoint=best"])
+    flags.FLAGS(["main.py", "--checkpoint=best", f"--model_dir={run['model_dir']}"])
     try:
-        model = cli._restored_model(run["cfg"], run["model_dir"])
+        arguments = cli.MODES["evaluate"].arguments(run["cfg"])
     finally:
         flags.FLAGS.unparse_flags()
-    best = os.path.join(run["model_dir"], "checkpoints", "best", "ckpt-4")
-    assert f"restored {best}" in capsys.readouterr().out
+    assert arguments["checkpoint"] == "best" and arguments["model_dir"] == run["model_dir"]
+    model = build_model(run["cfg"].model)
+    path = ckpt_lib.restore_weights(model, run["model_dir"], arguments["checkpoint"])
+    assert path == os.path.join(run["model_dir"], "checkpoints", "best", "ckpt-4")
     weights_at = {c["step"]: c["weights"] for c in run["calls"]}
     for restored, expected in zip(model.variables, weights_at[4]):
         np.testing.assert_array_equal(restored.numpy(), expected)
