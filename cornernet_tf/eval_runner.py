@@ -43,7 +43,7 @@ ORACLES = ("none", "heatmaps", "heatmaps+offsets", "all")
 
 
 def run_evaluation(model, cfg, output_dir: str, max_images: int = 0, oracle: str = "none",
-                   batch_size: int = 8, verbose: bool = True) -> dict:
+                   batch_size: int = 8, verbose: bool = True, label_map=None) -> dict:
     """Detects on the validation split, writes COCO results and metrics, returns metrics.
 
     Args:
@@ -55,6 +55,8 @@ def run_evaluation(model, cfg, output_dir: str, max_images: int = 0, oracle: str
         multi-scale then).
       batch_size: images per forward pass.
       verbose: print the COCO table and per-class AP.
+      label_map: the model's classes (a run's labels.json); the split's categories are
+        matched to them by name. None: the train split's categories.
 
     Returns:
       the metrics dict of `coco_evaluate` (with "per_class_AP"), plus "images" (scored),
@@ -69,7 +71,7 @@ def run_evaluation(model, cfg, output_dir: str, max_images: int = 0, oracle: str
     if oracle not in ORACLES:
         raise ValueError(f"evaluate.oracle: expected one of {ORACLES}, found {oracle!r}")
     start = time.time()
-    records, label_map, report = _val_records(cfg, max_images)
+    records, label_map, report = _val_records(cfg, max_images, label_map)
     views = oracle == "none"
     scales = tuple(cfg.evaluate.scales) if views else (1.0,)
     flip = bool(cfg.evaluate.flip_test) and views
@@ -117,14 +119,13 @@ def evaluate_export(model_path: str, cfg, output_dir: str, max_images: int = 0,
 
     Raises:
       FileNotFoundError: model_path is neither a SavedModel folder nor a .tflite file.
-      ValueError: the export's labels.json differs from the validation split's categories.
+      DatasetError: the split has a category the export's labels.json does not name.
       DatasetError: the split has no readable image; with data.strict, any dataset problem
         or unreadable image.
     """
     start = time.time()
-    records, label_map, report = _val_records(cfg, max_images)
     detector = ExportedDetector(model_path)
-    _check_export_labels(model_path, label_map)
+    records, label_map, report = _val_records(cfg, max_images, _export_labels(model_path))
     results, latencies, scored = [], [], set()
     for r in records:
         try:
@@ -206,14 +207,20 @@ def oracle_heads(heads: dict, targets: list, oracle: str, offset: float = -100.0
 
 # ------------------------------------------------------------------------------- steps
 
-def _val_records(cfg, max_images: int):
+def _val_records(cfg, max_images: int, label_map=None):
     """(records, label_map, report) of the validation split, the first max_images if > 0;
-    the report keeps the ground truth the loader kept.
+    the report keeps the ground truth the loader kept. Its classes are matched by name to
+    `label_map` (the model's; None: the train split's).
 
     Raises:
       DatasetError: no usable image, or none that decodes (`pipeline.require_decodable`).
     """
-    records, label_map, report = pipeline.load_split(cfg.data, "val", ground_truth=True)
+    no_validation = pipeline.validation_split(cfg.data)
+    if no_validation:
+        raise UserError(f"no validation split to evaluate on: {no_validation}; set "
+                        f"data.val_annotations and data.val_images")
+    records, label_map, report = pipeline.load_split(cfg.data, "val", ground_truth=True,
+                                                     label_map=label_map)
     records = records[:max_images] if max_images else records
     pipeline.require_decodable(records, "val", cfg.data.val_annotations, report)
     return records, label_map, report
@@ -272,16 +279,12 @@ def _batch_to_coco(outputs: dict, meta: dict, label_map) -> list:
                               label_map.category_ids)
 
 
-def _check_export_labels(model_path: str, label_map) -> None:
+def _export_labels(model_path: str):
+    """The export's classes (its labels.json), or None without one (then the train
+    split's classes are taken)."""
     folder = model_path if os.path.isdir(model_path) else os.path.dirname(model_path)
     path = os.path.join(folder, "labels.json")
-    if not os.path.isfile(path):
-        return  # classes are then taken to be the split's, in order
-    exported = LabelMap.from_json(path)
-    if list(exported.category_ids) != list(label_map.category_ids):
-        raise ValueError(f"{path}: the export's category ids {list(exported.category_ids)} "
-                         f"differ from the validation split's {list(label_map.category_ids)}; "
-                         f"evaluate an export with the config it was trained with")
+    return LabelMap.from_json(path) if os.path.isfile(path) else None
 
 
 def _score(cfg, results: list, records: list, scored: set, report,

@@ -343,7 +343,7 @@ def _train(cfg: config_lib.Config, model_dir: str, strategy: tf.distribute.Strat
                     images_per_second=float("nan"), model=model, evaluations=[], best=None)
     callbacks, progress, checkpoints, validation = _callbacks(
         cfg, model, model_dir, write_dir, manager, latest, dataset,
-        live=None if verbose else False)
+        live=None if verbose else False, label_map=label_map)
     print(f"training {t.steps} steps, global batch {t.batch_size} on "
           f"{strategy.num_replicas_in_sync} replica(s) ({type(strategy).__name__}); "
           f"checkpoints every {t.checkpoint_every} steps in {manager.directory}; TensorBoard "
@@ -365,12 +365,13 @@ def _train(cfg: config_lib.Config, model_dir: str, strategy: tf.distribute.Strat
 
 def _callbacks(cfg: config_lib.Config, model: CornerNet, model_dir: str, write_dir: str,
                manager: tf.train.CheckpointManager, latest: Optional[str],
-               dataset: tf.data.Dataset, live: Optional[bool]):
+               dataset: tf.data.Dataset, live: Optional[bool], label_map=None):
     """The fit callbacks, in order.
 
     Returns:
       (callbacks, the ProgressDisplay, the CheckpointCallback, the ValidationCallback or
-      None when train.eval_every is 0).
+      None when train.eval_every is 0 or there is no validation split, which is said in
+      one line).
     """
     t = cfg.train
     progress = ProgressDisplay(t.steps, t.batch_size, live=live)
@@ -382,8 +383,14 @@ def _callbacks(cfg: config_lib.Config, model: CornerNet, model_dir: str, write_d
     # after it, so the step it evaluates is on disk first.
     callbacks = [StopAtStep(t.steps), progress, NaNGuard(checkpoints), checkpoints]
     validation = None
-    if t.eval_every > 0:
-        pipeline.load_split(cfg.data, "val", check_images="none")  # a missing split: now
+    no_validation = pipeline.validation_split(cfg.data) if t.eval_every > 0 else None
+    if no_validation:
+        print(f"no validation during training: {no_validation} (set data.val_annotations "
+              f"and data.val_images to validate every train.eval_every={t.eval_every} "
+              f"steps and keep the best checkpoint)", flush=True)
+    elif t.eval_every > 0:
+        # a missing split or a class the model does not know: now, not at the first eval
+        pipeline.load_split(cfg.data, "val", check_images="none", label_map=label_map)
         best_folder = os.path.join(CHECKPOINT_SUBDIR, BEST_SUBDIR)
         best_manager = tf.train.CheckpointManager(
             training_checkpoint(model),

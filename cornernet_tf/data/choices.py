@@ -10,5 +10,9 @@ tuples, so each list is written once.
 # named in the config, "synthetic" generates the shapes dataset first (data/synthetic.py).
 DATASETS = ("coco", "synthetic")
 
+# config `data.format`, implemented by `sources.detect_format` / `sources.load_dataset`:
+# how the data.*_annotations paths are read ("auto": from what the path holds).
+FORMATS = ("auto", "coco", "voc", "yolo")
+
 # config `data.eval_resize`, implemented by `preprocess.fit_to_input` (see its docstring).
 EVAL_RESIZE_MODES = ("resize_pad", "pad127")

@@ -29,11 +29,11 @@ import tensorflow as tf
 
 from cornernet_tf import keys, preprocess, visualize
 from cornernet_tf.data.coco import LabelMap
+from cornernet_tf.data.image_files import IMAGE_EXTENSIONS
 from cornernet_tf.data.image_files import decoder_message
 from cornernet_tf.errors import UserError
 from cornernet_tf.export.tflite import TFLiteDetector
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 MANIFEST = ".cornernet-predict-outputs"  # json: the outputs predict wrote into a folder
 
 

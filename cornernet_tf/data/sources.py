@@ -1,0 +1,263 @@
+"""The dataset formats a split can be in, read into the one internal dataset.
+
+A split is `data.<split>_annotations` + `data.<split>_images`, in one of three formats
+(`data.format`, "auto" by default: from what the annotation path holds):
+
+    coco  a COCO instances json (a file ending in .json)           -> data/coco.py
+    voc   a folder of Pascal VOC XML files (one per image)         -> data/voc.py
+    yolo  a folder of YOLO label files (`class cx cy w h` lines)   -> data/yolo.py
+
+Each loader returns the same `(records, label_map, report)` as `coco.load_coco`:
+`ImageRecord`s, the split's `LabelMap` and a `DatasetReport` that lists every problem with
+its file and place in it (image id, annotation id, "object 2", "line 5").
+
+Classes are matched by name. The train split's categories define the model's classes; a
+validation split is read against them (`load_dataset(label_map=...)`): its categories may
+come in another order or with other ids, a class it lacks is said in one line (it has no
+ground truth, so COCOeval gives it no AP and leaves it out of the mean), and a name the
+model does not know is a `DatasetError`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Optional
+
+import numpy as np
+
+from cornernet_tf.data import coco
+from cornernet_tf.data.choices import FORMATS
+from cornernet_tf.errors import UserError
+
+FORMAT_HELP = ("COCO instances json (a .json file), Pascal VOC (a folder of .xml files) or "
+               "YOLO (a labels folder of .txt files, names in data.yaml or classes.txt)")
+
+
+def detect_format(annotations: str, configured: str = "auto",
+                  key: str = "data.train_annotations") -> str:
+    """The format of a split's annotation path: `configured`, or guessed from the path.
+
+    Args:
+      annotations: the split's annotation path (json file or folder).
+      configured: `data.format`; anything but "auto" is returned as is.
+      key: the config key the path came from, for the error message.
+
+    Returns:
+      "coco", "voc" or "yolo".
+
+    Raises:
+      FileNotFoundError: the path does not exist.
+      UserError: the path holds none of the formats.
+    """
+    if configured not in FORMATS:
+        raise UserError(f"data.format: expected one of {FORMATS}, found {configured!r}")
+    if configured != "auto":
+        return configured
+    if os.path.isfile(annotations):
+        if annotations.lower().endswith(".json"):
+            return "coco"
+        raise UserError(f"{key}={annotations!r}: expected {FORMAT_HELP}; found a file that is "
+                        f"not .json (set data.format if it is one of these)")
+    if not os.path.isdir(annotations):
+        raise FileNotFoundError(f"annotation path not found: {annotations!r} ({key})")
+    names = os.listdir(annotations)
+    if any(n.lower().endswith(".xml") for n in names):
+        return "voc"
+    if any(n.lower().endswith(".txt") and n != "classes.txt" for n in names) \
+            or _has_yolo_names(annotations):
+        return "yolo"
+    raise UserError(f"{key}={annotations!r}: expected {FORMAT_HELP}; found a folder with "
+                    f"neither .xml nor .txt files")
+
+
+def _has_yolo_names(folder: str) -> bool:
+    from cornernet_tf.data import yolo
+    return yolo.find_names_file(folder) is not None
+
+
+def load_dataset(annotations: str, images: str, fmt: str = "auto", strict: bool = False,
+                 check_images: str = "header", ground_truth: bool = False,
+                 label_map: Optional[coco.LabelMap] = None, key: str = "data.train_annotations"):
+    """Reads a split in any format into (records, label_map, report).
+
+    Args:
+      annotations, images: the split's paths (VOC: `images` may be "", see data/voc.py).
+      fmt: `data.format` ("auto" detects it, `detect_format`).
+      strict, check_images, ground_truth: as for `coco.load_coco`; ground truth includes
+        the ignore regions as iscrowd=1 (VOC "difficult" objects).
+      label_map: the model's classes (the train split's); when given, the split's classes
+        are matched to them by name and the returned records, label map and ground truth
+        use them. None: the split's own classes.
+      key: the config key of `annotations`, for messages.
+
+    Returns:
+      (records, label_map, report) as from `coco.load_coco`.
+
+    Raises:
+      FileNotFoundError, coco.DatasetError: as the loaders; a class name the model does
+        not know (with `label_map`).
+    """
+    fmt = detect_format(annotations, fmt, key)
+    if fmt == "coco":
+        records, own, report = coco.load_coco(annotations, images, strict=strict,
+                                              check_images=check_images,
+                                              ground_truth=ground_truth)
+    else:
+        from cornernet_tf.data import voc, yolo
+        loader = voc.load_voc if fmt == "voc" else yolo.load_yolo
+        records, own, report = loader(annotations, images, strict=strict,
+                                      check_images=check_images, ground_truth=ground_truth)
+    if label_map is not None and label_map != own:
+        records = match_classes(records, report, own, label_map, annotations)
+        own = label_map
+    return records, own, report
+
+
+def read_label_map(annotations: str, images: str, fmt: str = "auto",
+                   key: str = "data.train_annotations") -> coco.LabelMap:
+    """A split's classes without checking its images (COCO: the json's categories)."""
+    fmt = detect_format(annotations, fmt, key)
+    if fmt == "coco":
+        return coco.read_categories(annotations)
+    return load_dataset(annotations, images, fmt, check_images="none", key=key)[1]
+
+
+def match_classes(records: list, report: coco.DatasetReport, own: coco.LabelMap,
+                  model: coco.LabelMap, source: str) -> list:
+    """Re-labels a split's records (and ground truth) with the model's classes, by name.
+
+    Args:
+      records: the split's records, classes 0-based in `own`.
+      report: its report; `report.ground_truth` (if any) is re-labelled in place.
+      own: the split's LabelMap; model: the model's (train split's or export's).
+      source: the split's annotation path, for messages.
+
+    Returns:
+      The records with classes of `model`.
+
+    Raises:
+      coco.DatasetError: a name of `own` is not in `model`, or `model` repeats a name.
+    """
+    if len(set(model.names)) != len(model.names):
+        raise coco.DatasetError(f"the model's classes repeat a name ({list(model.names)}); "
+                                f"classes are matched by name: make them unique")
+    index = {name: k for k, name in enumerate(model.names)}
+    unknown = [f"{n!r} (id {c})" for c, n in zip(own.category_ids, own.names) if n not in index]
+    if unknown:
+        raise coco.DatasetError(
+            f"{source}: categories {', '.join(unknown)} are not among the model's classes "
+            f"{list(model.names)} (classes are matched by name; the train split defines them)")
+    missing = [n for n in model.names if n not in set(own.names)]
+    if missing:
+        print(f"{source}: no category for the model's classes {missing}: they have no ground "
+              f"truth here and are scored as absent (no AP, left out of the mean)", flush=True)
+    to_model = np.array([index[n] for n in own.names], np.int32)  # own class -> model class
+    records = [_relabel(r, to_model) for r in records]
+    if report.ground_truth is not None:
+        id_of = {c: model.category_ids[index[n]] for c, n in zip(own.category_ids, own.names)}
+        for ann in report.ground_truth["annotations"]:
+            ann["category_id"] = id_of[ann["category_id"]]
+        report.ground_truth["categories"] = categories(model)
+    return records
+
+
+def _relabel(record: coco.ImageRecord, to_model: np.ndarray) -> coco.ImageRecord:
+    import dataclasses
+    return dataclasses.replace(record, classes=to_model[record.classes].astype(np.int32),
+                               ignore_classes=to_model[record.ignore_classes].astype(np.int32))
+
+
+def categories(label_map: coco.LabelMap) -> list:
+    """COCO `categories` of a LabelMap."""
+    return [{"id": c, "name": n} for c, n in zip(label_map.category_ids, label_map.names)]
+
+
+def to_coco(records: list, label_map: coco.LabelMap, image_root: str) -> dict:
+    """The COCO instances dict of records: objects iscrowd=0, ignore regions iscrowd=1.
+
+    Args:
+      records: ImageRecords (boxes in image pixels).
+      label_map: their classes.
+      image_root: folder the `file_name` entries are made relative to.
+
+    Returns:
+      {"images", "annotations", "categories"}; annotation ids 1..n, `area` the box's.
+    """
+    images, annotations = [], []
+    for r in records:
+        images.append({"id": int(r.image_id), "width": int(r.width), "height": int(r.height),
+                       "file_name": os.path.relpath(r.path, image_root).replace(os.sep, "/")})
+        for boxes, classes, crowd in ((r.boxes, r.classes, 0),
+                                      (r.ignore_boxes, r.ignore_classes, 1)):
+            for (x1, y1, x2, y2), cls in zip(np.asarray(boxes, np.float64).tolist(), classes):
+                w, h = x2 - x1, y2 - y1
+                annotations.append({
+                    "id": len(annotations) + 1, "image_id": int(r.image_id),
+                    "category_id": label_map.to_category_id(int(cls)),
+                    "bbox": [round(v, 3) for v in (x1, y1, w, h)],
+                    "area": round(w * h, 3), "iscrowd": crowd})
+    return {"images": images, "annotations": annotations, "categories": categories(label_map)}
+
+
+def image_root(annotations: str, images: str, fmt: str) -> str:
+    """The folder image paths are written relative to (a split's image folder; VOC
+    without one: the folder above the XML folder, which holds both)."""
+    if images:
+        return images
+    return os.path.dirname(os.path.abspath(annotations.rstrip("/\\")))
+
+
+def convert_to_coco(annotations: str, images: str, output: str, fmt: str = "auto",
+                    key: str = "data.train_annotations") -> dict:
+    """Writes a split, in any format, as a COCO instances json (never over a file).
+
+    Args:
+      annotations, images, fmt: the split (see `load_dataset`).
+      output: the json to write; it must not exist.
+      key: the config key of `annotations`, for messages.
+
+    Returns:
+      {"output", "images" (the folder file_name entries are relative to), "num_images",
+      "num_objects", "num_ignore_regions", "report"}.
+
+    Raises:
+      UserError: `output` exists.
+    """
+    if os.path.exists(output):
+        raise UserError(f"{output} exists; convert_data never writes over a file: give "
+                        f"another --output or remove it")
+    records, label_map, report = load_dataset(annotations, images, fmt, key=key)
+    root = image_root(annotations, images, detect_format(annotations, fmt, key))
+    data = to_coco(records, label_map, os.path.abspath(root))
+    parent = os.path.dirname(os.path.abspath(output))
+    os.makedirs(parent, exist_ok=True)
+    tmp = output + ".tmp"
+    with open(tmp, "x", encoding="utf-8") as f:
+        json.dump(data, f)
+    os.replace(tmp, output)
+    return {"output": output, "images": root, "num_images": len(records),
+            "num_objects": report.num_objects,
+            "num_ignore_regions": report.num_ignore_regions, "report": report}
+
+
+def box_problem(x1: float, y1: float, x2: float, y2: float, width: int,
+                height: int) -> tuple[Optional[str], Any]:
+    """Checks an xyxy box against its image: (problem kind or None, the box to keep).
+
+    Returns:
+      (coco.BAD_BOX, detail) for a non-finite or non-positive box; (BOX_OUTSIDE_IMAGE,
+      detail) when nothing is left inside the image; (BOX_CLIPPED, clipped box) when it
+      was clipped; (None, box) when it lies inside.
+    """
+    values = np.array([x1, y1, x2, y2], np.float64)
+    if not np.all(np.isfinite(values)) or x2 <= x1 or y2 <= y1:
+        return coco.BAD_BOX, (f"box xyxy {[float(v) for v in values]} has a non-finite value "
+                              f"or a non-positive size")
+    clipped = np.clip(values, 0, [width, height, width, height])
+    if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
+        return coco.BOX_OUTSIDE_IMAGE, (f"box xyxy {[round(float(v), 2) for v in values]} "
+                                        f"lies outside the {width}x{height} image")
+    if not np.array_equal(clipped, values):
+        return coco.BOX_CLIPPED, clipped
+    return None, values
