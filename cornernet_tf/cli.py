@@ -33,7 +33,7 @@ def _show_config(cfg: config_lib.Config) -> None:
 
 def _train(cfg: config_lib.Config) -> None:
     from cornernet_tf import training
-    model_dir = resolve_model_dir(FLAGS.config, FLAGS.model_dir)
+    model_dir = resolve_model_dir(config_path(), FLAGS.model_dir)
     result = training.train(cfg, model_dir)
     if result["stopped_on_nan"]:
         sys.exit(f"error: training stopped on a non-finite loss at step {result['steps']}; "
@@ -53,7 +53,7 @@ def _restored_model(cfg: config_lib.Config, model_dir: str):
 
 def _evaluate(cfg: config_lib.Config) -> None:
     from cornernet_tf import eval_runner
-    model_dir = resolve_model_dir(FLAGS.config, FLAGS.model_dir)
+    model_dir = resolve_model_dir(config_path(), FLAGS.model_dir)
     cfg = resolve_dataset_dependent(cfg, run_dir=model_dir)
     if FLAGS.model:
         if cfg.evaluate.oracle != "none":
@@ -64,8 +64,14 @@ def _evaluate(cfg: config_lib.Config) -> None:
                                     max_images=cfg.evaluate.max_images)
         return
     model = _restored_model(cfg, model_dir)
+    labels = os.path.join(model_dir, "labels.json")
+    label_map = None
+    if os.path.isfile(labels):
+        from cornernet_tf.data.coco import LabelMap
+        label_map = LabelMap.from_json(labels)
     eval_runner.run_evaluation(model, cfg, os.path.join(model_dir, "eval"),
-                               max_images=cfg.evaluate.max_images, oracle=cfg.evaluate.oracle)
+                               max_images=cfg.evaluate.max_images, oracle=cfg.evaluate.oracle,
+                               label_map=label_map)
 
 
 def export_eval_dir(model_dir: str, model_path: str) -> str:
@@ -81,7 +87,7 @@ def export_eval_dir(model_dir: str, model_path: str) -> str:
 
 def _export(cfg: config_lib.Config) -> None:
     from cornernet_tf.export.job import export_model
-    export_model(cfg, resolve_model_dir(FLAGS.config, FLAGS.model_dir), FLAGS.export_dir,
+    export_model(cfg, resolve_model_dir(config_path(), FLAGS.model_dir), FLAGS.export_dir,
                  checkpoint=FLAGS.checkpoint)
 
 
@@ -119,12 +125,44 @@ def _convert(cfg: config_lib.Config) -> None:
                                "--config=hourglass104_coco or squeeze_coco)")
     # A ConversionError (bad file, wrong config, occupied model_dir) is a UserError: one
     # line and exit 2 from _main; nothing was written.
-    convert_weights(cfg, FLAGS.weights, resolve_model_dir(FLAGS.config, FLAGS.model_dir))
+    convert_weights(cfg, FLAGS.weights, resolve_model_dir(config_path(), FLAGS.model_dir))
+
+
+def _convert_data(cfg: config_lib.Config) -> None:
+    from cornernet_tf.data import pipeline, sources
+    if not FLAGS["output"].present:
+        raise errors.UserError("--mode=convert_data needs --output=<folder> for the COCO json "
+                               "files (instances_train.json, instances_val.json)")
+    splits = ["train"] + (["val"] if pipeline.validation_split(cfg.data) is None else [])
+    taken = [p for p in (os.path.join(FLAGS.output, f"instances_{s}.json") for s in splits)
+             if os.path.exists(p)]
+    if taken:  # checked for every split before any is written
+        raise errors.UserError(f"{', '.join(taken)} exists; convert_data never writes over a "
+                               f"file: give another --output or remove it")
+    for split in splits:
+        annotations, images = pipeline.split_files(cfg.data, split)
+        out = sources.convert_to_coco(
+            annotations, images, os.path.join(FLAGS.output, f"instances_{split}.json"),
+            cfg.data.format, key=f"data.{split}_annotations")
+        print(f"wrote {out['output']}: {out['num_images']} images, {out['num_objects']} "
+              f"objects, {out['num_ignore_regions']} ignore regions (iscrowd=1); use it with "
+              f"--set data.{split}_annotations={out['output']} --set "
+              f"data.{split}_images={out['images']}")
+
+
+def _inspect_data(cfg: config_lib.Config) -> None:
+    from cornernet_tf import data_look
+    cfg = resolve_dataset_dependent(cfg)
+    output = FLAGS.output if FLAGS["output"].present else os.path.join(
+        resolve_model_dir(config_path(), FLAGS.model_dir), "data")
+    result = data_look.inspect_data(cfg, output)
+    print(result["text"])
+    print(f"wrote {', '.join(result['files'])}")
 
 
 def _demo(cfg: config_lib.Config) -> None:
     from cornernet_tf.demo import run_demo
-    run_demo(cfg, resolve_model_dir(FLAGS.config, FLAGS.model_dir), FLAGS.export_dir)
+    run_demo(cfg, resolve_model_dir(config_path(), FLAGS.model_dir), FLAGS.export_dir)
 
 
 MODES: dict[str, Mode] = {
@@ -144,6 +182,12 @@ MODES: dict[str, Mode] = {
                       "docs/benchmarks.md", _benchmark),
     "convert": Mode("the authors' trained PyTorch file (--weights) -> a checkpoint, "
                     "config.yaml and labels.json in --model_dir", _convert),
+    "inspect_data": Mode("a look at the data before training: per-class counts, objects per "
+                         "image (busiest named), box sizes against the network input and "
+                         "grid, a picture of images with their boxes; into --output (default "
+                         "<model_dir>/data)", _inspect_data),
+    "convert_data": Mode("write the configured splits (COCO json, Pascal VOC folder or YOLO "
+                         "folder) as COCO json into --output", _convert_data),
     "config": Mode("print the resolved config (defaults + YAML + --set) as YAML", _show_config),
 }
 DEFAULT_MODE = "demo"
@@ -157,7 +201,9 @@ def _define_flags() -> None:
     mode_help = "; ".join(f"{name}: {m.help}" for name, m in MODES.items())
     flags.DEFINE_enum("mode", DEFAULT_MODE, list(MODES), f"What to run. {mode_help}.")
     flags.DEFINE_string("config", DEFAULT_CONFIG, "YAML experiment file, or the name of a bundled "
-                      "config (quickstart, hourglass104_coco, squeeze_coco).")
+                      "config (quickstart, hourglass104_coco, squeeze_coco). evaluate, export, "
+                      "predict and inspect_data without it: the config.yaml of --model's "
+                      "export or of --model_dir.")
     flags.DEFINE_multi_string("set", [], "Config override key=value, repeatable, e.g. "
                               "--set train.steps=200 --set model.num_classes=3.")
     flags.DEFINE_string("model_dir", None, "Where checkpoints, logs, labels.json and the resolved "
@@ -170,7 +216,8 @@ def _define_flags() -> None:
     flags.DEFINE_string("model", None, "predict, evaluate: a SavedModel version folder or a "
                         ".tflite file (evaluate: instead of a checkpoint).")
     flags.DEFINE_multi_string("images", [], "predict: image files or folders (repeatable).")
-    flags.DEFINE_string("output", "predictions", "predict: output folder.")
+    flags.DEFINE_string("output", "predictions", "predict: output folder; convert_data: folder "
+                        "of the COCO json files; inspect_data: the look's folder.")
     flags.DEFINE_bool("heatmaps", False, "predict: also write corner-heatmap overlays.")
     from cornernet_tf import benchmark  # plain module: nothing heavy at import
     flags.DEFINE_string("benchmarks", ",".join(benchmark.DEFAULT_BENCHMARKS),
@@ -188,10 +235,41 @@ def _define_flags() -> None:
                       "in training and evaluation (same as --set data.strict=true).")
 
 
+RUN_CONFIG = "config.yaml"  # the resolved config a run (and an export) keeps
+# Modes that read a run or an export: without --config they take its own config.yaml.
+_READING_MODES = ("evaluate", "export", "predict", "inspect_data")
+
+
+def _is_export(folder: str) -> bool:
+    return os.path.isfile(os.path.join(folder, "saved_model.pb"))
+
+
+def config_path() -> str:
+    """The config file: `--config`, or, when it is not given and the mode reads a run or
+    an export (evaluate, export, predict), the `config.yaml` of `--model`'s export folder
+    or of `--model_dir`; else the default bundled config."""
+    if FLAGS["config"].present or FLAGS.mode not in _READING_MODES:
+        return FLAGS.config
+    model = FLAGS.model
+    folders = [model if not model or os.path.isdir(model) else os.path.dirname(model),
+               FLAGS.model_dir]
+    for folder in folders:
+        if folder and os.path.isfile(os.path.join(folder, RUN_CONFIG)):
+            return os.path.join(folder, RUN_CONFIG)
+    return FLAGS.config
+
+
 def resolve_model_dir(config_path: str, model_dir: str | None) -> str:
-    """`--model_dir`, or `runs/<config file stem>/` when it is not given."""
+    """`--model_dir`; else the run a `<run>/config.yaml` belongs to (for an export's
+    config.yaml, the folder of its versions: `export/<name>`); else `runs/<config stem>/`."""
     if model_dir:
         return model_dir
+    folder = os.path.dirname(config_path)
+    if os.path.basename(config_path) == RUN_CONFIG and folder:
+        if _is_export(folder):
+            return os.path.dirname(os.path.normpath(folder))
+        if any(os.path.exists(os.path.join(folder, f)) for f in ("checkpoints", "labels.json")):
+            return folder
     stem = os.path.splitext(os.path.basename(config_path))[0]
     return os.path.join("runs", stem)
 
@@ -210,7 +288,10 @@ def _main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     try:
         overrides = list(FLAGS.set) + (["data.strict=true"] if FLAGS.strict else [])
-        cfg = config_lib.load_config(FLAGS.config, overrides)
+        path = config_path()
+        if path != FLAGS.config:
+            print(f"config: {path} (the run's own; --config overrides it)", flush=True)
+        cfg = config_lib.load_config(path, overrides)
         MODES[FLAGS.mode].run(cfg)
     except Exception as e:  # noqa: BLE001 - sorted into the user's mistakes and ours
         if not FLAGS.verbose and _is_checkpoint_write_error(e):
@@ -232,6 +313,10 @@ def _usage() -> str:
              "modes:"]
     lines += [f"  {name:<10} {m.help}" + ("  (default)" if name == DEFAULT_MODE else "")
               for name, m in MODES.items()]
+    lines += ["", "data (--set data.train_annotations=... data.train_images=..., the same for "
+              "val): a COCO instances json, a Pascal VOC folder of .xml files (difficult "
+              "objects: ignore regions) or a YOLO labels folder (names in data.yaml or "
+              "classes.txt); data.format=auto|coco|voc|yolo (auto: from the path)"]
     return "\n".join(lines) + "\n"
 
 

@@ -173,13 +173,15 @@ def categories(label_map: coco.LabelMap) -> list:
     return [{"id": c, "name": n} for c, n in zip(label_map.category_ids, label_map.names)]
 
 
-def to_coco(records: list, label_map: coco.LabelMap, image_root: str) -> dict:
+def to_coco(records: list, label_map: coco.LabelMap, image_root: Optional[str]) -> dict:
     """The COCO instances dict of records: objects iscrowd=0, ignore regions iscrowd=1.
 
     Args:
       records: ImageRecords (boxes in image pixels).
       label_map: their classes.
-      image_root: folder the `file_name` entries are made relative to.
+      image_root: folder the `file_name` entries are made relative to; None: absolute
+        paths (the ground truth kept for evaluation, whose pictures join them to
+        data.val_images, which may be empty for VOC).
 
     Returns:
       {"images", "annotations", "categories"}; annotation ids 1..n, `area` the box's.
@@ -187,7 +189,8 @@ def to_coco(records: list, label_map: coco.LabelMap, image_root: str) -> dict:
     images, annotations = [], []
     for r in records:
         images.append({"id": int(r.image_id), "width": int(r.width), "height": int(r.height),
-                       "file_name": os.path.relpath(r.path, image_root).replace(os.sep, "/")})
+                       "file_name": r.path if image_root is None else
+                       os.path.relpath(r.path, image_root).replace(os.sep, "/")})
         for boxes, classes, crowd in ((r.boxes, r.classes, 0),
                                       (r.ignore_boxes, r.ignore_classes, 1)):
             for (x1, y1, x2, y2), cls in zip(np.asarray(boxes, np.float64).tolist(), classes):
@@ -205,7 +208,7 @@ def image_root(annotations: str, images: str, fmt: str) -> str:
     without one: the folder above the XML folder, which holds both)."""
     if images:
         return images
-    return os.path.dirname(os.path.abspath(annotations.rstrip("/\\")))
+    return os.path.dirname(os.path.normpath(annotations)) or "."
 
 
 def convert_to_coco(annotations: str, images: str, output: str, fmt: str = "auto",

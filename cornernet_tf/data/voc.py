@@ -82,7 +82,7 @@ def load_voc(annotation_dir: str, image_dir: str = "", strict: bool = False,
     records = [_record(p, label_map, report) for p in parsed]
     report.num_images = len(records)
     if ground_truth:
-        report.ground_truth = sources.to_coco(records, label_map, "/")
+        report.ground_truth = sources.to_coco(records, label_map, None)
     report.announce(strict)
     return records, label_map, report
 

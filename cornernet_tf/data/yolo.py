@@ -139,7 +139,7 @@ def load_yolo(label_dir: str, image_dir: str, strict: bool = False,
         report.num_negative_images += not objects
     report.num_images = len(records)
     if ground_truth:
-        report.ground_truth = sources.to_coco(records, label_map, image_dir)
+        report.ground_truth = sources.to_coco(records, label_map, None)
     report.announce(strict)
     return records, label_map, report
 
