@@ -13,8 +13,9 @@ Nothing is dropped silently: every problem is counted and listed in a `DatasetRe
 `DatasetError`. The json is parsed here rather than by `pycocotools.coco.COCO`, which
 overwrites duplicate ids without a word and stops at the first malformed entry; pycocotools
 stays the reference for evaluation (`evaluation.py`). Crowd annotations (iscrowd=1) are
-ignored and counted, as in mmdetection (SPEC.md, Ground truth); images without annotations
-are kept as negatives.
+not objects (as in mmdetection; SPEC.md, Ground truth): they are counted and kept as ignore
+regions (`ImageRecord.ignore_boxes`: no loss there in training, iscrowd in evaluation);
+images without annotations are kept as negatives.
 """
 
 from __future__ import annotations
@@ -172,8 +173,8 @@ class ImageRecord:
       boxes: [N, 4] float32, [x1, y1, x2, y2] in image pixels, clipped to the image.
       classes: [N] int32, 0-based contiguous classes (see `LabelMap`).
       ignore_boxes: [K, 4] float32 xyxy image pixels of ignore regions: no loss there in
-        training, and marked iscrowd (ignored) in evaluation. Pascal VOC's "difficult"
-        objects (`data/voc.py`); COCO's crowd annotations are not here (SPEC.md: ignored).
+        training, and marked iscrowd (ignored) in evaluation: COCO's crowd annotations and
+        Pascal VOC's "difficult" objects (`data/voc.py`).
       ignore_classes: [K] int32, their 0-based classes.
     """
 
@@ -300,7 +301,7 @@ def load_coco(annotation_path: str, image_dir: str, strict: bool = False,
     report = DatasetReport(source=annotation_path)
     label_map = _label_map(data["categories"], annotation_path)
     images = _read_images(data["images"], os.path.abspath(image_dir), check_images, report)
-    crowd: Optional[dict] = {} if ground_truth else None
+    crowd: dict = {}
     per_image = _read_annotations(data["annotations"], images, label_map, report, crowd)
 
     records = []
@@ -311,7 +312,11 @@ def load_coco(annotation_path: str, image_dir: str, strict: bool = False,
         objects = per_image.get(image_id, [])
         boxes = np.array([o[0] for o in objects], np.float32).reshape(-1, 4)
         classes = np.array([o[1] for o in objects], np.int32)
-        records.append(ImageRecord(image_id, path, width, height, boxes, classes))
+        ignore_boxes, ignore_classes = _ignore_regions(crowd.get(image_id, []), width, height,
+                                                       label_map)
+        records.append(ImageRecord(image_id, path, width, height, boxes, classes,
+                                   ignore_boxes, ignore_classes))
+        report.num_ignore_regions += len(ignore_classes)
         report.num_objects += len(objects)
         report.num_negative_images += not objects
     report.num_images = len(records)
@@ -489,6 +494,20 @@ def _crowd_region(ann: dict, label_map: LabelMap, crowd: dict, report: DatasetRe
         crowd.setdefault(image_id, []).append(
             ([float(v) for v in bbox], int(ann["category_id"]),
              _positive_number(ann.get("area"))))
+
+
+def _ignore_regions(regions: list, width: int, height: int,
+                    label_map: LabelMap) -> tuple[np.ndarray, np.ndarray]:
+    """Crowd regions [(COCO bbox, category id, area)] as ignore regions of an image:
+    ([K, 4] float32 xyxy clipped to the image, [K] int32 classes); regions left empty by
+    the clipping are not kept (they cover no pixel of the image)."""
+    if not regions:
+        return np.zeros((0, 4), np.float32), np.zeros((0,), np.int32)
+    xyxy = box_lib.xywh_to_xyxy(np.array([r[0] for r in regions], np.float64), dtype=np.float64)
+    clipped = np.asarray(box_lib.clip_boxes(xyxy, height, width))
+    keep = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
+    classes = np.array([label_map.to_class(r[1]) for r in regions], np.int32).reshape(-1)
+    return clipped[keep].astype(np.float32), classes[keep]
 
 
 def _kept_ground_truth(image_entries: list, records: list, crowd: dict, per_image: dict,
