@@ -27,7 +27,7 @@ from typing import Any, Optional
 import numpy as np
 
 from cornernet_tf.data import coco
-from cornernet_tf.data.choices import FORMATS
+from cornernet_tf.config.choices import FORMATS
 from cornernet_tf.errors import UserError
 
 FORMAT_HELP = ("COCO instances json (a .json file), Pascal VOC (a folder of .xml files) or "
