@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 
 from cornernet_tf.data import coco
+from cornernet_tf.data import records as records_lib
+from cornernet_tf.data import voc, yolo
 from cornernet_tf.config.choices import FORMATS
 from cornernet_tf.errors import UserError
 
@@ -72,7 +74,6 @@ def detect_format(annotations: str, configured: str = "auto",
 
 
 def _has_yolo_names(folder: str) -> bool:
-    from cornernet_tf.data import yolo
     return yolo.find_names_file(folder) is not None
 
 
@@ -104,7 +105,6 @@ def load_dataset(annotations: str, images: str, fmt: str = "auto", strict: bool 
                                               check_images=check_images,
                                               ground_truth=ground_truth)
     else:
-        from cornernet_tf.data import voc, yolo
         loader = voc.load_voc if fmt == "voc" else yolo.load_yolo
         records, own, report = loader(annotations, images, strict=strict,
                                       check_images=check_images, ground_truth=ground_truth)
@@ -158,7 +158,7 @@ def match_classes(records: list, report: coco.DatasetReport, own: coco.LabelMap,
         id_of = {c: model.category_ids[index[n]] for c, n in zip(own.category_ids, own.names)}
         for ann in report.ground_truth["annotations"]:
             ann["category_id"] = id_of[ann["category_id"]]
-        report.ground_truth["categories"] = categories(model)
+        report.ground_truth["categories"] = records_lib.categories(model)
     return records
 
 
@@ -166,41 +166,6 @@ def _relabel(record: coco.ImageRecord, to_model: np.ndarray) -> coco.ImageRecord
     import dataclasses
     return dataclasses.replace(record, classes=to_model[record.classes].astype(np.int32),
                                ignore_classes=to_model[record.ignore_classes].astype(np.int32))
-
-
-def categories(label_map: coco.LabelMap) -> list:
-    """COCO `categories` of a LabelMap."""
-    return [{"id": c, "name": n} for c, n in zip(label_map.category_ids, label_map.names)]
-
-
-def to_coco(records: list, label_map: coco.LabelMap, image_root: Optional[str]) -> dict:
-    """The COCO instances dict of records: objects iscrowd=0, ignore regions iscrowd=1.
-
-    Args:
-      records: ImageRecords (boxes in image pixels).
-      label_map: their classes.
-      image_root: folder the `file_name` entries are made relative to; None: absolute
-        paths (the ground truth kept for evaluation, whose pictures join them to
-        data.val_images, which may be empty for VOC).
-
-    Returns:
-      {"images", "annotations", "categories"}; annotation ids 1..n, `area` the box's.
-    """
-    images, annotations = [], []
-    for r in records:
-        images.append({"id": int(r.image_id), "width": int(r.width), "height": int(r.height),
-                       "file_name": r.path if image_root is None else
-                       os.path.relpath(r.path, image_root).replace(os.sep, "/")})
-        for boxes, classes, crowd in ((r.boxes, r.classes, 0),
-                                      (r.ignore_boxes, r.ignore_classes, 1)):
-            for (x1, y1, x2, y2), cls in zip(np.asarray(boxes, np.float64).tolist(), classes):
-                w, h = x2 - x1, y2 - y1
-                annotations.append({
-                    "id": len(annotations) + 1, "image_id": int(r.image_id),
-                    "category_id": label_map.to_category_id(int(cls)),
-                    "bbox": [round(v, 3) for v in (x1, y1, w, h)],
-                    "area": round(w * h, 3), "iscrowd": crowd})
-    return {"images": images, "annotations": annotations, "categories": categories(label_map)}
 
 
 def image_root(annotations: str, images: str, fmt: str) -> str:
@@ -232,7 +197,7 @@ def convert_to_coco(annotations: str, images: str, output: str, fmt: str = "auto
                         f"another --output or remove it")
     records, label_map, report = load_dataset(annotations, images, fmt, key=key)
     root = image_root(annotations, images, detect_format(annotations, fmt, key))
-    data = to_coco(records, label_map, os.path.abspath(root))
+    data = records_lib.to_coco(records, label_map, os.path.abspath(root))
     parent = os.path.dirname(os.path.abspath(output))
     os.makedirs(parent, exist_ok=True)
     tmp = output + ".tmp"
@@ -242,25 +207,3 @@ def convert_to_coco(annotations: str, images: str, output: str, fmt: str = "auto
     return {"output": output, "images": root, "num_images": len(records),
             "num_objects": report.num_objects,
             "num_ignore_regions": report.num_ignore_regions, "report": report}
-
-
-def box_problem(x1: float, y1: float, x2: float, y2: float, width: int,
-                height: int) -> tuple[Optional[str], Any]:
-    """Checks an xyxy box against its image: (problem kind or None, the box to keep).
-
-    Returns:
-      (coco.BAD_BOX, detail) for a non-finite or non-positive box; (BOX_OUTSIDE_IMAGE,
-      detail) when nothing is left inside the image; (BOX_CLIPPED, clipped box) when it
-      was clipped; (None, box) when it lies inside.
-    """
-    values = np.array([x1, y1, x2, y2], np.float64)
-    if not np.all(np.isfinite(values)) or x2 <= x1 or y2 <= y1:
-        return coco.BAD_BOX, (f"box xyxy {[float(v) for v in values]} has a non-finite value "
-                              f"or a non-positive size")
-    clipped = np.clip(values, 0, [width, height, width, height])
-    if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
-        return coco.BOX_OUTSIDE_IMAGE, (f"box xyxy {[round(float(v), 2) for v in values]} "
-                                        f"lies outside the {width}x{height} image")
-    if not np.array_equal(clipped, values):
-        return coco.BOX_CLIPPED, clipped
-    return None, values

@@ -27,7 +27,7 @@ import xml.etree.ElementTree as ElementTree
 from typing import Optional
 
 import numpy as np
-from cornernet_tf.data import coco, image_files, sources
+from cornernet_tf.data import coco, image_files, records as records_lib
 
 # A VOC file is ~1 KB; anything this large is not one (and is not parsed).
 MAX_XML_BYTES = 10 * 1024 * 1024
@@ -82,7 +82,7 @@ def load_voc(annotation_dir: str, image_dir: str = "", strict: bool = False,
     records = [_record(p, label_map, report) for p in parsed]
     report.num_images = len(records)
     if ground_truth:
-        report.ground_truth = sources.to_coco(records, label_map, None)
+        report.ground_truth = records_lib.to_coco(records, label_map, None)
     report.announce(strict)
     return records, label_map, report
 
@@ -141,7 +141,8 @@ def _read_file(xml_path: str, image_id: int, folders: list, check_images: str,
 def _parse(xml_path: str, drop):
     try:
         if os.path.getsize(xml_path) > MAX_XML_BYTES:
-            drop(coco.BAD_ANNOTATION_FILE, f"larger than {MAX_XML_BYTES} bytes: not a VOC annotation")
+            drop(coco.BAD_ANNOTATION_FILE,
+                 f"larger than {MAX_XML_BYTES} bytes: not a VOC annotation")
             return None
         with open(xml_path, "rb") as f:
             text = f.read()
@@ -149,7 +150,8 @@ def _parse(xml_path: str, drop):
         drop(coco.BAD_ANNOTATION_FILE, f"cannot read: {e.strerror or e}")
         return None
     if b"<!DOCTYPE" in text or b"<!ENTITY" in text:  # entity expansion: never needed by VOC
-        drop(coco.BAD_ANNOTATION_FILE, "has a DOCTYPE/ENTITY declaration (not read: VOC files have none)")
+        drop(coco.BAD_ANNOTATION_FILE,
+             "has a DOCTYPE/ENTITY declaration (not read: VOC files have none)")
         return None
     try:
         root = ElementTree.fromstring(text)
@@ -157,7 +159,8 @@ def _parse(xml_path: str, drop):
         drop(coco.BAD_ANNOTATION_FILE, f"not valid XML: {e}")
         return None
     if root.tag != "annotation":
-        drop(coco.BAD_ANNOTATION_FILE, f"expected a VOC <annotation> root element, found <{root.tag}>")
+        drop(coco.BAD_ANNOTATION_FILE,
+             f"expected a VOC <annotation> root element, found <{root.tag}>")
         return None
     return root
 
@@ -200,7 +203,7 @@ def _object(obj, k: int, width: int, height: int, image_id: int, xml_path: str,
                    f"found {found}; object {name!r} dropped", image_id, file=xml_path, at=at)
         return None
     # VOC pixel indices start at 1: the box's edges are at xmin - 1 and xmax.
-    kind, box = sources.box_problem(xmin - 1, ymin - 1, xmax, ymax, width, height)
+    kind, box = records_lib.box_problem(xmin - 1, ymin - 1, xmax, ymax, width, height)
     if kind in (coco.BAD_BOX, coco.BOX_OUTSIDE_IMAGE):
         report.add(kind, f"{box} ({name!r}, bndbox {found}); object dropped", image_id,
                    file=xml_path, at=at)

@@ -28,7 +28,7 @@ from typing import Optional
 import numpy as np
 import yaml
 
-from cornernet_tf.data import coco, image_files, sources
+from cornernet_tf.data import coco, image_files, records as records_lib
 
 NAMES_FILES = ("classes.txt", "data.yaml", "dataset.yaml")
 MAX_LABEL_BYTES = 10 * 1024 * 1024  # ~30 bytes a line: far beyond any real label file
@@ -139,7 +139,7 @@ def load_yolo(label_dir: str, image_dir: str, strict: bool = False,
         report.num_negative_images += not objects
     report.num_images = len(records)
     if ground_truth:
-        report.ground_truth = sources.to_coco(records, label_map, None)
+        report.ground_truth = records_lib.to_coco(records, label_map, None)
     report.announce(strict)
     return records, label_map, report
 
@@ -160,7 +160,8 @@ def _read_labels(path: str, num_classes: int, size: tuple, image_id: int,
     """[(box xyxy in pixels, class)] of a label file; bad lines reported and dropped."""
     width, height = size
     if os.path.getsize(path) > MAX_LABEL_BYTES:
-        report.add(coco.BAD_ANNOTATION_FILE, f"larger than {MAX_LABEL_BYTES} bytes: not a label file; "
+        report.add(coco.BAD_ANNOTATION_FILE,
+                   f"larger than {MAX_LABEL_BYTES} bytes: not a label file; "
                    "labels dropped", image_id, file=path)
         return []
     with open(path, "r", encoding="utf-8", errors="replace") as f:
@@ -190,7 +191,8 @@ def _read_labels(path: str, num_classes: int, size: tuple, image_id: int,
                        at=at)
             continue
         x1, y1 = (cx - w / 2) * width, (cy - h / 2) * height
-        kind, box = sources.box_problem(x1, y1, x1 + w * width, y1 + h * height, width, height)
+        kind, box = records_lib.box_problem(x1, y1, x1 + w * width, y1 + h * height, width,
+                                            height)
         if kind in (coco.BAD_BOX, coco.BOX_OUTSIDE_IMAGE):
             report.add(kind, f"{box} (line {line.strip()!r}); object dropped", image_id,
                        file=path, at=at)

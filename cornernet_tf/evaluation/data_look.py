@@ -137,7 +137,8 @@ def plot_box_sizes(splits: dict, input_size: Sequence[int], stride: float, path:
         axis.hist(native, bins=bins, alpha=0.6, label="training (own scale)")
         axis.hist(fitted, bins=bins, alpha=0.6, label="evaluation/predict (fitted)")
         axis.axvline(stride, color="k", linestyle="--", label=f"one output cell ({stride:g} px)")
-        axis.axvline(min(input_size), color="r", linestyle=":", label=f"input ({min(input_size)} px)")
+        axis.axvline(min(input_size), color="r", linestyle=":",
+                     label=f"input ({min(input_size)} px)")
         axis.set_xscale("log")
         axis.set_xlabel("box side sqrt(w*h), network-input pixels")
         axis.set_ylabel("objects")
