@@ -171,16 +171,16 @@ def draw_samples(records: Sequence, names: Sequence[str], path: str, count: int 
         colours += [IGNORE_COLOUR] * len(r.ignore_classes)
         boxes = np.concatenate([np.asarray(r.boxes).reshape(-1, 4),
                                 np.asarray(r.ignore_boxes).reshape(-1, 4)]) * scale
-        drawn = Image.fromarray(visualize.draw_boxes(picture, boxes, labels, colours))
-        canvas = Image.new("RGB", (tile, tile), (255, 255, 255))
-        canvas.paste(drawn, (0, 0))
-        tiles.append(np.asarray(canvas))
+        tiles.append(visualize.draw_boxes(picture, boxes, labels, colours))
     columns = min(3, max(len(tiles), 1))
-    rows = max(1, -(-len(tiles) // columns))
-    grid = np.full((rows * tile, columns * tile, 3), 255, np.uint8)
-    for i, t in enumerate(tiles):
-        y, x = divmod(i, columns)
-        grid[y * tile:(y + 1) * tile, x * tile:(x + 1) * tile] = t
+    rows = [tiles[i:i + columns] for i in range(0, len(tiles), columns)] or [[]]
+    heights = [max((t.shape[0] for t in row), default=tile) for row in rows]
+    grid = np.full((sum(heights), columns * tile, 3), 255, np.uint8)
+    top = 0
+    for row, height in zip(rows, heights):  # each row as high as its tallest picture
+        for x, t in enumerate(row):
+            grid[top:top + t.shape[0], x * tile:x * tile + t.shape[1]] = t
+        top += height
     visualize.save_png(grid, path)
     return path
 
