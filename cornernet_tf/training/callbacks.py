@@ -171,6 +171,8 @@ class ValidationCallback(keras.callbacks.Callback):
       log_dir: the run's TensorBoard folder.
       checkpoints: the run's CheckpointCallback: nothing is evaluated after a NaN stop.
       say: prints a message (the progress display's, so a live line stays below it).
+      label_map: the model's classes (the train split's), which the validation split's
+        categories are matched to by name; None: read from the train split.
 
     Attributes:
       evaluations: one dict per evaluation: step, AP, AP50, AP75, per_class_AP, seconds,
@@ -183,8 +185,9 @@ class ValidationCallback(keras.callbacks.Callback):
     def __init__(self, cfg, every: int, total_steps: int, max_images: int, output_dir: str,
                  best_manager: tf.train.CheckpointManager, best_record: Optional[str],
                  log_dir: str, checkpoints: Optional[CheckpointCallback] = None,
-                 say: Callable[[str], None] = None):
+                 say: Callable[[str], None] = None, label_map=None):
         super().__init__()
+        self.label_map = label_map
         # Pictures (PR curves, gallery) are for --mode=evaluate; here they would cost time.
         self.cfg = dataclasses.replace(cfg, evaluate=dataclasses.replace(
             cfg.evaluate, pictures=False, oracle="none"))
@@ -236,7 +239,7 @@ class ValidationCallback(keras.callbacks.Callback):
             with contextlib.redirect_stdout(printed):
                 metrics = eval_runner.run_evaluation(self.model, self.cfg, self.output_dir,
                                                      max_images=self.max_images,
-                                                     verbose=False)
+                                                     verbose=False, label_map=self.label_map)
         finally:
             if printed.getvalue().strip() and printed.getvalue() != self._printed:
                 self.say(printed.getvalue().rstrip("\n"))

@@ -300,7 +300,7 @@ def _callbacks(cfg: config_lib.Config, model: CornerNet, model_dir: str, write_d
             cfg, t.eval_every, t.steps, cfg.evaluate.max_images,
             os.path.join(write_dir, VALIDATION_SUBDIR), best_manager,
             os.path.join(model_dir, best_folder, BEST_RECORD), log_dir, checkpoints,
-            say=progress.message)
+            say=progress.message, label_map=label_map)
         callbacks.append(validation)
         progress.validation = validation
     callbacks += [keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch"),
