@@ -71,9 +71,11 @@ def export_model(cfg, model_dir: str, export_dir: str = "export",
     def saved_model_fn(batch):
         return {k: v.numpy() for k, v in serving(images=tf.constant(batch)).items()}
 
-    val_records = pipeline.load_split(cfg.data, "val", check_images="none")[0]
-    check = _tflite_inputs([r.path for r in val_records[:parity_images]], cfg.model.input_size)
     train_records = pipeline.load_split(cfg.data, "train", check_images="none")[0]
+    # parity on validation images; without a validation split, on train images
+    val_records = train_records if pipeline.validation_split(cfg.data) else \
+        pipeline.load_split(cfg.data, "val", check_images="none")[0]
+    check = _tflite_inputs([r.path for r in val_records[:parity_images]], cfg.model.input_size)
     calibration_paths = [r.path for r in train_records[:cfg.export.representative_images]]
     for mode in tflite_modes:
         out = os.path.join(path, f"{cfg.export.name}_{mode}.tflite")
