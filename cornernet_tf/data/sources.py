@@ -69,8 +69,14 @@ def detect_format(annotations: str, configured: str = "auto",
     if any(n.lower().endswith(".txt") and n != "classes.txt" for n in names) \
             or _has_yolo_names(annotations):
         return "yolo"
+    hint = ""
+    if os.path.isdir(os.path.join(annotations, "Annotations")):
+        hint = f" (a Pascal VOC root? give its Annotations folder: {key}=" \
+               f"{os.path.join(annotations, 'Annotations')})"
+    elif os.path.isdir(os.path.join(annotations, "labels")):
+        hint = f" (a YOLO root? give a labels folder, e.g. {os.path.join(annotations, 'labels')})"
     raise UserError(f"{key}={annotations!r}: expected {FORMAT_HELP}; found a folder with "
-                    f"neither .xml nor .txt files")
+                    f"neither .xml nor .txt files{hint}")
 
 
 def _has_yolo_names(folder: str) -> bool:

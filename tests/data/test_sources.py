@@ -35,6 +35,8 @@ def test_detect_format(tmp_path):
     (tmp_path / "e").mkdir()
     with pytest.raises(UserError, match="found a folder with neither .xml nor .txt files"):
         sources.detect_format(str(tmp_path / "e"), key="data.val_annotations")
+    with pytest.raises(UserError, match=r"a Pascal VOC root\? give its Annotations folder"):
+        sources.detect_format(str(tmp_path / "v"))
     with pytest.raises(FileNotFoundError, match="data.val_annotations"):
         sources.detect_format(str(tmp_path / "nope"), key="data.val_annotations")
 
