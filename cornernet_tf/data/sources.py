@@ -20,6 +20,7 @@ model does not know is a `DatasetError`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Optional
@@ -169,12 +170,11 @@ def match_classes(records: list, report: coco.DatasetReport, own: coco.LabelMap,
 
 
 def _relabel(record: coco.ImageRecord, to_model: np.ndarray) -> coco.ImageRecord:
-    import dataclasses
     return dataclasses.replace(record, classes=to_model[record.classes].astype(np.int32),
                                ignore_classes=to_model[record.ignore_classes].astype(np.int32))
 
 
-def image_root(annotations: str, images: str, fmt: str) -> str:
+def image_root(annotations: str, images: str) -> str:
     """The folder image paths are written relative to (a split's image folder; VOC
     without one: the folder above the XML folder, which holds both)."""
     if images:
@@ -202,14 +202,19 @@ def convert_to_coco(annotations: str, images: str, output: str, fmt: str = "auto
         raise UserError(f"{output} exists; convert_data never writes over a file: give "
                         f"another --output or remove it")
     records, label_map, report = load_dataset(annotations, images, fmt, key=key)
-    root = image_root(annotations, images, detect_format(annotations, fmt, key))
+    root = image_root(annotations, images)
     data = records_lib.to_coco(records, label_map, os.path.abspath(root))
     parent = os.path.dirname(os.path.abspath(output))
     os.makedirs(parent, exist_ok=True)
-    tmp = output + ".tmp"
+    tmp = f"{output}.{os.getpid()}.tmp"
     with open(tmp, "x", encoding="utf-8") as f:
         json.dump(data, f)
-    os.replace(tmp, output)
+    try:
+        os.link(tmp, output)  # fails if a file took the name meanwhile: never over it
+    except FileExistsError:
+        raise UserError(f"{output} appeared while converting; not written over") from None
+    finally:
+        os.remove(tmp)
     return {"output": output, "images": root, "num_images": len(records),
             "num_objects": report.num_objects,
             "num_ignore_regions": report.num_ignore_regions, "report": report}
