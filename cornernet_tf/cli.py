@@ -35,7 +35,7 @@ class Mode(NamedTuple):
 
 
 def _model_dir() -> str:
-    return resolve_model_dir(FLAGS.config, FLAGS.model_dir)
+    return resolve_model_dir(config_path(), FLAGS.model_dir)
 
 
 def _show_config(cfg: config_lib.Config) -> None:
@@ -101,6 +101,18 @@ def _convert_arguments(cfg: config_lib.Config) -> dict:
     return dict(cfg=cfg, weights=FLAGS.weights, model_dir=_model_dir())
 
 
+def _convert_data_arguments(cfg: config_lib.Config) -> dict:
+    if not FLAGS["output"].present:
+        raise errors.UserError("--mode=convert_data needs --output=<folder> for the COCO json "
+                               "files (instances_train.json, instances_val.json)")
+    return dict(cfg=cfg, output_dir=FLAGS.output)
+
+
+def _inspect_data_arguments(cfg: config_lib.Config) -> dict:
+    output = FLAGS.output if FLAGS["output"].present else os.path.join(_model_dir(), "data")
+    return dict(cfg=cfg, output_dir=output)
+
+
 def _itself(cfg: config_lib.Config) -> dict:
     return dict(cfg=cfg)
 
@@ -129,6 +141,13 @@ MODES: dict[str, Mode] = {
     "convert": Mode("the authors' trained PyTorch file (--weights) -> a checkpoint, "
                     "config.yaml and labels.json in --model_dir", run.convert,
                     _convert_arguments),
+    "inspect_data": Mode("a look at the data before training: per-class counts, objects per "
+                         "image (busiest named), box sizes against the network input and "
+                         "grid, a picture of images with their boxes; into --output (default "
+                         "<model_dir>/data)", run.inspect_data, _inspect_data_arguments),
+    "convert_data": Mode("write the configured splits (COCO json, Pascal VOC folder or YOLO "
+                         "folder) as COCO json into --output", run.convert_data,
+                         _convert_data_arguments),
     "config": Mode("print the resolved config (defaults + YAML + --set) as YAML",
                    _show_config, _itself),
 }
@@ -143,7 +162,9 @@ def _define_flags() -> None:
     mode_help = "; ".join(f"{name}: {m.help}" for name, m in MODES.items())
     flags.DEFINE_enum("mode", DEFAULT_MODE, list(MODES), f"What to run. {mode_help}.")
     flags.DEFINE_string("config", DEFAULT_CONFIG, "YAML experiment file, or the name of a bundled "
-                      "config (quickstart, hourglass104_coco, squeeze_coco).")
+                      "config (quickstart, hourglass104_coco, squeeze_coco). evaluate, export, "
+                      "predict and inspect_data without it: the config.yaml of --model's "
+                      "export or of --model_dir.")
     flags.DEFINE_multi_string("set", [], "Config override key=value, repeatable, e.g. "
                               "--set train.steps=200 --set model.num_classes=3.")
     flags.DEFINE_string("model_dir", None, "Where checkpoints, logs, labels.json and the resolved "
@@ -156,7 +177,8 @@ def _define_flags() -> None:
     flags.DEFINE_string("model", None, "predict, evaluate: a SavedModel version folder or a "
                         ".tflite file (evaluate: instead of a checkpoint).")
     flags.DEFINE_multi_string("images", [], "predict: image files or folders (repeatable).")
-    flags.DEFINE_string("output", "predictions", "predict: output folder.")
+    flags.DEFINE_string("output", "predictions", "predict: output folder; convert_data: folder "
+                        "of the COCO json files; inspect_data: the look's folder.")
     flags.DEFINE_bool("heatmaps", False, "predict: also write corner-heatmap overlays.")
     flags.DEFINE_string("benchmarks", "",
                         "benchmark: comma-separated subset to run (default: every default "
@@ -175,10 +197,41 @@ def _define_flags() -> None:
                       "in training and evaluation (same as --set data.strict=true).")
 
 
+RUN_CONFIG = "config.yaml"  # the resolved config a run (and an export) keeps
+# Modes that read a run or an export: without --config they take its own config.yaml.
+_READING_MODES = ("evaluate", "export", "predict", "inspect_data")
+
+
+def _is_export(folder: str) -> bool:
+    return os.path.isfile(os.path.join(folder, "saved_model.pb"))
+
+
+def config_path() -> str:
+    """The config file: `--config`, or, when it is not given and the mode reads a run or
+    an export (evaluate, export, predict), the `config.yaml` of `--model`'s export folder
+    or of `--model_dir`; else the default bundled config."""
+    if FLAGS["config"].present or FLAGS.mode not in _READING_MODES:
+        return FLAGS.config
+    model = FLAGS.model
+    folders = [model if not model or os.path.isdir(model) else os.path.dirname(model),
+               FLAGS.model_dir]
+    for folder in folders:
+        if folder and os.path.isfile(os.path.join(folder, RUN_CONFIG)):
+            return os.path.join(folder, RUN_CONFIG)
+    return FLAGS.config
+
+
 def resolve_model_dir(config_path: str, model_dir: str | None) -> str:
-    """`--model_dir`, or `runs/<config file stem>/` when it is not given."""
+    """`--model_dir`; else the run a `<run>/config.yaml` belongs to (for an export's
+    config.yaml, the folder of its versions: `export/<name>`); else `runs/<config stem>/`."""
     if model_dir:
         return model_dir
+    folder = os.path.dirname(config_path)
+    if os.path.basename(config_path) == RUN_CONFIG and folder:
+        if _is_export(folder):
+            return os.path.dirname(os.path.normpath(folder))
+        if any(os.path.exists(os.path.join(folder, f)) for f in ("checkpoints", "labels.json")):
+            return folder
     stem = os.path.splitext(os.path.basename(config_path))[0]
     return os.path.join("runs", stem)
 
@@ -190,7 +243,10 @@ def _main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     try:
         overrides = list(FLAGS.set) + (["data.strict=true"] if FLAGS.strict else [])
-        cfg = config_lib.load_config(FLAGS.config, overrides)
+        path = config_path()
+        if path != FLAGS.config:
+            print(f"config: {path} (the run's own; --config overrides it)", flush=True)
+        cfg = config_lib.load_config(path, overrides)
         mode = MODES[FLAGS.mode]
         arguments = mode.arguments(cfg)
         result = mode.run(**arguments)
@@ -216,6 +272,10 @@ def _usage() -> str:
              "modes:"]
     lines += [f"  {name:<10} {m.help}" + ("  (default)" if name == DEFAULT_MODE else "")
               for name, m in MODES.items()]
+    lines += ["", "data (--set data.train_annotations=... data.train_images=..., the same for "
+              "val): a COCO instances json, a Pascal VOC folder of .xml files (difficult "
+              "objects: ignore regions) or a YOLO labels folder (names in data.yaml or "
+              "classes.txt); data.format=auto|coco|voc|yolo (auto: from the path)"]
     return "\n".join(lines) + "\n"
 
 

@@ -20,6 +20,9 @@ TL_INDEX = "tl_index"  # [M] int32, y * w + x of the object's TL corner cell
 BR_INDEX = "br_index"  # [M] int32
 MASK = "mask"  # [M] float32, 1 for a real object, 0 for padding
 NUM_OBJECTS = "num_objects"  # [] int32, objects kept in this image
+# Value of a heatmap target cell that gives no loss: inside an ignore region (e.g. a Pascal
+# VOC "difficult" object), neither a corner nor background. Real targets are in [0, 1].
+HEATMAP_IGNORE = -1.0
 LOSS_TARGET_KEYS = (TL_HEATMAP, BR_HEATMAP, TL_INDEX, BR_INDEX, TL_OFFSET, BR_OFFSET, MASK)
 TARGET_KEYS = LOSS_TARGET_KEYS + (NUM_OBJECTS,)
 

@@ -111,7 +111,7 @@ def focal_loss(logits: tf.Tensor, heatmap: tf.Tensor, alpha: float = 2.0, beta: 
     With p = clip(sigmoid(logits), 1e-4, 1 - 1e-4) and y the ground-truth heatmap:
 
         L_det = -(1/P) [ sum_{y == 1} (1 - p)^alpha log p
-                         + sum_{y < 1} (1 - y)^beta p^alpha log(1 - p) ]
+                         + sum_{0 <= y < 1} (1 - y)^beta p^alpha log(1 - p) ]
 
     summed over batch, positions and classes. Computed in float32: the clip bounds both
     logs (|log| <= 9.22), so float16 / bfloat16 logits are safe. As in the reference, the
@@ -123,7 +123,8 @@ def focal_loss(logits: tf.Tensor, heatmap: tf.Tensor, alpha: float = 2.0, beta: 
 
     Args:
         logits: [B, h, w, C] heatmap logits, any float dtype.
-        heatmap: [B, h, w, C] ground truth in [0, 1], 1 exactly at the corners.
+        heatmap: [B, h, w, C] ground truth in [0, 1], 1 exactly at the corners;
+            `keys.HEATMAP_IGNORE` (-1) where no loss is taken (ignore regions).
         alpha: focusing exponent (paper: 2).
         beta: penalty-reduction exponent on (1 - y) for negatives (paper: 4).
         num_positives: optional scalar count used instead of the local count of 1s.
@@ -143,7 +144,8 @@ def focal_loss(logits: tf.Tensor, heatmap: tf.Tensor, alpha: float = 2.0, beta: 
 
     p = tf.clip_by_value(tf.sigmoid(logits), _PROB_EPS, 1.0 - _PROB_EPS)
     positive = tf.cast(tf.equal(heatmap, 1.0), tf.float32)
-    negative = tf.cast(tf.less(heatmap, 1.0), tf.float32)
+    # Cells at HEATMAP_IGNORE (< 0: ignore regions) are neither positive nor negative.
+    negative = tf.cast(tf.less(heatmap, 1.0) & tf.greater_equal(heatmap, 0.0), tf.float32)
     pos_term = tf.pow(1.0 - p, alpha) * tf.math.log(p) * positive
     neg_term = tf.pow(1.0 - heatmap, beta) * tf.pow(p, alpha) * tf.math.log(1.0 - p) * negative
     total = -(tf.reduce_sum(pos_term) + tf.reduce_sum(neg_term))

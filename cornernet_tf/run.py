@@ -31,6 +31,7 @@ _CHECK_RANK = {"none": 0, "header": 1, "decode": 2}
 class _Loaded(NamedTuple):
     check_images: str
     ground_truth: bool
+    classes: Optional[tuple]  # the names the split was matched to (None: its own / train's)
     value: tuple  # (records, label_map, report) of pipeline.load_split
 
 
@@ -49,19 +50,20 @@ class Splits:
         self.data_config = data_config
         self._loaded: dict[str, _Loaded] = {}
 
-    def get(self, split: str, check_images: Optional[str] = None,
-            ground_truth: bool = False) -> tuple:
+    def get(self, split: str, check_images: Optional[str] = None, ground_truth: bool = False,
+            label_map=None) -> tuple:
         """(records, label_map, report) of `split` ("train" or "val"); see
         `pipeline.load_split` for the arguments."""
         from cornernet_tf.data import pipeline
         level = check_images or ("decode" if self.data_config.strict else "header")
+        classes = tuple(label_map.names) if label_map is not None else None
         have = self._loaded.get(split)
         if (have is not None and _CHECK_RANK[have.check_images] >= _CHECK_RANK[level]
-                and (have.ground_truth or not ground_truth)):
+                and (have.ground_truth or not ground_truth) and have.classes == classes):
             return have.value
         value = pipeline.load_split(self.data_config, split, check_images=level,
-                                    ground_truth=ground_truth)
-        self._loaded[split] = _Loaded(level, ground_truth, value)
+                                    ground_truth=ground_truth, label_map=label_map)
+        self._loaded[split] = _Loaded(level, ground_truth, classes, value)
         return value
 
 
@@ -88,6 +90,7 @@ def train(cfg: Config, model_dir: str, verbose: int = 1) -> dict:
       CheckpointWriteError: a checkpoint could not be written (training stopped; the
         previous checkpoint is intact).
     """
+    from cornernet_tf.data import pipeline
     from cornernet_tf.data.pipeline import build_dataset
     from cornernet_tf.modeling.model import build_model
     from cornernet_tf.training import loop
@@ -113,7 +116,14 @@ def train(cfg: Config, model_dir: str, verbose: int = 1) -> dict:
             return dict(checkpoint=latest, steps=step, history=[], stopped_on_nan=False,
                         images_per_second=float("nan"), model=model, evaluations=[],
                         best=None)
-        val_split = splits.get("val", ground_truth=True) if t.eval_every > 0 else None
+        val_split = None
+        no_validation = pipeline.validation_split(cfg.data) if t.eval_every > 0 else None
+        if no_validation:
+            print(f"no validation during training: {no_validation} (set data.val_annotations "
+                  f"and data.val_images to validate every train.eval_every={t.eval_every} "
+                  f"steps and keep the best checkpoint)", flush=True)
+        elif t.eval_every > 0:  # a missing split or an unknown class: now, not at step N
+            val_split = splits.get("val", ground_truth=True, label_map=label_map)
         callbacks = build_callbacks(cfg, model, model_dir, write_dir, manager, latest,
                                     next(iter(dataset))[0][:2], val_split,
                                     live=None if verbose else False)
@@ -145,6 +155,8 @@ def evaluate(cfg: Config, model_dir: str, checkpoint: Optional[str] = None,
     Returns:
       the metrics of `runner.run_evaluation` or `runner.evaluate_export`.
     """
+    from cornernet_tf.data import pipeline
+    from cornernet_tf.data.coco import LabelMap
     from cornernet_tf.evaluation import runner
     from cornernet_tf.inference.detector import build_detector
     from cornernet_tf.modeling.model import build_model
@@ -156,14 +168,20 @@ def evaluate(cfg: Config, model_dir: str, checkpoint: Optional[str] = None,
             raise UserError(f"--model evaluates an exported file, which has no heads to "
                             f"replace; evaluate.oracle={cfg.evaluate.oracle!r} needs a "
                             f"checkpoint (drop --model)")
-        split = Splits(cfg.data).get("val", ground_truth=True)
+        # the split is loaded there, its classes matched to the export's labels.json
         return runner.evaluate_export(model_path, cfg,
                                       output_dir or export_eval_dir(model_dir, model_path),
-                                      max_images=cfg.evaluate.max_images, split=split)
+                                      max_images=cfg.evaluate.max_images)
+    no_validation = pipeline.validation_split(cfg.data)
+    if no_validation:
+        raise UserError(f"no validation split to evaluate on: {no_validation}; set "
+                        f"data.val_annotations and data.val_images")
     model = build_model(cfg.model)
     path = restore_weights(model, model_dir, checkpoint)
     print(f"restored {path}")
-    split = Splits(cfg.data).get("val", ground_truth=True)
+    labels = os.path.join(model_dir, "labels.json")  # the run's classes, matched by name
+    label_map = LabelMap.from_json(labels) if os.path.isfile(labels) else None
+    split = Splits(cfg.data).get("val", ground_truth=True, label_map=label_map)
     scales, flip = runner.evaluation_views(cfg, cfg.evaluate.oracle)
     detector = build_detector(model, cfg, score_threshold=0.0, flip_test=flip, scales=scales)
     return runner.run_evaluation(model, cfg, output_dir or os.path.join(model_dir, "eval"),
@@ -200,6 +218,7 @@ def export(cfg: Config, model_dir: str, export_dir: str = "export",
       dict: "checkpoint", "saved_model" (version folder), "tflite": {mode: {"path",
       "bytes", "parity"}}.
     """
+    from cornernet_tf.data import pipeline
     from cornernet_tf.data.coco import LabelMap
     from cornernet_tf.export.job import write_exports
     from cornernet_tf.inference.detector import build_detector
@@ -219,9 +238,12 @@ def export(cfg: Config, model_dir: str, export_dir: str = "export",
         tflite_modes = [] if cfg.export.tflite == "none" else [cfg.export.tflite]
     val_paths = calibration_paths = []
     if tflite_modes:
-        val_paths = [r.path for r in splits.get("val", check_images="none")[0][:parity_images]]
-        calibration_paths = [r.path for r in splits.get("train", check_images="none")[0]
-                             [:cfg.export.representative_images]]
+        train_records = splits.get("train", check_images="none")[0]
+        # parity on validation images; without a validation split, on train images
+        val_records = (train_records if pipeline.validation_split(cfg.data) else
+                       splits.get("val", check_images="none")[0])
+        val_paths = [r.path for r in val_records[:parity_images]]
+        calibration_paths = [r.path for r in train_records[:cfg.export.representative_images]]
     return write_exports(model, cfg, export_dir, label_map, build_detector(model, cfg),
                          restored, tflite_modes, val_paths, calibration_paths, verbose)
 
@@ -243,3 +265,41 @@ def convert(cfg: Config, weights: str, model_dir: str, label_map=None,
     cfg = resolve_dataset_dependent(cfg)
     return convert_weights(cfg, weights, model_dir, label_map=label_map, verbose=verbose,
                            model=build_model(cfg.model))
+
+
+def inspect_data(cfg: Config, output_dir: str) -> dict:
+    """A look at the data before training (`evaluation.data_look`): counts, sizes, a
+    picture; written into `output_dir` (a new or empty folder)."""
+    from cornernet_tf.evaluation import data_look
+    result = data_look.inspect_data(resolve_dataset_dependent(cfg), output_dir)
+    print(result["text"])
+    print(f"wrote {', '.join(result['files'])}")
+    return result
+
+
+def convert_data(cfg: Config, output_dir: str) -> list[dict]:
+    """Writes the configured splits (COCO json, Pascal VOC or YOLO folders) as COCO json
+    files `instances_<split>.json` in `output_dir`; never over an existing file.
+
+    Raises:
+      UserError: an output file exists (checked for every split before any is written).
+    """
+    from cornernet_tf.data import pipeline, sources
+    splits = ["train"] + (["val"] if pipeline.validation_split(cfg.data) is None else [])
+    taken = [p for p in (os.path.join(output_dir, f"instances_{s}.json") for s in splits)
+             if os.path.exists(p)]
+    if taken:
+        raise UserError(f"{', '.join(taken)} exists; convert_data never writes over a file: "
+                        f"give another --output or remove it")
+    written = []
+    for split in splits:
+        annotations, images = pipeline.split_files(cfg.data, split)
+        out = sources.convert_to_coco(
+            annotations, images, os.path.join(output_dir, f"instances_{split}.json"),
+            cfg.data.format, key=f"data.{split}_annotations")
+        print(f"wrote {out['output']}: {out['num_images']} images, {out['num_objects']} "
+              f"objects, {out['num_ignore_regions']} ignore regions (iscrowd=1); use it with "
+              f"--set data.{split}_annotations={out['output']} --set "
+              f"data.{split}_images={out['images']}")
+        written.append(out)
+    return written

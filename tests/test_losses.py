@@ -460,3 +460,12 @@ def test_bad_inputs_raise_clear_errors():
         cornernet_loss([stack], targets, normalizers=norm)
     with pytest.raises(ValueError, match=r"at least one stack"):
         cornernet_loss([], targets)
+
+
+def test_focal_loss_takes_nothing_from_ignored_cells():
+    # logits 0: p = 0.5 everywhere. One positive (y = 1), two background cells (y = 0) and
+    # five ignored cells (y = -1). Positive: (1 - p)^2 log p = 0.25 log 0.5; each background
+    # cell: (1 - 0)^4 p^2 log(1 - p) = 0.25 log 0.5; ignored cells: nothing. P = 1.
+    heatmap = np.array([1.0, 0.0, 0.0, -1.0, -1.0, -1.0, -1.0, -1.0], np.float32)
+    loss = focal_loss(tf.zeros([1, 2, 4, 1]), heatmap.reshape(1, 2, 4, 1))
+    np.testing.assert_allclose(float(loss), -3 * 0.25 * math.log(0.5), rtol=1e-6)

@@ -20,6 +20,9 @@ ABLATIONS = ("none", "corner_pooling")
 # config `data.dataset`, implemented by `data.pipeline.split_files`: "coco" reads the files
 # named in the config, "synthetic" generates the shapes dataset first (data/synthetic.py).
 DATASETS = ("coco", "synthetic")
+# config `data.format`, implemented by `data.sources.detect_format` / `load_dataset`: how
+# the data.*_annotations paths are read ("auto": from what the path holds).
+FORMATS = ("auto", "coco", "voc", "yolo")
 # config `data.eval_resize`, implemented by `data.images.fit_to_input` (see its docstring).
 EVAL_RESIZE_MODES = ("resize_pad", "pad127")
 

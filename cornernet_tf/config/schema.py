@@ -29,7 +29,7 @@ import yaml
 
 from cornernet_tf.config.presets import BACKBONES, check_grid, output_grid
 from cornernet_tf.config.choices import ABLATIONS, ORACLES, PRECISIONS, SCHEDULES, STRATEGIES
-from cornernet_tf.config.choices import DATASETS, EVAL_RESIZE_MODES
+from cornernet_tf.config.choices import DATASETS, EVAL_RESIZE_MODES, FORMATS
 from cornernet_tf.config.choices import TFLITE_MODES
 from cornernet_tf.config.choices import CORNER_POOL_IMPLS
 from cornernet_tf.errors import UserError
@@ -103,8 +103,12 @@ class AugmentConfig:
 @dataclass(frozen=True)
 class DataConfig:
     dataset: str = "coco"  # coco (your files below) | synthetic (generated shapes)
-    train_annotations: str = ""  # COCO instances json
-    train_images: str = ""  # folder the json's file_name entries are relative to
+    # each split: a COCO instances json, a Pascal VOC folder of XML files, or a YOLO labels
+    # folder (data/sources.py); its images folder (VOC: may be empty, then beside the XML
+    # files or in a sibling JPEGImages folder)
+    format: str = "auto"  # auto (from what the path holds) | coco | voc | yolo
+    train_annotations: str = ""
+    train_images: str = ""
     val_annotations: str = ""
     val_images: str = ""
     # ground-truth objects kept per image (more are counted, reported); 0: the train split's
@@ -565,6 +569,7 @@ def _validate_model(m: ModelConfig) -> None:
 
 def _validate_data(d: DataConfig) -> None:
     _choice("data.dataset", d.dataset, DATASETS)
+    _choice("data.format", d.format, FORMATS)
     _choice("data.eval_resize", d.eval_resize, EVAL_RESIZE_MODES)
     if not d.augment.crop_scales:
         raise ConfigError("config key 'data.augment.crop_scales': at least one scale expected, "

@@ -13,8 +13,9 @@ Nothing is dropped silently: every problem is counted and listed in a `DatasetRe
 `DatasetError`. The json is parsed here rather than by `pycocotools.coco.COCO`, which
 overwrites duplicate ids without a word and stops at the first malformed entry; pycocotools
 stays the reference for evaluation (`evaluation.py`). Crowd annotations (iscrowd=1) are
-ignored and counted, as in mmdetection (SPEC.md, Ground truth); images without annotations
-are kept as negatives.
+not objects (as in mmdetection; SPEC.md, Ground truth): they are counted and kept as ignore
+regions (`ImageRecord.ignore_boxes`: no loss there in training, iscrowd in evaluation);
+images without annotations are kept as negatives.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ UNKNOWN_CATEGORY = "unknown_category"
 BAD_BOX = "bad_box"
 BOX_OUTSIDE_IMAGE = "box_outside_image"
 BOX_CLIPPED = "box_clipped"
+BAD_ANNOTATION_FILE = "bad_annotation_file"  # a VOC XML or YOLO label file that cannot be read
 _KEPT_KINDS = frozenset({BOX_CLIPPED})
 # Kinds that drop one annotation (the others drop an image, or an entry without an id).
 _ANNOTATION_KINDS = frozenset({DUPLICATE_ANNOTATION_ID, UNKNOWN_IMAGE_ID, UNKNOWN_CATEGORY,
@@ -69,9 +71,10 @@ class Problem:
     detail: str
     image_id: Optional[Any] = None
     annotation_id: Optional[Any] = None
+    at: Optional[str] = None  # the place inside the file: "object 2", "line 5" (VOC, YOLO)
 
     def __str__(self) -> str:
-        where = [self.file]
+        where = [self.file] + ([self.at] if self.at else [])
         if self.image_id is not None:
             where.append(f"image id {self.image_id}")
         if self.annotation_id is not None:
@@ -89,16 +92,18 @@ class DatasetReport:
     num_negative_images: int = 0  # kept images without any box
     num_crowd_ignored: int = 0  # iscrowd=1 annotations (ignored by design, not a problem)
     num_annotations_of_dropped_images: int = 0  # not reported one by one: their image is
+    num_ignore_regions: int = 0  # kept ignore regions (VOC "difficult" objects)
     problems: list = dataclasses.field(default_factory=list)
     # With `load_coco(ground_truth=True)`: what was kept, as a COCO instances dict (the
     # ground truth evaluation scores against; see `load_coco`).
     ground_truth: Optional[dict] = dataclasses.field(default=None, repr=False, compare=False)
 
     def add(self, kind: str, detail: str, image_id: Any = None,
-            annotation_id: Any = None, file: Optional[str] = None) -> None:
+            annotation_id: Any = None, file: Optional[str] = None,
+            at: Optional[str] = None) -> None:
         """Records one problem."""
         self.problems.append(Problem(kind, file or self.source, detail, image_id,
-                                     annotation_id))
+                                     annotation_id, at))
 
     def counts(self) -> dict:
         """{problem kind: count}, in first-seen order."""
@@ -127,12 +132,25 @@ class DatasetReport:
         text = (f"{self.source}: {self.num_images} images ({self.num_negative_images} without "
                 f"objects), {self.num_objects} objects, {self.num_crowd_ignored} crowd "
                 f"annotations ignored")
+        if self.num_ignore_regions:
+            text += f", {self.num_ignore_regions} ignore regions (no loss, not scored)"
         counts = self.counts()
         if counts:
             text += "; problems: " + ", ".join(f"{k}={v}" for k, v in counts.items())
         else:
             text += "; no problems"
         return text
+
+    def announce(self, strict: bool = False) -> None:
+        """Shows what a loader found: the one-line summary, or the first problems as a
+        warning; with `strict`, a `DatasetError` when any problem dropped something."""
+        if self.problems:
+            logging.warning("%s", self.details(limit=5))
+        else:
+            print(self.summary(), flush=True)  # the loader's one-line summary, always shown
+        if strict and self.dropping_problems():
+            raise DatasetError("strict mode: dataset problems found (set data.strict=false to "
+                               "drop the bad records and continue)\n" + self.details(limit=20))
 
     def details(self, limit: int = 20) -> str:
         """The summary, then the first `limit` problems one per line, then how many more."""
@@ -154,6 +172,10 @@ class ImageRecord:
         `check_images` is not "none").
       boxes: [N, 4] float32, [x1, y1, x2, y2] in image pixels, clipped to the image.
       classes: [N] int32, 0-based contiguous classes (see `LabelMap`).
+      ignore_boxes: [K, 4] float32 xyxy image pixels of ignore regions: no loss there in
+        training, and marked iscrowd (ignored) in evaluation: COCO's crowd annotations and
+        Pascal VOC's "difficult" objects (`data/voc.py`).
+      ignore_classes: [K] int32, their 0-based classes.
     """
 
     image_id: Any
@@ -162,6 +184,10 @@ class ImageRecord:
     height: int
     boxes: np.ndarray
     classes: np.ndarray
+    ignore_boxes: np.ndarray = dataclasses.field(
+        default_factory=lambda: np.zeros((0, 4), np.float32))
+    ignore_classes: np.ndarray = dataclasses.field(
+        default_factory=lambda: np.zeros((0,), np.int32))
 
 
 class LabelMap:
@@ -275,7 +301,7 @@ def load_coco(annotation_path: str, image_dir: str, strict: bool = False,
     report = DatasetReport(source=annotation_path)
     label_map = _label_map(data["categories"], annotation_path)
     images = _read_images(data["images"], os.path.abspath(image_dir), check_images, report)
-    crowd: Optional[dict] = {} if ground_truth else None
+    crowd: dict = {}
     per_image = _read_annotations(data["annotations"], images, label_map, report, crowd)
 
     records = []
@@ -286,7 +312,11 @@ def load_coco(annotation_path: str, image_dir: str, strict: bool = False,
         objects = per_image.get(image_id, [])
         boxes = np.array([o[0] for o in objects], np.float32).reshape(-1, 4)
         classes = np.array([o[1] for o in objects], np.int32)
-        records.append(ImageRecord(image_id, path, width, height, boxes, classes))
+        ignore_boxes, ignore_classes = _ignore_regions(crowd.get(image_id, []), width, height,
+                                                       label_map)
+        records.append(ImageRecord(image_id, path, width, height, boxes, classes,
+                                   ignore_boxes, ignore_classes))
+        report.num_ignore_regions += len(ignore_classes)
         report.num_objects += len(objects)
         report.num_negative_images += not objects
     report.num_images = len(records)
@@ -294,14 +324,27 @@ def load_coco(annotation_path: str, image_dir: str, strict: bool = False,
         report.ground_truth = _kept_ground_truth(data["images"], records, crowd, per_image,
                                                  label_map)
 
-    if report.problems:
-        logging.warning("%s", report.details(limit=5))
-    else:
-        print(report.summary(), flush=True)  # the loader's one-line summary, always shown
-    if strict and report.dropping_problems():
-        raise DatasetError("strict mode: dataset problems found (set data.strict=false to "
-                           "drop the bad records and continue)\n" + report.details(limit=20))
+    report.announce(strict)
     return records, label_map, report
+
+
+def read_categories(annotation_path: str) -> LabelMap:
+    """The LabelMap of a COCO json's categories, without reading its images.
+
+    Raises:
+      FileNotFoundError: no such file. DatasetError: not a COCO json with categories.
+    """
+    if not os.path.isfile(annotation_path):
+        raise FileNotFoundError(f"COCO annotation file not found: {annotation_path!r}")
+    with open(annotation_path, "r", encoding="utf-8") as f:
+        try:
+            data = json.load(f)
+        except json.JSONDecodeError as e:
+            raise DatasetError(f"{annotation_path}: not valid json: {e}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("categories"), list):
+        raise DatasetError(f"{annotation_path}: expected a COCO instances json with a list "
+                           f"'categories'")
+    return _label_map(data["categories"], annotation_path)
 
 
 def _sort_key(image_id: Any):
@@ -451,6 +494,20 @@ def _crowd_region(ann: dict, label_map: LabelMap, crowd: dict, report: DatasetRe
         crowd.setdefault(image_id, []).append(
             ([float(v) for v in bbox], int(ann["category_id"]),
              _positive_number(ann.get("area"))))
+
+
+def _ignore_regions(regions: list, width: int, height: int,
+                    label_map: LabelMap) -> tuple[np.ndarray, np.ndarray]:
+    """Crowd regions [(COCO bbox, category id, area)] as ignore regions of an image:
+    ([K, 4] float32 xyxy clipped to the image, [K] int32 classes); regions left empty by
+    the clipping are not kept (they cover no pixel of the image)."""
+    if not regions:
+        return np.zeros((0, 4), np.float32), np.zeros((0,), np.int32)
+    xyxy = box_lib.xywh_to_xyxy(np.array([r[0] for r in regions], np.float64), dtype=np.float64)
+    clipped = np.asarray(box_lib.clip_boxes(xyxy, height, width))
+    keep = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
+    classes = np.array([label_map.to_class(r[1]) for r in regions], np.int32).reshape(-1)
+    return clipped[keep].astype(np.float32), classes[keep]
 
 
 def _kept_ground_truth(image_entries: list, records: list, crowd: dict, per_image: dict,

@@ -34,6 +34,8 @@ DECODER_SIGNATURES = (
     ("JPEG XL", 0, b"\x00\x00\x00\x0cJXL \r\n\x87\n"),  # ISO BMFF container
 )
 DECODER_FORMATS = "JPEG, PNG, GIF, BMP, WebP or JPEG XL"
+# The file names taken as images when a folder is listed (predict, YOLO image folders).
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 
 
 def decoder_format(head: bytes) -> Optional[str]:
@@ -58,25 +60,36 @@ def header_problem(path: str, width: Optional[int] = None,
       None when the file has a signature of the decoder's formats and PIL reads its header
       (and, when given, the size matches); else a one-line reason.
     """
+    size, problem = read_size(path)
+    if problem is None and width is not None and height is not None \
+            and size != (width, height):
+        return (f"{path} is {size[0]}x{size[1]} (width x height) but the json says "
+                f"{width}x{height}")
+    return problem
+
+
+def read_size(path: str) -> tuple[Optional[tuple[int, int]], Optional[str]]:
+    """(width, height) of an image file from its header, or (None, why it is unreadable).
+
+    The file must have a signature of the decoder's formats and PIL must read its header
+    (~0.2 ms per file; the pixels are not decoded).
+    """
     from PIL import Image  # pylint: disable=import-outside-toplevel
     try:
         with open(path, "rb") as f:
             head = f.read(16)
     except OSError as e:
-        return f"cannot open {path}: {e.strerror or e}"
+        return None, f"cannot open {path}: {e.strerror or e}"
     if decoder_format(head) is None:
         found = "an empty file" if not head else f"a file starting with {head[:8]!r}"
-        return f"{path} is not a {DECODER_FORMATS} image ({found})"
+        return None, f"{path} is not a {DECODER_FORMATS} image ({found})"
     try:
         with Image.open(path) as img:
             size = img.size
             img.verify()
     except Exception as e:  # pylint: disable=broad-except  # PIL raises many types
-        return f"cannot read {path}: {type(e).__name__}: {e}"
-    if width is not None and height is not None and size != (width, height):
-        return (f"{path} is {size[0]}x{size[1]} (width x height) but the json says "
-                f"{width}x{height}")
-    return None
+        return None, f"cannot read {path}: {type(e).__name__}: {e}"
+    return (int(size[0]), int(size[1])), None
 
 
 def decoder_message(error: Exception) -> str:

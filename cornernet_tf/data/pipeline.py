@@ -27,10 +27,15 @@ Unreadable images (there is one decoder, `preprocess.decode_image`):
 
 Images with more than `data.max_objects` objects keep the first `max_objects` (annotation
 order); how many images and objects this cut is logged once per split at loading time.
+Ignore regions (`ImageRecord.ignore_boxes`, e.g. VOC "difficult" objects) follow the
+augmentation like objects (at most `max_objects` per image) and take no heatmap loss
+(`encode_targets(ignore_boxes=...)`).
 """
 
 from __future__ import annotations
 
+import functools
+import os
 import sys
 import time
 from typing import Optional
@@ -39,23 +44,26 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from cornernet_tf.data import coco, image_files
+from cornernet_tf.data import coco, image_files, sources, synthetic
 from cornernet_tf import boxes as box_lib
 from cornernet_tf.data.augment import train_augment
 from cornernet_tf.config.choices import DATASETS
 from cornernet_tf.data.synthetic import ensure_synthetic
 from cornernet_tf.data.targets import encode_targets
 from cornernet_tf.keys import LOSS_TARGET_KEYS
+from cornernet_tf.errors import UserError
 from cornernet_tf.data.images import fit_to_input, read_image
 
 SPLITS = ("train", "val")
 
 
 def split_files(data_config, split: str) -> tuple[str, str]:
-    """(annotation json, image folder) of a split; generates the synthetic data if needed.
+    """(annotation path, image folder) of a split; generates the synthetic data if needed.
 
     Raises:
-      ValueError: unknown split, or the config has no files for it.
+      ValueError: unknown split.
+      UserError: the config has no files for the split (a VOC split needs only its XML
+        folder: its images may sit beside the files or in a sibling JPEGImages folder).
     """
     if split not in SPLITS:
         raise ValueError(f"split: expected one of {SPLITS}, found {split!r}")
@@ -66,24 +74,63 @@ def split_files(data_config, split: str) -> tuple[str, str]:
         ensure_synthetic(data_config)
     annotations = getattr(data_config, f"{split}_annotations")
     images = getattr(data_config, f"{split}_images")
-    if not annotations or not images:
-        raise ValueError(f"data.{split}_annotations and data.{split}_images must be set for "
-                         f"the {split!r} split of dataset {data_config.dataset!r}; found "
-                         f"{annotations!r} and {images!r}")
+    if not annotations or (not images and sources.detect_format(
+            annotations, data_config.format, f"data.{split}_annotations") != "voc"):
+        raise UserError(f"data.{split}_annotations and data.{split}_images must be set for "
+                        f"the {split!r} split of dataset {data_config.dataset!r}; found "
+                        f"{annotations!r} and {images!r}")
     return annotations, images
 
 
+def validation_split(data_config) -> Optional[str]:
+    """Why there is no validation split, or None when there is one.
+
+    There is none when `data.val_annotations` is unset, or when the train split is your
+    files while the val split is still the generated shapes' (the quickstart's defaults):
+    validating your model on shapes would pick its `best` checkpoint from them.
+    """
+    if not data_config.val_annotations:
+        return "data.val_annotations is not set"
+    if data_config.dataset == "synthetic" and synthetic.is_own(data_config, "train") \
+            and not synthetic.is_own(data_config, "val"):
+        return ("data.train_annotations is your data but data.val_annotations is still the "
+                "generated shapes dataset's")
+    return None
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_classes(annotations: str, images: str, fmt: str, stamp: tuple) -> coco.LabelMap:
+    del stamp  # part of the cache key only: a changed file is read again
+    return sources.read_label_map(annotations, images, fmt)
+
+
+def model_classes(data_config) -> Optional[coco.LabelMap]:
+    """The model's classes: the train split's categories (read once per file version), or
+    None when the train split is not configured or not there."""
+    annotations = data_config.train_annotations
+    if not annotations or not os.path.exists(annotations):
+        return None
+    if data_config.dataset == "synthetic":
+        ensure_synthetic(data_config)
+    info = os.stat(annotations)
+    return _cached_classes(os.path.abspath(annotations), data_config.train_images,
+                           data_config.format, (info.st_mtime_ns, info.st_size))
+
+
 def load_split(data_config, split: str, check_images: Optional[str] = None,
-               ground_truth: bool = False):
+               ground_truth: bool = False, label_map: Optional[coco.LabelMap] = None):
     """Loads and validates a split's records and reports objects beyond max_objects.
 
     Args:
-      data_config: DataConfig (paths, strict, max_objects).
+      data_config: DataConfig (paths, format, strict, max_objects).
       split: "train" or "val".
       check_images: see `coco.load_coco` ("none", "header", "decode"); default "decode"
         with `data.strict` (every file through the decoder: any unreadable image is an
         error at start), else "header".
       ground_truth: also build `report.ground_truth` (see `coco.load_coco`).
+      label_map: the model's classes, which the split's are matched to by name
+        (`sources.match_classes`); None: for "val", the train split's (`model_classes`),
+        for "train", its own.
 
     Returns:
       (records, label_map, report) as from `coco.load_coco`.
@@ -91,9 +138,12 @@ def load_split(data_config, split: str, check_images: Optional[str] = None,
     annotations, images = split_files(data_config, split)
     if check_images is None:
         check_images = "decode" if data_config.strict else "header"
-    records, label_map, report = coco.load_coco(annotations, images, strict=data_config.strict,
-                                                check_images=check_images,
-                                                ground_truth=ground_truth)
+    if label_map is None and split == "val":
+        label_map = model_classes(data_config)
+    records, label_map, report = sources.load_dataset(
+        annotations, images, data_config.format, strict=data_config.strict,
+        check_images=check_images, ground_truth=ground_truth, label_map=label_map,
+        key=f"data.{split}_annotations")
     counts = np.array([len(r.classes) for r in records], np.int64)
     over = counts > data_config.max_objects
     if over.any():
@@ -149,7 +199,16 @@ def _record_slices(records: list, max_objects: int) -> dict:
     flat_boxes = np.concatenate(boxes, 0) if boxes else np.zeros((0, 4), np.float32)
     flat_classes = (np.concatenate([r.classes[:max_objects] for r in records], 0)
                     if records else np.zeros((0,), np.int32))
+    ignore_lengths = [len(r.ignore_classes) for r in records]
+    flat_ignore = (np.concatenate([r.ignore_boxes for r in records], 0).reshape(-1, 4)
+                   if records else np.zeros((0, 4), np.float32))
+    flat_ignore_classes = (np.concatenate([r.ignore_classes for r in records], 0)
+                           if records else np.zeros((0,), np.int32))
     return {
+        "ignore_boxes": tf.RaggedTensor.from_row_lengths(flat_ignore.astype(np.float32),
+                                                         ignore_lengths),
+        "ignore_classes": tf.RaggedTensor.from_row_lengths(
+            flat_ignore_classes.astype(np.int32), ignore_lengths),
         "path": tf.constant([r.path for r in records], tf.string, shape=[len(records)]),
         "image_id": tf.constant([int(r.image_id) for r in records], tf.int64,
                                 shape=[len(records)]),
@@ -218,7 +277,8 @@ def build_dataset(data_config, model_config, split: str, training: bool,
     if training:
         ds = _training_passes(slices, data_config, source, deterministic).with_options(options)
         ds = ds.enumerate()  # element number: the stateless augmentation seed
-        ds = ds.map(lambda i, e: (i, e["image"], e["boxes"], e["classes"]))
+        ds = ds.map(lambda i, e: (i, e["image"], e["boxes"], e["classes"],
+                                  e["ignore_boxes"], e["ignore_classes"]))
         ds = ds.map(_train_fn(data_config, model_config), num_parallel_calls=parallel,
                     deterministic=deterministic)
         if batch_size is not None:
@@ -256,7 +316,8 @@ def _training_passes(slices: dict, data_config, source: str,
 
     def decode(r):
         return {"index": r["index"], "image": read_image(r["path"]), "boxes": r["boxes"],
-                "classes": r["classes"]}
+                "classes": r["classes"], "ignore_boxes": r["ignore_boxes"],
+                "ignore_classes": r["ignore_classes"]}
 
     one_pass = tf.data.Dataset.from_tensor_slices(records).shuffle(
         min(num, data_config.shuffle_buffer), seed=data_config.seed if deterministic else None,
@@ -265,7 +326,9 @@ def _training_passes(slices: dict, data_config, source: str,
                             deterministic=deterministic).ignore_errors()
     marker = tf.data.Dataset.from_tensors({
         "index": tf.constant(-1, tf.int64), "image": tf.zeros([1, 1, 3], tf.uint8),
-        "boxes": tf.zeros([0, 4], tf.float32), "classes": tf.zeros([0], tf.int32)})
+        "boxes": tf.zeros([0, 4], tf.float32), "classes": tf.zeros([0], tf.int32),
+        "ignore_boxes": tf.zeros([0, 4], tf.float32),
+        "ignore_classes": tf.zeros([0], tf.int32)})
 
     def end_of_pass(seen, count, passes):
         dropped = num - count
@@ -310,9 +373,18 @@ def _train_fn(data_config, model_config):
     max_objects = data_config.max_objects
     seed = int(data_config.seed)
 
-    def fn(index, image, boxes, classes):
+    num_classes = model_config.num_classes
+
+    def fn(index, image, boxes, classes, ignore_boxes, ignore_classes):
         # records were cut to max_objects (and the cut reported) when loaded
         boxes, classes, _ = box_lib.pad_boxes(boxes, classes, max_objects)
+        # Ignore regions ride through the augmentation as objects of class C + c, so every
+        # geometric op moves them with the image; they are split off again below.
+        ignore_boxes, ignore_classes, _ = box_lib.pad_boxes(
+            ignore_boxes, tf.where(ignore_classes >= 0, ignore_classes + num_classes, -1),
+            max_objects)
+        boxes = tf.concat([boxes, ignore_boxes], 0)  # [2M, 4]
+        classes = tf.concat([classes, ignore_classes], 0)  # [2M]
         element_seed = (tf.stack([tf.constant(seed, tf.int64), index])
                         if data_config.deterministic else None)
         image, boxes, classes = train_augment(
@@ -320,8 +392,11 @@ def _train_fn(data_config, model_config):
             crop_scales=aug.crop_scales, crop_border=aug.crop_border, flip=aug.flip,
             color_jitter=aug.color_jitter, lighting_std=aug.lighting_std, seed=element_seed)
         image = tf.ensure_shape(tf.cast(image, tf.float32), [*input_size, 3])
-        targets = encode_targets(boxes, classes, model_config.num_classes, input_size,
-                                 model_config.output_size, max_objects=max_objects)
+        is_ignore = classes >= num_classes  # [2M]
+        targets = encode_targets(
+            boxes, tf.where(is_ignore, -1, classes), num_classes, input_size,
+            model_config.output_size, max_objects=max_objects, ignore_boxes=boxes,
+            ignore_classes=tf.where(is_ignore, classes - num_classes, -1))
         return image, {key: targets[key] for key in LOSS_TARGET_KEYS}
 
     return fn

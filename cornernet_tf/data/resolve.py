@@ -158,6 +158,8 @@ def dataset_counts(data_config) -> DatasetCounts:
         raise ConfigError("model.num_classes and data.max_objects at 0 follow the dataset, but "
                           "data.train_annotations is not set; set it (with "
                           "data.train_images) or give both keys a value")
+    if data_config.format in ("voc", "yolo") or os.path.isdir(path):
+        return _folder_counts(data_config)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"COCO annotation file not found: {path!r} "
                                 f"(data.train_annotations)")
@@ -184,6 +186,20 @@ def dataset_counts(data_config) -> DatasetCounts:
     if busiest is None:
         busiest = next(iter(sorted(images, key=str)), "-")
     return DatasetCounts(path, len(categories), max(count, 1), busiest)
+
+
+def _folder_counts(data_config) -> DatasetCounts:
+    """`dataset_counts` of a Pascal VOC or YOLO train split (read by its loader)."""
+    from cornernet_tf.data import sources  # imports TensorFlow: folder formats only
+    path = data_config.train_annotations
+    records, label_map, _ = sources.load_dataset(path, data_config.train_images,
+                                                 data_config.format, check_images="none")
+    if not label_map.num_classes:
+        raise ConfigError(f"{path} has no classes: a detector needs at least one class")
+    counts = [len(r.classes) for r in records]
+    busiest = max(range(len(counts)), key=counts.__getitem__) if counts else None
+    return DatasetCounts(path, label_map.num_classes, max(max(counts, default=0), 1),
+                         records[busiest].image_id if busiest is not None else "-")
 
 
 def _is_id(value: Any) -> bool:

@@ -273,6 +273,13 @@ def _cached(manifest_path: str, manifest: dict, paths: SyntheticPaths) -> bool:
     return True
 
 
+def is_own(data_config, split: str) -> bool:
+    """Whether a split's annotation path is the user's, not the generated dataset's."""
+    expected = getattr(synthetic_paths(data_config.synthetic.output_dir), f"{split}_annotations")
+    value = getattr(data_config, f"{split}_annotations")
+    return bool(value) and os.path.normpath(value) != os.path.normpath(expected)
+
+
 def ensure_synthetic(data_config) -> Optional[SyntheticPaths]:
     """Generates the synthetic dataset on first use, for the splits that read it.
 
@@ -309,6 +316,8 @@ def ensure_synthetic(data_config) -> Optional[SyntheticPaths]:
                 f"data.{generated}={getattr(data_config, generated)!r} is still the generated "
                 f"shapes dataset's ({s.output_dir}); set both data.{ann_key} and "
                 f"data.{img_key} to your {split} split")
+        if split == "val" and "train" not in generated_splits:
+            continue  # your train split: no validation on shapes (pipeline.validation_split)
         generated_splits.append(split)
     if not generated_splits:
         return None

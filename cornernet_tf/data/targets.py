@@ -20,13 +20,13 @@ agree with it bit for bit; the heatmaps themselves are float32.
 from __future__ import annotations
 
 import math
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import tensorflow as tf
 
-from cornernet_tf.keys import (BR_HEATMAP, BR_INDEX, BR_OFFSET, MASK, NUM_OBJECTS, TL_HEATMAP,
-                               TL_INDEX, TL_OFFSET)
+from cornernet_tf.keys import (BR_HEATMAP, BR_INDEX, BR_OFFSET, HEATMAP_IGNORE, MASK,
+                               NUM_OBJECTS, TL_HEATMAP, TL_INDEX, TL_OFFSET)
 from cornernet_tf.data.images import size_pair
 
 # The reference zeroes Gaussian values below eps * max. For a (2R+1)^2 kernel with
@@ -98,7 +98,9 @@ def gaussian_radius_tf(height: tf.Tensor, width: tf.Tensor, min_overlap: float =
 
 
 def encode_targets(boxes: tf.Tensor, classes: tf.Tensor, num_classes: int, input_size: SizeLike,
-                   output_size: SizeLike, max_objects: int = 128) -> dict[str, tf.Tensor]:
+                   output_size: SizeLike, max_objects: int = 128,
+                   ignore_boxes: Optional[tf.Tensor] = None,
+                   ignore_classes: Optional[tf.Tensor] = None) -> dict[str, tf.Tensor]:
     """Builds the CornerNet training targets of one image.
 
     Args:
@@ -110,10 +112,17 @@ def encode_targets(boxes: tf.Tensor, classes: tf.Tensor, num_classes: int, input
       output_size: (h, w) of the heads' grid, or one int for a square.
       max_objects: M, slots of the index/offset/mask targets; the first M valid objects
         (in input order) are kept, the others are counted in `num_objects` only.
+      ignore_boxes: optional [K, 4] float32 `[x1, y1, x2, y2]` input pixels of ignore
+        regions (e.g. Pascal VOC "difficult" objects); K may be 0 and dynamic.
+      ignore_classes: [K] int 0-based classes of `ignore_boxes` (-1: padding). In the
+        region's class channel, the heatmap cells from `floor(x1 * r)` to `floor(x2 * r)`
+        (and the same in y), borders included, become `HEATMAP_IGNORE` (no loss), except
+        cells at exactly 1 (another object's corner stays a corner).
 
     Returns:
       Dict with
-        tl_heatmap, br_heatmap: [h, w, C] float32 Gaussian targets in [0, 1], 1 at corners;
+        tl_heatmap, br_heatmap: [h, w, C] float32 Gaussian targets in [0, 1], 1 at corners,
+          `HEATMAP_IGNORE` (-1) in ignore regions;
         tl_index, br_index: [M] int32 corner cell `iy * w + ix` (0 in empty slots);
         tl_offset, br_offset: [M, 2] float32 `(x, y)` sub-cell offsets in [0, 1);
         mask: [M] float32, 1 for the slots holding an object;
@@ -146,7 +155,39 @@ def encode_targets(boxes: tf.Tensor, classes: tf.Tensor, num_classes: int, input
             x * ratio_x, y * ratio_y, out_w, mask)
         outputs[heatmap_key] = _draw_heatmap(cx, cy, tf.cast(radius, tf.float32), slot_class,
                                              mask, num_classes, out_h, out_w)
+    if ignore_boxes is not None:
+        ignored = _ignore_cells(ignore_boxes, ignore_classes, in_h, in_w, num_classes,
+                                ratio_x, ratio_y, out_h, out_w)  # [h, w, C] bool
+        for key in (TL_HEATMAP, BR_HEATMAP):
+            heatmap = outputs[key]
+            outputs[key] = tf.where(ignored & (heatmap < 1.0), HEATMAP_IGNORE, heatmap)
     return outputs
+
+
+def _ignore_cells(boxes, classes, in_h: int, in_w: int, num_classes: int, ratio_x: float,
+                  ratio_y: float, out_h: int, out_w: int) -> tf.Tensor:
+    """[h, w, C] bool: the output cells covered by an ignore region of each class.
+
+    Args:
+      boxes: [K, 4] xyxy input pixels; classes: [K] int (-1: padding).
+      in_h, in_w, out_h, out_w: input and output grid sizes; ratio_x, ratio_y: out / in.
+      num_classes: C.
+    """
+    if classes is None:
+        raise ValueError("encode_targets: ignore_boxes needs ignore_classes")
+    boxes, classes = _check_objects(boxes, classes)
+    x1, y1, x2, y2, valid, _ = _clip_and_filter(boxes, classes, in_h, in_w, num_classes)
+    # Cells from the one holding the TL corner to the one holding the BR corner.
+    lo_x, hi_x = tf.floor(x1 * ratio_x), tf.floor(x2 * ratio_x)  # [K] float64
+    lo_y, hi_y = tf.floor(y1 * ratio_y), tf.floor(y2 * ratio_y)
+    xs = tf.range(out_w, dtype=tf.float64)[None, :]  # [1, w]
+    ys = tf.range(out_h, dtype=tf.float64)[None, :]  # [1, h]
+    in_x = (xs >= lo_x[:, None]) & (xs <= hi_x[:, None])  # [K, w]
+    in_y = (ys >= lo_y[:, None]) & (ys <= hi_y[:, None])  # [K, h]
+    cells = tf.cast(in_y[:, :, None] & in_x[:, None, :], tf.int32)  # [K, h, w]
+    segments = tf.where(valid, classes, num_classes)  # padding -> dropped segment C
+    per_class = tf.math.unsorted_segment_max(cells, segments, num_classes + 1)[:num_classes]
+    return tf.transpose(per_class > 0, [1, 2, 0])  # [h, w, C]
 
 
 def _positive_int(value, name: str) -> int:

@@ -58,7 +58,7 @@ def evaluation_views(cfg, oracle: str = "none") -> tuple[tuple, bool]:
 
 def run_evaluation(model, cfg, output_dir: str, max_images: int = 0, oracle: str = "none",
                    batch_size: int = 8, verbose: bool = True, split: Optional[tuple] = None,
-                   detector=None) -> dict:
+                   detector=None, label_map=None) -> dict:
     """Detects on the validation split, writes COCO results and metrics, returns metrics.
 
     Args:
@@ -74,6 +74,8 @@ def run_evaluation(model, cfg, output_dir: str, max_images: int = 0, oracle: str
         of `pipeline.load_split(..., ground_truth=True)`; None: loaded here.
       detector: `build_detector(model, cfg, score_threshold=0.0, flip_test=..., scales=...)`
         with the views of `evaluation_views(cfg, oracle)`; None: built here.
+      label_map: the model's classes (a run's labels.json), which the split's categories
+        are matched to by name when it is loaded here; None: the train split's categories.
 
     Returns:
       the metrics dict of `coco_evaluate` (with "per_class_AP"), plus "images" (scored),
@@ -88,7 +90,7 @@ def run_evaluation(model, cfg, output_dir: str, max_images: int = 0, oracle: str
     scales, flip = evaluation_views(cfg, oracle)
     views = oracle == "none"
     start = time.time()
-    records, label_map, report = _val_records(cfg, max_images, split)
+    records, label_map, report = _val_records(cfg, max_images, split, label_map)
     fns = detector or build_detector(model, cfg, score_threshold=0.0, flip_test=flip,
                                      scales=scales)
     dataset = pipeline.build_dataset(cfg.data, cfg.model, "val", training=False,
@@ -124,7 +126,8 @@ def evaluate_export(model_path: str, cfg, output_dir: str, max_images: int = 0,
       output_dir: `detections.json` and `metrics.json` are written here.
       max_images: the first N images only (0: all).
       verbose: print the COCO table, latency and size.
-      split: the validation split loaded once by the caller (see `run_evaluation`).
+      split: the validation split loaded once by the caller (see `run_evaluation`), its
+        classes matched to the export's labels.json.
 
     Returns:
       the `coco_evaluate` metrics plus "model", "format", "bytes" (file size),
@@ -134,14 +137,14 @@ def evaluate_export(model_path: str, cfg, output_dir: str, max_images: int = 0,
 
     Raises:
       FileNotFoundError: model_path is neither a SavedModel folder nor a .tflite file.
-      ValueError: the export's labels.json differs from the validation split's categories.
+      DatasetError: the split has a category the export's labels.json does not name.
       DatasetError: the split has no readable image; with data.strict, any dataset problem
         or unreadable image.
     """
     start = time.time()
-    records, label_map, report = _val_records(cfg, max_images, split)
     detector = ExportedDetector(model_path)
-    _check_export_labels(model_path, label_map)
+    records, label_map, report = _val_records(cfg, max_images, split,
+                                              _export_labels(model_path))
     results, latencies, scored = [], [], set()
     for r in records:
         try:
@@ -223,15 +226,21 @@ def oracle_heads(heads: dict, targets: list, oracle: str, offset: float = -100.0
 
 # ------------------------------------------------------------------------------- steps
 
-def _val_records(cfg, max_images: int, split: Optional[tuple] = None):
-    """(records, label_map, report) of the validation split (`split`, or loaded here), the
+def _val_records(cfg, max_images: int, split: Optional[tuple] = None, label_map=None):
+    """(records, label_map, report) of the validation split (`split`, or loaded here with
+    its classes matched by name to `label_map`, the model's; None: the train split's), the
     first max_images if > 0; the report keeps the ground truth the loader kept.
 
     Raises:
       DatasetError: no usable image, or none that decodes (`pipeline.require_decodable`).
     """
-    records, label_map, report = split or pipeline.load_split(cfg.data, "val",
-                                                              ground_truth=True)
+    if split is None:
+        no_validation = pipeline.validation_split(cfg.data)
+        if no_validation:
+            raise UserError(f"no validation split to evaluate on: {no_validation}; set "
+                            f"data.val_annotations and data.val_images")
+        split = pipeline.load_split(cfg.data, "val", ground_truth=True, label_map=label_map)
+    records, label_map, report = split
     records = records[:max_images] if max_images else records
     pipeline.require_decodable(records, "val", cfg.data.val_annotations, report)
     return records, label_map, report
@@ -290,16 +299,12 @@ def _batch_to_coco(outputs: dict, meta: dict, label_map) -> list:
                               label_map.category_ids)
 
 
-def _check_export_labels(model_path: str, label_map) -> None:
+def _export_labels(model_path: str):
+    """The export's classes (its labels.json), or None without one (then the train
+    split's classes are taken)."""
     folder = model_path if os.path.isdir(model_path) else os.path.dirname(model_path)
     path = os.path.join(folder, "labels.json")
-    if not os.path.isfile(path):
-        return  # classes are then taken to be the split's, in order
-    exported = LabelMap.from_json(path)
-    if list(exported.category_ids) != list(label_map.category_ids):
-        raise ValueError(f"{path}: the export's category ids {list(exported.category_ids)} "
-                         f"differ from the validation split's {list(label_map.category_ids)}; "
-                         f"evaluate an export with the config it was trained with")
+    return LabelMap.from_json(path) if os.path.isfile(path) else None
 
 
 def _score(cfg, results: list, records: list, scored: set, report,

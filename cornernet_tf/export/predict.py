@@ -29,6 +29,7 @@ import tensorflow as tf
 
 from cornernet_tf import keys
 from cornernet_tf.data import images as image_lib
+from cornernet_tf.data.image_files import IMAGE_EXTENSIONS
 from cornernet_tf.inference import preprocess
 from cornernet_tf.evaluation import visualize
 from cornernet_tf.data.image_files import decoder_message
@@ -36,7 +37,6 @@ from cornernet_tf.errors import UserError
 from cornernet_tf.inference.exported import (ExportedDetector, read_class_names,
                                              read_max_image_pixels)
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 MANIFEST = ".cornernet-predict-outputs"  # json: the outputs predict wrote into a folder
 
 

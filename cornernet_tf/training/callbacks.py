@@ -344,15 +344,17 @@ def build_callbacks(cfg, model: keras.Model, model_dir: str, write_dir: str,
       manager: the CheckpointManager writing `<write_dir>/checkpoints`.
       latest: the checkpoint the run resumed from, or None.
       sample_images: [2, H, W, 3] training images for the TensorBoard heatmap pictures.
-      val_split: the validation split (records, label_map, report), loaded once; needed
-        when train.eval_every > 0.
+      val_split: the validation split (records, label_map, report), loaded once and matched
+        to the model's classes by name; None: no validation during training (the caller
+        says why), whatever train.eval_every.
       live: the progress display's live line (None: when stdout is a terminal).
 
     Returns:
       TrainingCallbacks.
     """
     t = cfg.train
-    clock = ValidationClock(t.eval_every, t.steps) if t.eval_every > 0 else None
+    validating = t.eval_every > 0 and val_split is not None
+    clock = ValidationClock(t.eval_every, t.steps) if validating else None
     progress = ProgressDisplay(t.steps, t.batch_size, live=live, validation=clock)
     checkpoints = CheckpointCallback(manager, t.checkpoint_every, say=progress.message,
                                      last_saved=latest)

@@ -280,3 +280,27 @@ def test_training_pipeline_reports_skips_per_pass_and_strict_stops(tmp_path, cap
     error = _iterate_with_deadline(ds, 10)
     assert isinstance(error, tf.errors.InvalidArgumentError)
     assert "data.strict: data: pass 1" in error.message and "3.png (image id 3)" in error.message
+
+
+def test_voc_difficult_objects_take_no_loss_in_training_targets(tmp_path):
+    from tests.support.own_formats import write_voc
+    # 64x64 image = the input (no crop, no flip: the identity), grid 16x16 (4 px a cell).
+    # The difficult cat [33, 33, 64, 64] -> [32, 32, 64, 64], clipped to 63 in the input:
+    # cells floor(32 / 4) = 8 to floor(63 / 4) = 15 on both axes, cat's channel (class 0).
+    ann, img = write_voc(str(tmp_path), {"a": (64, 64, [("dog", 1, 1, 32, 32, 0),
+                                                        ("cat", 33, 33, 64, 64, 1)])})
+    cfg = load_config(None, ["model.backbone=hourglass52", "model.input_size=64",
+                             "model.num_classes=2", "model.channels=[16,16,16]",
+                             "model.blocks=[1,1,1]", "data.max_objects=2",
+                             f"data.train_annotations={ann}", f"data.train_images={img}",
+                             *NO_AUGMENT])
+    ds = pipeline.build_dataset(cfg.data, cfg.model, "train", training=True, batch_size=1)
+    _, targets = next(iter(ds))
+    for key in ("tl_heatmap", "br_heatmap"):
+        cat = targets[key][0, :, :, 0].numpy()
+        expected = np.zeros((16, 16), bool)
+        expected[8:16, 8:16] = True
+        np.testing.assert_array_equal(cat == -1.0, expected)
+        assert np.all(cat[~expected] == 0.0)  # no cat object anywhere
+        assert targets[key][0, :, :, 1].numpy().max() == 1.0  # the dog's corner
+    assert targets["mask"].numpy().tolist() == [[1.0, 0.0]]

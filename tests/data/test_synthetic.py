@@ -154,12 +154,19 @@ def test_own_data_paths_mean_use_these_files(tmp_path):
                                                        mine["data.train_images"])
     assert pipeline.split_files(cfg.data, "val") == (mine["data.val_annotations"],
                                                      mine["data.val_images"])
-    # only the val split left at the generated layout: it alone reads generated data
+    assert pipeline.validation_split(cfg.data) is None
+    # only the val split left at the generated layout: no validation at all, never the
+    # shapes (issue 22: a best checkpoint picked on shapes for the user's model)
     only_train = cfg.replace([f"data.val_annotations={root}/annotations/instances_val.json",
                               f"data.val_images={root}/val", "data.synthetic.num_train=2",
                               "data.synthetic.num_val=1", "data.synthetic.image_size=[32,32]"])
-    paths = synthetic.ensure_synthetic(only_train.data)
-    assert os.path.isfile(paths.val_annotations)
+    assert synthetic.ensure_synthetic(only_train.data) is None
+    assert not os.path.exists(root)
+    assert pipeline.validation_split(only_train.data) == (
+        "data.train_annotations is your data but data.val_annotations is still the generated "
+        "shapes dataset's")
+    assert pipeline.validation_split(cfg.replace(["data.val_annotations="]).data) == \
+        "data.val_annotations is not set"
     # one path of a split given alone is an error naming both keys
     with pytest.raises(ConfigError, match="data.train_images.*data.train_annotations"):
         synthetic.ensure_synthetic(cfg.replace(

@@ -236,3 +236,23 @@ def test_bad_shapes_are_errors():
         encode_targets(np.zeros((2, 5), np.float32), np.zeros((2,), np.int32), 3, 64, 16)
     with pytest.raises(tf.errors.InvalidArgumentError, match="same N"):
         encode_targets(np.zeros((2, 4), np.float32), np.zeros((3,), np.int32), 3, 64, 16)
+
+
+def test_ignore_regions_mark_their_cells_in_their_class_channel():
+    # 16x16 input, 4x4 grid (r = 1/4). Object of class 1 at [4, 4, 12, 12]: 2x2 cells,
+    # radius int(gaussian_radius(2, 2)) = 0, so its TL corner is the single cell (1, 1) and
+    # its BR corner the cell (3, 3). Ignore region of class 1 at [4, 4, 11, 8]: cells x from
+    # floor(1) = 1 to floor(2.75) = 2, y from floor(1) = 1 to floor(2) = 2. Padding row (-1).
+    t = encode_targets(tf.constant([[4.0, 4.0, 12.0, 12.0]]), tf.constant([1]), 2, 16, 4,
+                       max_objects=2,
+                       ignore_boxes=tf.constant([[4.0, 4.0, 11.0, 8.0], [-1, -1, -1, -1]]),
+                       ignore_classes=tf.constant([1, -1]))
+    expected_tl = np.zeros((4, 4, 2), np.float32)
+    expected_tl[1:3, 1:3, 1] = -1.0  # ignored (HEATMAP_IGNORE) ...
+    expected_tl[1, 1, 1] = 1.0  # ... except the object's corner, which stays a corner
+    np.testing.assert_array_equal(t["tl_heatmap"].numpy(), expected_tl)
+    expected_br = np.zeros((4, 4, 2), np.float32)
+    expected_br[1:3, 1:3, 1] = -1.0
+    expected_br[3, 3, 1] = 1.0
+    np.testing.assert_array_equal(t["br_heatmap"].numpy(), expected_br)
+    assert t["mask"].numpy().tolist() == [1.0, 0.0]  # ignore regions take no object slot
