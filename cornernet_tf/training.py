@@ -4,9 +4,11 @@
 pipeline, the model (under the distribution strategy's scope), the optimizer and the
 callbacks, and resumes from the newest checkpoint in `model_dir` when there is one.
 
-Checkpoints are `tf.train.Checkpoint`s of the model's variables and the optimizer, written
-by a `CheckpointManager` every `train.checkpoint_every` steps into `<model_dir>/checkpoints/`.
-The manager writes the new files before it points the `checkpoint` index at them, so a run
+Checkpoints are `tf.train.Checkpoint`s of the model's variables, keyed by name (see
+`cornernet_tf.weights`; checkpoints of the older ordered-list layout are still read), and
+the optimizer, written by a `CheckpointManager` every `train.checkpoint_every` steps into
+`<model_dir>/checkpoints/`. The manager writes the new files before it points the
+`checkpoint` index at them, so a run
 killed mid-write still resumes from the previous checkpoint; resuming restores the weights,
 the optimizer state (Adam moments) and the step counter, and `fit` continues at that step.
 This replaces Keras' `ModelCheckpoint` + `BackupAndRestore` pair: Keras 3's BackupAndRestore
@@ -31,6 +33,7 @@ import keras
 import tensorflow as tf
 
 from cornernet_tf import config as config_lib
+from cornernet_tf import weights
 from cornernet_tf.callbacks import (BEST_RECORD, BEST_SUBDIR, CheckpointCallback,
                                     CheckpointWriteError, HeatmapImages, NaNGuard, StopAtStep,
                                     ValidationCallback)
@@ -153,17 +156,9 @@ def build_optimizer(train_cfg: config_lib.TrainConfig) -> keras.optimizers.Optim
 # --------------------------------------------------------------------------------------
 
 def training_checkpoint(model: keras.Model, optimizer=None) -> tf.train.Checkpoint:
-    """A tf.train.Checkpoint of every model variable (BN statistics too) and the optimizer.
-
-    A Keras 3 model is not a trackable object graph for tf.train.Checkpoint (its layers'
-    variables would only be reached through the optimizer, and BN moving statistics not at
-    all), so the model's variables are checkpointed as an ordered list: `model.variables`
-    has the same order for the same architecture, whatever the layers' auto-generated names.
-    """
-    items = {"model_variables": list(model.variables)}
-    if optimizer is not None:
-        items["optimizer"] = optimizer
-    return tf.train.Checkpoint(**items)
+    """A tf.train.Checkpoint of every model variable by name (BN statistics too) and the
+    optimizer; the layout is `weights.checkpoint_tree`'s."""
+    return weights.checkpoint_tree(model, optimizer)
 
 
 def checkpoint_manager(model: keras.Model, model_dir: str, optimizer=None,
@@ -234,7 +229,7 @@ def restore_weights(model: keras.Model, model_dir: str, checkpoint: Optional[str
     """
     path = resolve_checkpoint(model_dir, checkpoint)
     try:
-        training_checkpoint(model).restore(path).expect_partial().assert_existing_objects_matched()
+        weights.restore(model, path)
     except (AssertionError, ValueError) as e:
         raise ValueError(f"checkpoint {path} does not match the model built from the config "
                          f"(model.* keys must be those it was trained with): {e}") from None
@@ -442,8 +437,7 @@ def _build_or_resume(cfg: config_lib.Config, strategy: tf.distribute.Strategy, m
         manager = checkpoint_manager(model, write_dir, model.optimizer)
         latest = tf.train.latest_checkpoint(os.path.join(model_dir, CHECKPOINT_SUBDIR))
         if latest:
-            training_checkpoint(model, model.optimizer).restore(
-                latest).assert_existing_objects_matched()
+            weights.restore(model, latest, model.optimizer, partial=False)
             print(f"resuming from {latest} "
                   f"(step {int(model.optimizer.iterations.numpy())})", flush=True)
     return model, manager, latest
