@@ -145,6 +145,13 @@ class TrainConfig:
     log_every: int = 100  # steps between progress/TensorBoard updates (an epoch of fit)
     eval_every: int = 0  # steps between COCO evaluations during training; 0 = off
     seed: int = 0
+    # Fine-tuning (README, "Fine-tune on your classes"). init_from: a run folder (PATH or
+    # PATH:best), a checkpoint, or an authors' .pkl/.pth to start a new run from.
+    init_from: str = ""
+    class_map: dict[str, str] = field(default_factory=dict)  # {your class: source class}
+    freeze_batchnorm: Optional[bool] = None  # None: on with init_from (use + keep BN stats)
+    freeze: tuple[str, ...] = ()  # parts not trained: backbone, stem, modules, heads, ...
+    freeze_steps: int = 0  # train.freeze holds for the first N steps; 0: the whole run
 
 
 @dataclass(frozen=True)
@@ -241,7 +248,24 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Co
             raise ConfigError(f"{path}: expected a mapping of sections at the top level, "
                               f"found {type(raw).__name__}")
     raw = _apply_overrides(raw, overrides, source="--set")
-    return from_dict(raw, source=path or "<defaults>")
+    return from_dict(_finetune_defaults(raw), source=path or "<defaults>")
+
+
+# A run started from trained weights (train.init_from) takes these unless the config or
+# --set gives them: a tenth of the from-scratch rate of configs/quickstart.yaml (a trained
+# network needs smaller steps than a random one; the reference 2.5e-4 is for batch 49 on
+# 10 GPUs), and a warm-up, because Adam's first steps are as large as the rate whatever the
+# gradient, and the re-initialised class rows give large gradients at first.
+FINETUNE_LEARNING_RATE = 1.0e-4
+FINETUNE_WARMUP_STEPS = 100
+
+
+def _finetune_defaults(raw: dict) -> dict:
+    train = raw.get("train")
+    if isinstance(train, dict) and train.get("init_from"):
+        train.setdefault("learning_rate", FINETUNE_LEARNING_RATE)
+        train.setdefault("warmup_steps", FINETUNE_WARMUP_STEPS)
+    return raw
 
 
 def bundled_configs_dir() -> str:
@@ -378,6 +402,11 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"config key {key!r}: expected {len(args)} values, "
                               f"found {len(value)}: {value!r}")
         return tuple(_convert(v, a, key) for v, a in zip(value, args))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {key!r}: expected a mapping, found {value!r}")
+        return {_convert(k, args[0], key): _convert("" if v is None else v, args[1], key)
+                for k, v in value.items()}
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -579,6 +608,9 @@ def _validate_train(t: TrainConfig) -> None:
     if t.steps % log_every:
         raise ConfigError(f"config key 'train.steps': {t.steps} is not a multiple of "
                           f"train.log_every ({t.log_every}); fit runs whole logging intervals")
+    if t.freeze_steps < 0:
+        raise ConfigError(f"config key 'train.freeze_steps': 0 (the whole run) or a positive "
+                          f"step count expected, found {t.freeze_steps}")
     if t.checkpoint_every % log_every and t.checkpoint_every < t.steps:
         raise ConfigError(f"config key 'train.checkpoint_every': {t.checkpoint_every} is not a "
                           f"multiple of train.log_every ({log_every}); checkpoints are taken at "

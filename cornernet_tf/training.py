@@ -33,7 +33,7 @@ import keras
 import tensorflow as tf
 
 from cornernet_tf import config as config_lib
-from cornernet_tf import weights
+from cornernet_tf import init_from, weights
 from cornernet_tf.callbacks import (BEST_RECORD, BEST_SUBDIR, CheckpointCallback,
                                     CheckpointWriteError, HeatmapImages, NaNGuard, StopAtStep,
                                     ValidationCallback)
@@ -329,8 +329,10 @@ def _train(cfg: config_lib.Config, model_dir: str, strategy: tf.distribute.Strat
     _check_batch_split(t, strategy)
     dataset, label_map = _training_data(cfg)
     write_dir = scratch or model_dir
+    # Built (and --init_from checked) before anything is written into the run folder.
+    model, manager, latest = _build_or_resume(cfg, strategy, model_dir, write_dir,
+                                              label_map.names)
     write_run_files(cfg, write_dir, label_map)
-    model, manager, latest = _build_or_resume(cfg, strategy, model_dir, write_dir)
     step = int(model.optimizer.iterations.numpy())
     if step >= t.steps:
         print(f"already trained: step {step} >= train.steps {t.steps}", flush=True)
@@ -422,20 +424,48 @@ def _training_data(cfg: config_lib.Config) -> tuple[tf.data.Dataset, object]:
 
 
 def _build_or_resume(cfg: config_lib.Config, strategy: tf.distribute.Strategy, model_dir: str,
-                     write_dir: str) -> tuple[CornerNet, tf.train.CheckpointManager,
-                                              Optional[str]]:
+                     write_dir: str, class_names=()) -> tuple[
+                         CornerNet, tf.train.CheckpointManager, Optional[str]]:
     """Model, optimizer and checkpoint manager under the strategy, restored when possible.
+
+    A new run with `train.init_from` starts from that source's weights (`init_from`; the
+    report goes to `<write_dir>/init_report.json`); a run with checkpoints resumes and
+    ignores it. `train.freeze_batchnorm` (default: on for runs started with init_from) and
+    `train.freeze` are applied before the optimizer is built.
 
     Returns:
       (compiled model, manager writing to `<write_dir>/checkpoints`, the checkpoint resumed
       from in `<model_dir>/checkpoints` or None).
+
+    Raises:
+      InitFromError: the init_from source is unreadable or of another architecture.
     """
+    t = cfg.train
+    latest = tf.train.latest_checkpoint(os.path.join(model_dir, CHECKPOINT_SUBDIR))
     with strategy.scope():
         model = build_model(cfg.model)
+        if latest:
+            started_from = os.path.isfile(os.path.join(model_dir, init_from.REPORT_NAME))
+            if t.init_from:
+                print(f"--init_from={t.init_from} ignored: {model_dir} holds checkpoints, "
+                      f"training resumes (init_from applies to a new run only)", flush=True)
+        else:
+            started_from = bool(t.init_from)
+            if t.init_from:
+                report = init_from.initialize(model, init_from.read_source(t.init_from, model),
+                                              class_names, t.class_map)
+                os.makedirs(write_dir, exist_ok=True)
+                init_from.write_report(report, write_dir)
+                print(init_from.summary(report) + f"\n  report: "
+                      f"{os.path.join(write_dir, init_from.REPORT_NAME)}", flush=True)
+        frozen_bn = t.freeze_batchnorm if t.freeze_batchnorm is not None else started_from
+        if frozen_bn:
+            init_from.freeze_batchnorm(model)
+        if t.freeze:
+            model.freeze(init_from.frozen_variables(model, t.freeze), t.freeze_steps)
         compile_model(model, cfg, build_optimizer(cfg.train))
         model.optimizer.build(model.trainable_variables)
         manager = checkpoint_manager(model, write_dir, model.optimizer)
-        latest = tf.train.latest_checkpoint(os.path.join(model_dir, CHECKPOINT_SUBDIR))
         if latest:
             weights.restore(model, latest, model.optimizer, partial=False)
             print(f"resuming from {latest} "
