@@ -1,4 +1,5 @@
-"""Checkpoints keyed by variable name (cornernet_tf/weights.py), and the old layout still read.
+"""Checkpoints keyed by variable name (training/checkpoints.py, modeling/weights.py), and
+the old layout still read.
 
 tests/training/data/legacy_run/ was written by the checkpoint code of commit ac9b80c (the
 ordered list `model.variables`); its `expected_outputs.npz` holds that model's heads for a
@@ -12,8 +13,9 @@ import numpy as np
 import tensorflow as tf
 
 from cornernet_tf import config as config_lib
-from cornernet_tf import training, weights
-from cornernet_tf.model import build_model
+from cornernet_tf.modeling import weights
+from cornernet_tf.modeling.model import build_model
+from cornernet_tf.training import checkpoints as training
 
 LEGACY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "legacy_run")
 
@@ -56,7 +58,7 @@ def test_legacy_checkpoint_restores_to_identical_outputs(tmp_path):
     model_dir = str(tmp_path / "run")
     shutil.copytree(LEGACY, model_dir)
     path = os.path.join(model_dir, "checkpoints", "ckpt-4")
-    assert weights.is_legacy(path)
+    assert training.is_legacy(path)
     model = build_model(_legacy_config().model)
     assert training.restore_weights(model, model_dir) == path
     expected = np.load(os.path.join(LEGACY, "expected_outputs.npz"))
@@ -66,7 +68,7 @@ def test_legacy_checkpoint_restores_to_identical_outputs(tmp_path):
         np.testing.assert_array_equal(outputs[key].numpy(), expected[key], err_msg=key)
     # Re-saved in the new layout, it reads back to the same values, by name.
     new_path = training.checkpoint_manager(model, str(tmp_path / "new")).save()
-    assert not weights.is_legacy(new_path)
-    arrays = weights.read_arrays(new_path)
+    assert not training.is_legacy(new_path)
+    arrays = training.read_model_arrays(new_path)
     for name, variable in weights.named_variables(model).items():
         np.testing.assert_array_equal(arrays[name], variable.numpy(), err_msg=name)

@@ -1,4 +1,4 @@
-"""--init_from (cornernet_tf/init_from.py): weights by name and shape, heatmap columns by
+"""--init_from (cornernet_tf/training/init_from.py): weights by name and shape, heatmap columns by
 class name, the report, frozen BatchNorm and parts, and the errors.
 
 The source is tests/training/data/legacy_run (4 classes: rectangle, ellipse, triangle,
@@ -16,10 +16,12 @@ import numpy as np
 import pytest
 
 from cornernet_tf import config as config_lib
-from cornernet_tf import init_from, training
+from cornernet_tf.convert import init_source  # noqa: F401 - registers the authors' reader
 from cornernet_tf.convert.coco_labels import COCO_NAMES
 from cornernet_tf.data.synthetic import generate_shapes_dataset
-from cornernet_tf.model import build_model
+from cornernet_tf.modeling.model import build_model
+from cornernet_tf.training import checkpoints, init_from
+from cornernet_tf.training import loop as training
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -54,7 +56,7 @@ def target_config(data, *extra):
 
 def source_model():
     model = build_model(config_lib.load_config(os.path.join(LEGACY, "config.yaml")).model)
-    training.restore_weights(model, LEGACY)
+    checkpoints.restore_weights(model, LEGACY)
     return model
 
 
