@@ -10,6 +10,7 @@ import os
 import shutil
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from cornernet_tf import config as config_lib
@@ -72,3 +73,40 @@ def test_legacy_checkpoint_restores_to_identical_outputs(tmp_path):
     arrays = training.read_model_arrays(new_path)
     for name, variable in weights.named_variables(model).items():
         np.testing.assert_array_equal(arrays[name], variable.numpy(), err_msg=name)
+
+
+@pytest.mark.slow
+def test_a_legacy_run_resumes_with_its_optimizer_state(tmp_path, capsys):
+    """Training continues an old-layout run at its step, with its Adam moments; the new
+    checkpoint has the name-keyed layout."""
+    from cornernet_tf.data.synthetic import generate_shapes_dataset
+    from cornernet_tf.training import loop
+    data = str(tmp_path / "shapes")
+    generate_shapes_dataset(data, 16, 4, (64, 64), 4, seed=0)  # the fixture's data
+    model_dir = str(tmp_path / "run")
+    shutil.copytree(LEGACY, model_dir)
+    old = tf.train.load_checkpoint(os.path.join(model_dir, "checkpoints", "ckpt-4"))
+    moments = {k: old.get_tensor(k) for k in old.get_variable_to_shape_map()
+               if k.startswith("optimizer/") and old.get_variable_to_shape_map()[k]}
+    assert moments
+    cfg = _legacy_config().replace([
+        f"data.synthetic.output_dir={data}",
+        f"data.train_annotations={data}/annotations/instances_train.json",
+        f"data.train_images={data}/train",
+        f"data.val_annotations={data}/annotations/instances_val.json",
+        f"data.val_images={data}/val", "train.steps=6", "train.log_every=2",
+        "train.checkpoint_every=2"])
+    model = build_model(cfg.model)
+    from cornernet_tf.training.loop import build_optimizer, compile_model
+    compile_model(model, cfg, build_optimizer(cfg.train))
+    model.optimizer.build(model.trainable_variables)
+    training.restore_checkpoint(model, os.path.join(model_dir, "checkpoints", "ckpt-4"),
+                                model.optimizer, partial=False)
+    assert int(model.optimizer.iterations.numpy()) == 4
+    restored = sorted(float(np.abs(v.numpy()).sum()) for v in model.optimizer.variables
+                      if v.shape.rank and v.shape.rank > 0)
+    assert restored == sorted(float(np.abs(a).sum()) for a in moments.values())
+    result = loop.train(cfg, model_dir, verbose=0)
+    assert "resuming from" in capsys.readouterr().out
+    assert result["steps"] == 6
+    assert not training.is_legacy(result["checkpoint"])
