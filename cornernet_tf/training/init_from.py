@@ -287,7 +287,8 @@ def summary(report: dict) -> str:
     mapped = [f"{u} <- {s}" for u, s in report["class_map"].items() if s is not None]
     new = [u for u, s in report["class_map"].items() if s is None]
     lines = [f"init_from {report['source']}: {len(report['loaded'])} variables loaded, "
-             f"{len(report['class_rows'])} heatmap output convs filled per class, "
+             f"{len(report['class_rows'])} heatmap output conv kernels and biases filled "
+             f"per class, "
              f"{len(report['unused'])} source variables unused"]
     lines.append(f"  classes from the source: {', '.join(mapped) or 'none'}; "
                  f"from the prior: {', '.join(new) or 'none'}")
