@@ -16,36 +16,56 @@ import keras
 import numpy as np
 
 
+def _layer_tree(model: keras.layers.Layer) -> list:
+    """[(path, layer, parent path)] of every layer reachable through public attributes
+    (lists and tuples of layers included), parents first; the model's path is ""."""
+    out, pending = [], [("", model, None)]
+    while pending:
+        path, layer, parent = pending.pop(0)
+        out.append((path, layer, parent))
+        for attr, value in vars(layer).items():
+            if attr.startswith("_"):
+                continue
+            items = ([(attr, value)] if isinstance(value, keras.layers.Layer) else
+                     [(f"{attr}/{i}", x) for i, x in enumerate(value)]
+                     if isinstance(value, (list, tuple)) else [])
+            pending += [(f"{path}{name}/", x, path) for name, x in items
+                        if isinstance(x, keras.layers.Layer)]
+    return out
+
+
+def named_layers(model: keras.layers.Layer) -> "collections.OrderedDict":
+    """Every layer reachable through public attributes, under its attribute path ending in
+    "/" ("" for the model itself), parents before children."""
+    return collections.OrderedDict((path, layer) for path, layer, _ in _layer_tree(model))
+
+
 def named_variables(model: keras.layers.Layer) -> "collections.OrderedDict":
     """Every variable of a built model under its attribute path, in `model.variables` order.
+
+    A layer's own variables (those of none of its sub-layers) carry their `add_weight`
+    name: `kernel`, `gamma`, `moving_mean`, ...
 
     Raises:
       ValueError: a variable is not reachable through public attributes (a layer kept in a
         private attribute or a dict), so it would be missing from checkpoints.
     """
+    tree = _layer_tree(model)
+    inner: dict = {}  # path -> ids of the variables of its sub-layers
+    for path, layer, parent in tree:
+        if parent is not None:
+            inner.setdefault(parent, set()).update(id(w) for w in layer.weights)
     found: dict = {}
-    _walk(model, "", found)
+    for path, layer, _ in tree:
+        for v in layer.weights:
+            if id(v) not in inner.get(path, ()):
+                found[path + v.name] = v
     by_id = {id(v): name for name, v in found.items()}
     missing = [v.path for v in model.variables if id(v) not in by_id]
     if missing or len(by_id) != len(found):
         raise ValueError(f"internal: {len(missing)} model variables have no attribute path "
                          f"(e.g. {missing[:3]}), or one is reached twice")
     return collections.OrderedDict((by_id[id(v)], v) for v in model.variables)
-
-
-def _walk(layer: keras.layers.Layer, prefix: str, out: dict) -> None:
-    # A layer's own variables (kernel, gamma, moving_mean, ...) carry their add_weight name.
-    for v in list(layer._trainable_variables) + list(layer._non_trainable_variables):
-        out[prefix + v.name] = v
-    for attr, value in vars(layer).items():
-        if attr.startswith("_"):
-            continue
-        if isinstance(value, keras.layers.Layer):
-            _walk(value, f"{prefix}{attr}/", out)
-        elif isinstance(value, (list, tuple)):
-            for i, item in enumerate(value):
-                if isinstance(item, keras.layers.Layer):
-                    _walk(item, f"{prefix}{attr}/{i}/", out)
 
 
 def model_arrays(model: keras.Model) -> "collections.OrderedDict[str, np.ndarray]":

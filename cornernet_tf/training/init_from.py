@@ -345,7 +345,7 @@ def freeze_batchnorm(model) -> int:
     (detectron2's FrozenBatchNorm). Call before the optimizer is built.
     """
     import keras
-    layers = [layer for layer in model._flatten_layers(include_self=False)
+    layers = [layer for layer in weights.named_layers(model).values()
               if isinstance(layer, keras.layers.BatchNormalization)]
     for layer in layers:
         layer.trainable = False
