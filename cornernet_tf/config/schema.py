@@ -519,6 +519,7 @@ RANGES: dict[str, Range] = {
     "train.decay_factor": Range(0, 1, low_open=True),  # > 1 would raise the rate: a typo
     "train.warmup_steps": _NON_NEGATIVE, "train.checkpoint_every": _AT_LEAST_1,
     "train.log_every": _AT_LEAST_1, "train.eval_every": _NON_NEGATIVE, "train.seed": _SEED,
+    "train.freeze_steps": _NON_NEGATIVE,
     "decode.k": _AT_LEAST_1, "decode.ae_threshold": _NON_NEGATIVE,
     "decode.nms_kernel": _AT_LEAST_1, "decode.num_pairs": _AT_LEAST_1,
     "decode.max_detections": _AT_LEAST_1, "decode.soft_nms_sigma": _POSITIVE,
@@ -608,9 +609,6 @@ def _validate_train(t: TrainConfig) -> None:
     if t.steps % log_every:
         raise ConfigError(f"config key 'train.steps': {t.steps} is not a multiple of "
                           f"train.log_every ({t.log_every}); fit runs whole logging intervals")
-    if t.freeze_steps < 0:
-        raise ConfigError(f"config key 'train.freeze_steps': 0 (the whole run) or a positive "
-                          f"step count expected, found {t.freeze_steps}")
     if t.checkpoint_every % log_every and t.checkpoint_every < t.steps:
         raise ConfigError(f"config key 'train.checkpoint_every': {t.checkpoint_every} is not a "
                           f"multiple of train.log_every ({log_every}); checkpoints are taken at "

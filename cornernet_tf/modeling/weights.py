@@ -31,6 +31,10 @@ def _layer_tree(model: keras.layers.Layer) -> list:
                      if isinstance(value, (list, tuple)) else [])
             pending += [(f"{path}{name}/", x, path) for name, x in items
                         if isinstance(x, keras.layers.Layer)]
+        # A Sequential or functional model keeps its layers in `layers` only.
+        reached = {id(x) for _, x, p in out + pending if p == path}
+        pending += [(f"{path}layers/{i}/", x, path) for i, x in
+                    enumerate(getattr(layer, "layers", None) or []) if id(x) not in reached]
     return out
 
 
