@@ -238,3 +238,31 @@ def test_cli_wrong_architecture_exits_2_and_writes_nothing(target_data, tmp_path
     assert "another architecture" in done.stderr and "config.yaml" in done.stderr
     assert "Traceback" not in done.stderr
     assert not model_dir.exists() or not os.listdir(model_dir)
+
+
+@pytest.mark.slow
+def test_freeze_steps_hold_a_part_for_the_first_steps_only(target_data):
+    """model.freeze(..., until_step=1): unchanged by step 1, changed by step 2; the rest
+    changes from step 1 (plain Adam, gradients of the frozen part replaced by zeros)."""
+    from tests.support.training import fixed_batch
+    cfg = target_config(target_data, "train.batch_size=2")
+    model = build_model(cfg.model)
+    training.compile_model(model, cfg, training.build_optimizer(cfg.train))
+    frozen = init_from.frozen_variables(model, ["stem"])
+    assert {id(v) for v in frozen} == {id(w) for layer in model.backbone.stem
+                                       for w in layer.weights}
+    model.freeze(frozen, until_step=1)
+    images, targets = fixed_batch(cfg)
+    head = model.tl_heads[0].heatmap[0].kernel
+    # BN statistics are not weights: they follow train.freeze_batchnorm (off here).
+    weights_ = [v for v in frozen if v.trainable]
+    before, head_before = [v.numpy() for v in weights_], head.numpy()
+    model.train_on_batch(images, targets)
+    for a, v in zip(before, weights_):
+        np.testing.assert_array_equal(a, v.numpy(), err_msg=v.path)
+    assert not np.array_equal(head_before, head.numpy())
+    model.train_on_batch(images, targets)
+    kernels = [(a, v) for a, v in zip(before, weights_) if v.name == "kernel"]
+    assert kernels and all(not np.array_equal(a, v.numpy()) for a, v in kernels)
+    with pytest.raises(init_from.InitFromError, match="'torso' names no variable"):
+        init_from.frozen_variables(model, ["torso"])
