@@ -4,9 +4,10 @@ Checkpoints are `tf.train.Checkpoint`s of the model's variables, keyed by name (
 `training_checkpoint`; checkpoints of the older ordered-list layout are still read), and the
 optimizer, written by a `CheckpointManager` every `train.checkpoint_every` steps into
 `<model_dir>/checkpoints/`. The manager writes the new files before it points the
-`checkpoint` index at them, so a run killed mid-write still resumes from the previous checkpoint; resuming restores the weights,
-the optimizer state (Adam moments) and the step counter. A write that fails (a full disk)
-raises `CheckpointWriteError` and leaves the previous checkpoint as the newest.
+`checkpoint` index at them, so a run killed mid-write still resumes from the previous
+checkpoint; resuming restores the weights, the optimizer state (Adam moments) and the step
+counter. A write that fails (a full disk) raises `CheckpointWriteError` and leaves the
+previous checkpoint as the newest.
 
 With `train.eval_every` > 0 the weights with the best validation AP are kept in
 `<model_dir>/checkpoints/best/` (`--checkpoint=best`), with their step and metrics in

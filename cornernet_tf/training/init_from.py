@@ -5,10 +5,11 @@
 
 The source is a run folder (its newest checkpoint, or `PATH:best`), a checkpoint prefix or
 folder, or an authors' `.pkl`/`.pth` state dict (read by the safe reader of
-`cornernet_tf.convert`, converted in memory by `convert.init_source`; nothing is written). Every model variable
-whose name (`modeling.weights`) and shape match a source variable is loaded. The
-class-dependent variables, the heatmap heads' output convs (`{tl,br}_heads/<stack>/
-heatmap/1/{kernel,bias}`, one column per class), are filled column by column: a user class
+`cornernet_tf.convert`, converted in memory by `convert.init_source`; nothing is
+written). Every model variable whose name (`modeling.weights`) and shape match a source
+variable is loaded. The class-dependent variables, the heatmap heads' output convs
+(`{tl,br}_heads/<stack>/heatmap/1/{kernel,bias}`, one column per class), are filled column
+by column: a user class
 whose name matches a source class takes that class's column (weights and bias, in every
 stack); the others keep a fresh model's values (kernel: the layer's initializer; bias: the
 focal prior -2.19). Any other difference (a missing or extra variable, another shape) means
@@ -208,9 +209,10 @@ def match_classes(user: Sequence[str], source: Optional[Sequence[str]],
             raise InitFromError(f"train.class_map: {given!r} is not a class of the training set "
                                 f"(its classes: {', '.join(user)})")
         if target and key(target) not in by_name:
+            more = " ..." if len(source) > 12 else ""
             raise InitFromError(f"train.class_map: {given!r} -> {target!r}, but the source has "
                                 f"no class {target!r} (its classes: "
-                                f"{', '.join(list(source)[:12])}{' ...' if len(source) > 12 else ''})")
+                                f"{', '.join(list(source)[:12])}{more})")
     overrides = {key(k): v for k, v in class_map.items()}
     out = []
     for name in user:
