@@ -10,10 +10,10 @@ written). Every model variable whose name (`modeling.weights`) and shape match a
 variable is loaded. The class-dependent variables, the heatmap heads' output convs
 (`{tl,br}_heads/<stack>/heatmap/1/{kernel,bias}`, one column per class), are filled column
 by column: a user class whose name matches a source class takes that class's column
-(weights and bias, in every stack); the others keep a fresh model's values (kernel: the layer's initializer; bias: the
-focal prior -2.19). Any other difference (a missing or extra variable, another shape) means
-another architecture, and is one `InitFromError` naming the first differences and the
-config that fits the source.
+(weights and bias, in every stack); the others keep a fresh model's values (kernel: the
+layer's initializer; bias: the focal prior -2.19). Any other difference (a missing or extra
+variable, another shape) means another architecture, and is one `InitFromError` naming the
+first differences and the config that fits the source.
 
 Class names match case-insensitively (surrounding spaces ignored), and through
 `CLASS_ALIASES`, which maps the 20 Pascal VOC names to COCO's where they differ.
