@@ -7,6 +7,7 @@ Each mode is one function taking the resolved config; it prints what it wrote an
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from typing import Callable, NamedTuple, Optional
@@ -190,6 +191,10 @@ def _define_flags() -> None:
                         "--benchmark_report=docs/benchmarks.md updates the tracked page.")
     flags.DEFINE_string("weights", None, "convert: the authors' state dict file, e.g. "
                         "CornerNet_500000.pkl or CornerNet_Squeeze_500000.pkl.")
+    flags.DEFINE_string("init_from", None, "train: start a new run from these weights, "
+                        "matched by name and shape, classes by name: a run folder (PATH or "
+                        "PATH:best), a checkpoint, or an authors' .pkl/.pth (same as --set "
+                        "train.init_from=PATH; ignored when --model_dir holds checkpoints).")
     flags.DEFINE_bool("verbose", False, "Show the traceback of errors in your input (a bad "
                       "file or value); without it they print in one or two lines, exit 2.")
     flags.DEFINE_bool("strict", False, "Dataset problems (bad boxes, missing files, images "
@@ -243,6 +248,11 @@ def _main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     try:
         overrides = list(FLAGS.set) + (["data.strict=true"] if FLAGS.strict else [])
+        if FLAGS.init_from:
+            if FLAGS.mode != "train":
+                raise app.UsageError(f"--init_from is for --mode=train, not {FLAGS.mode}")
+            # A JSON string is a YAML string: the path is taken as it is.
+            overrides.append("train.init_from=" + json.dumps(FLAGS.init_from))
         path = config_path()
         if path != FLAGS.config:
             print(f"config: {path} (the run's own; --config overrides it)", flush=True)
@@ -289,7 +299,7 @@ def run() -> None:
         main_module.__doc__ = _usage()
     for name in ("mode", "config", "set", "model_dir", "checkpoint", "export_dir", "model",
                  "images", "output", "heatmaps", "benchmarks", "benchmark_report", "weights",
-                 "strict", "verbose"):
+                 "init_from", "strict", "verbose"):
         FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[name])
     if any(a in ("-h", "--help", "--helpshort", "-?") for a in sys.argv[1:]):
         # absl exits 1 after --help; a help request is not an error.

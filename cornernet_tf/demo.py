@@ -105,8 +105,11 @@ def format_summary(s: dict) -> str:
                                                 for k, v in s["stage_seconds"].items())
                  + f"; total {s['total_seconds'] / 60:.1f} min")
     lines += ["", "next:",
-              "  train on your COCO data: python main.py --mode=train --config=configs/"
-              "hourglass104_coco.yaml --set data.train_annotations=... --set data.train_images=...",
+              f"  fine-tune this model on your COCO-format data (README, \"Fine-tune on your "
+              f"classes\"): python main.py --mode=train --config=quickstart "
+              f"--init_from={s['model_dir']} --model_dir=runs/mine --set "
+              f"data.train_annotations=... --set data.train_images=... --set "
+              f"data.val_annotations=... --set data.val_images=...",
               f"  serve: docker run -p 8501:8501 --mount type=bind,source="
               f"{os.path.abspath(os.path.dirname(s['saved_model']))},target=/models/m "
               f"-e MODEL_NAME=m tensorflow/serving   (see export/README.md)",

@@ -90,6 +90,7 @@ def train(cfg: Config, model_dir: str, verbose: int = 1) -> dict:
       CheckpointWriteError: a checkpoint could not be written (training stopped; the
         previous checkpoint is intact).
     """
+    from cornernet_tf.convert import init_source  # noqa: F401 - --init_from=<authors' file>
     from cornernet_tf.data import pipeline
     from cornernet_tf.data.pipeline import build_dataset
     from cornernet_tf.modeling.model import build_model
@@ -106,10 +107,11 @@ def train(cfg: Config, model_dir: str, verbose: int = 1) -> dict:
         dataset = build_dataset(cfg.data, cfg.model, "train", training=True,
                                 batch_size=t.batch_size, records=records, report=report)
         write_dir = scratch or model_dir
-        write_run_files(cfg, write_dir, label_map)
-        with strategy.scope():
+        with strategy.scope():  # built (and init_from checked) before the run folder is written
             model = build_model(cfg.model)
-            manager, latest = loop.prepare_model(model, cfg, model_dir, write_dir)
+            manager, latest = loop.prepare_model(model, cfg, model_dir, write_dir,
+                                                 label_map.names)
+        write_run_files(cfg, write_dir, label_map)
         step = int(model.optimizer.iterations.numpy())
         if step >= t.steps:
             print(f"already trained: step {step} >= train.steps {t.steps}", flush=True)

@@ -149,6 +149,13 @@ class TrainConfig:
     log_every: int = 100  # steps between progress/TensorBoard updates (an epoch of fit)
     eval_every: int = 0  # steps between COCO evaluations during training; 0 = off
     seed: int = 0
+    # Fine-tuning (README, "Fine-tune on your classes"). init_from: a run folder (PATH or
+    # PATH:best), a checkpoint, or an authors' .pkl/.pth to start a new run from.
+    init_from: str = ""
+    class_map: dict[str, str] = field(default_factory=dict)  # {your class: source class}
+    freeze_batchnorm: Optional[bool] = None  # None: on with init_from (use + keep BN stats)
+    freeze: tuple[str, ...] = ()  # parts not trained: backbone, stem, modules, heads, ...
+    freeze_steps: int = 0  # train.freeze holds for the first N steps; 0: the whole run
 
 
 @dataclass(frozen=True)
@@ -245,7 +252,24 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Co
             raise ConfigError(f"{path}: expected a mapping of sections at the top level, "
                               f"found {type(raw).__name__}")
     raw = _apply_overrides(raw, overrides, source="--set")
-    return from_dict(raw, source=path or "<defaults>")
+    return from_dict(_finetune_defaults(raw), source=path or "<defaults>")
+
+
+# A run started from trained weights (train.init_from) takes these unless the config or
+# --set gives them: a tenth of the from-scratch rate of configs/quickstart.yaml (a trained
+# network needs smaller steps than a random one; the reference 2.5e-4 is for batch 49 on
+# 10 GPUs), and a warm-up, because Adam's first steps are as large as the rate whatever the
+# gradient, and the re-initialised class rows give large gradients at first.
+FINETUNE_LEARNING_RATE = 1.0e-4
+FINETUNE_WARMUP_STEPS = 100
+
+
+def _finetune_defaults(raw: dict) -> dict:
+    train = raw.get("train")
+    if isinstance(train, dict) and train.get("init_from"):
+        train.setdefault("learning_rate", FINETUNE_LEARNING_RATE)
+        train.setdefault("warmup_steps", FINETUNE_WARMUP_STEPS)
+    return raw
 
 
 def bundled_configs_dir() -> str:
@@ -382,6 +406,11 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"config key {key!r}: expected {len(args)} values, "
                               f"found {len(value)}: {value!r}")
         return tuple(_convert(v, a, key) for v, a in zip(value, args))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {key!r}: expected a mapping, found {value!r}")
+        return {_convert(k, args[0], key): _convert("" if v is None else v, args[1], key)
+                for k, v in value.items()}
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -494,6 +523,7 @@ RANGES: dict[str, Range] = {
     "train.decay_factor": Range(0, 1, low_open=True),  # > 1 would raise the rate: a typo
     "train.warmup_steps": _NON_NEGATIVE, "train.checkpoint_every": _AT_LEAST_1,
     "train.log_every": _AT_LEAST_1, "train.eval_every": _NON_NEGATIVE, "train.seed": _SEED,
+    "train.freeze_steps": _NON_NEGATIVE,
     "decode.k": _AT_LEAST_1, "decode.ae_threshold": _NON_NEGATIVE,
     "decode.nms_kernel": _AT_LEAST_1, "decode.num_pairs": _AT_LEAST_1,
     "decode.max_detections": _AT_LEAST_1, "decode.soft_nms_sigma": _POSITIVE,

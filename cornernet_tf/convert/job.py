@@ -38,6 +38,16 @@ def _sha256(path: str) -> str:
     return digest.hexdigest()
 
 
+def fitting_config(architecture: str) -> str:
+    """The bundled config for what `mapping.describe` found, e.g. 'CornerNet-Squeeze' ->
+    'a config with model.backbone: squeeze (configs/squeeze_coco.yaml)'."""
+    backbone = {v: k for k, v in ARCHITECTURES.items()}.get(architecture)
+    if backbone is None:
+        return f"none of ours (the file holds {architecture} weights)"
+    name = "squeeze_coco" if backbone == "squeeze" else "hourglass104_coco"
+    return f"a config with model.backbone: {backbone} (configs/{name}.yaml)"
+
+
 def load_converted_model(cfg, weights: str, model=None):
     """Builds the config's model and fills it from the authors' file (nothing written).
 
@@ -73,10 +83,7 @@ def load_converted_model(cfg, weights: str, model=None):
                               f"CornerNet or CornerNet-Squeeze (its first names: "
                               f"{', '.join(list(state)[:3])})")
     if found != ARCHITECTURES[backbone]:
-        wanted = {v: k for k, v in ARCHITECTURES.items()}.get(found)
-        hint = (f"; use a config with model.backbone: {wanted} (configs/"
-                f"{'squeeze_coco' if wanted == 'squeeze' else 'hourglass104_coco'}.yaml)"
-                if wanted else "")
+        hint = (f"; use {fitting_config(found)}" if found in ARCHITECTURES.values() else "")
         raise ConversionError(f"{weights} holds {found} weights ({len(state)} tensors), but "
                               f"the config's model.backbone {backbone!r} is "
                               f"{ARCHITECTURES[backbone]}{hint}")

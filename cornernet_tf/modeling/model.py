@@ -234,9 +234,28 @@ class CornerNet(compat.SkipBuiltSymbolicBuild, keras.Model):
             terms, global_terms = self.loss_terms(images, targets, training=True)
             scaled = self.optimizer.scale_loss(terms[TOTAL_LOSS])
         variables = self.trainable_variables
-        gradients = tape.gradient(scaled, variables)
+        gradients = self._mask_frozen(tape.gradient(scaled, variables), variables)
         self.optimizer.apply_gradients(zip(gradients, variables))
         return self._report(global_terms)
+
+    def freeze(self, variables, until_step: int = 0) -> None:
+        """Keeps `variables` unchanged by training steps (before step `until_step`; 0: always).
+
+        Their gradients are replaced by zeros, so Adam's moments stay zero and its update
+        is exactly zero; the optimizer keeps one state for every trainable variable, so
+        checkpoints and resuming do not depend on the freeze (train.freeze, README
+        "Fine-tune on your classes"). Call before the first `fit`.
+        """
+        self._frozen = ({id(v) for v in variables}, int(until_step))
+
+    def _mask_frozen(self, gradients: list, variables: list) -> list:
+        frozen, until = getattr(self, "_frozen", (set(), 0))
+        if not frozen:
+            return gradients
+        active = (tf.constant(True) if until <= 0
+                  else self.optimizer.iterations < tf.cast(until, self.optimizer.iterations.dtype))
+        return [tf.where(active, tf.zeros_like(g), g) if id(v) in frozen and g is not None
+                else g for g, v in zip(gradients, variables)]
 
     def test_step(self, data):
         images, targets, _ = keras.utils.unpack_x_y_sample_weight(data)

@@ -1,11 +1,13 @@
 """Checkpoints: what they hold, where they live, how they are written and found.
 
-Checkpoints are `tf.train.Checkpoint`s of the model's variables and the optimizer, written
-by a `CheckpointManager` every `train.checkpoint_every` steps into `<model_dir>/checkpoints/`.
-The manager writes the new files before it points the `checkpoint` index at them, so a run
-killed mid-write still resumes from the previous checkpoint; resuming restores the weights,
-the optimizer state (Adam moments) and the step counter. A write that fails (a full disk)
-raises `CheckpointWriteError` and leaves the previous checkpoint as the newest.
+Checkpoints are `tf.train.Checkpoint`s of the model's variables, keyed by name (see
+`training_checkpoint`; checkpoints of the older ordered-list layout are still read), and the
+optimizer, written by a `CheckpointManager` every `train.checkpoint_every` steps into
+`<model_dir>/checkpoints/`. The manager writes the new files before it points the
+`checkpoint` index at them, so a run killed mid-write still resumes from the previous
+checkpoint; resuming restores the weights, the optimizer state (Adam moments) and the step
+counter. A write that fails (a full disk) raises `CheckpointWriteError` and leaves the
+previous checkpoint as the newest.
 
 With `train.eval_every` > 0 the weights with the best validation AP are kept in
 `<model_dir>/checkpoints/best/` (`--checkpoint=best`), with their step and metrics in
@@ -14,6 +16,7 @@ With `train.eval_every` > 0 the weights with the best validation AP are kept in
 
 from __future__ import annotations
 
+import collections
 import errno
 import glob
 import json
@@ -23,11 +26,13 @@ import shutil
 from typing import Optional
 
 import keras
+import numpy as np
 import tensorflow as tf
 from absl import logging
 
 from cornernet_tf.config import Config
 from cornernet_tf.errors import MachineError
+from cornernet_tf.modeling import weights
 
 
 BEST_SUBDIR = "best"  # <model_dir>/checkpoints/best/: the best validation AP's weights
@@ -121,18 +126,90 @@ def read_best_record(path: Optional[str]) -> Optional[dict]:
 CHECKPOINT_SUBDIR = "checkpoints"
 
 
-def training_checkpoint(model: keras.Model, optimizer=None) -> tf.train.Checkpoint:
+MODEL_KEY = "model"  # checkpoint key of the name-keyed model variables
+LEGACY_KEY = "model_variables"  # the ordered-list layout written up to commit ac9b80c
+_VALUE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
+
+
+def training_checkpoint(model: keras.Model, optimizer=None,
+                        legacy: bool = False) -> tf.train.Checkpoint:
     """A tf.train.Checkpoint of every model variable (BN statistics too) and the optimizer.
 
-    A Keras 3 model is not a trackable object graph for tf.train.Checkpoint (its layers'
-    variables would only be reached through the optimizer, and BN moving statistics not at
-    all), so the model's variables are checkpointed as an ordered list: `model.variables`
-    has the same order for the same architecture, whatever the layers' auto-generated names.
+    A Keras 3 model is not a trackable object graph for tf.train.Checkpoint (a checkpoint of
+    `model=model` holds no model weights), so each variable is tracked under its name
+    (`modeling.weights.named_variables`), one checkpoint object per path component:
+    `tf.train.load_checkpoint(path).get_variable_to_shape_map()` lists
+    `model/backbone/stem/0/conv/kernel/.ATTRIBUTES/VARIABLE_VALUE`, and a checkpoint can be
+    read by name without building a model (`read_model_arrays`).
+
+    Args:
+      model: a built CornerNet.
+      optimizer: also checkpoint its state (Adam moments, iterations).
+      legacy: the layout written up to commit ac9b80c (`model.variables` as an ordered
+        list, `model_variables/<i>`), to read such checkpoints.
     """
-    items = {"model_variables": list(model.variables)}
+    items = ({LEGACY_KEY: list(model.variables)} if legacy
+             else {MODEL_KEY: _nested(weights.named_variables(model))})
     if optimizer is not None:
         items["optimizer"] = optimizer
     return tf.train.Checkpoint(**items)
+
+
+def _nested(named: dict) -> dict:
+    """{"a/b/c": v} -> {"a": {"b": {"c": v}}}: one checkpoint object per path component."""
+    tree: dict = {}
+    for name, variable in named.items():
+        node = tree
+        *parents, leaf = name.split("/")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = variable
+    return tree
+
+
+def is_legacy(path: str) -> bool:
+    """Whether the checkpoint at prefix `path` has the ordered-list layout."""
+    keys = tf.train.load_checkpoint(path).get_variable_to_shape_map()
+    return any(k.startswith(LEGACY_KEY + "/") for k in keys)
+
+
+def restore_checkpoint(model: keras.Model, path: str, optimizer=None,
+                       partial: bool = True) -> None:
+    """Restores the model (and optimizer) from either layout; every model variable filled.
+
+    Args:
+      model: a built model of the checkpoint's architecture.
+      path: checkpoint prefix.
+      optimizer: restore its state too (resuming); None ignores the checkpoint's.
+      partial: tolerate checkpoint entries the model does not use (the optimizer's when
+        `optimizer` is None).
+
+    Raises:
+      AssertionError, ValueError: a model variable is absent from the checkpoint or has
+        another shape there.
+    """
+    status = training_checkpoint(model, optimizer, legacy=is_legacy(path)).restore(path)
+    if partial:
+        status.expect_partial()
+    status.assert_existing_objects_matched()
+
+
+def read_model_arrays(path: str) -> "collections.OrderedDict[str, np.ndarray]":
+    """The model variables of a name-keyed checkpoint as name -> array (nothing built).
+
+    Raises:
+      ValueError: the checkpoint has the legacy layout (its names need a model of its
+        architecture: build one, `restore_checkpoint` it, take `weights.model_arrays`).
+    """
+    if is_legacy(path):
+        raise ValueError(f"{path} has the ordered-list layout; restore it into a model")
+    reader = tf.train.load_checkpoint(path)
+    prefix = MODEL_KEY + "/"
+    out = collections.OrderedDict()
+    for key in sorted(reader.get_variable_to_shape_map()):
+        if key.startswith(prefix) and key.endswith(_VALUE_SUFFIX):
+            out[key[len(prefix):-len(_VALUE_SUFFIX)]] = reader.get_tensor(key)
+    return out
 
 
 def checkpoint_manager(model: keras.Model, model_dir: str, optimizer=None,
@@ -203,7 +280,7 @@ def restore_weights(model: keras.Model, model_dir: str, checkpoint: Optional[str
     """
     path = resolve_checkpoint(model_dir, checkpoint)
     try:
-        training_checkpoint(model).restore(path).expect_partial().assert_existing_objects_matched()
+        restore_checkpoint(model, path)
     except (AssertionError, ValueError) as e:
         raise ValueError(f"checkpoint {path} does not match the model built from the config "
                          f"(model.* keys must be those it was trained with): {e}") from None

@@ -4,8 +4,9 @@ The composition root (`cornernet_tf/run.py`, `run.train`) builds the pieces of a
 hands them to these functions: `session` (strategy, seed, dtype policy, a non-chief
 worker's scratch folder), `prepare_model` (compile, optimizer, checkpoint manager, resume
 from the newest checkpoint of the run folder) and `fit` (the loop from the optimizer's step
-to `train.steps`). Checkpoints themselves are `training/checkpoints.py`; the callbacks
-`training/callbacks.py`.
+to `train.steps`). Checkpoints themselves (keyed by variable name; the older ordered-list
+layout is still read) are `training/checkpoints.py`; the callbacks `training/callbacks.py`;
+starting from another model's weights `training/init_from.py`.
 
 Resuming restores the weights, the optimizer state (Adam moments) and the step counter, and
 `fit` continues at that step. This replaces Keras' `ModelCheckpoint` + `BackupAndRestore`
@@ -26,8 +27,9 @@ import keras
 import tensorflow as tf
 
 from cornernet_tf.config import schema as config_lib
+from cornernet_tf.training import init_from
 from cornernet_tf.training.checkpoints import (CHECKPOINT_SUBDIR, CheckpointWriteError,
-                                               checkpoint_manager, training_checkpoint)
+                                               checkpoint_manager, restore_checkpoint)
 from cornernet_tf.training.callbacks import CheckpointCallback, TrainingCallbacks
 from cornernet_tf.config.choices import PRECISIONS, SCHEDULES, STRATEGIES
 from cornernet_tf.modeling.model import CornerNet
@@ -220,24 +222,55 @@ def check_num_classes(cfg: config_lib.Config, label_map) -> None:
             f"{cfg.data.train_annotations} has {label_map.num_classes} categories")
 
 
-def prepare_model(model: CornerNet, cfg: config_lib.Config, model_dir: str,
-                  write_dir: str) -> tuple[tf.train.CheckpointManager, Optional[str]]:
-    """Compiles a freshly built model (under the strategy's scope) and resumes it.
+def prepare_model(model: CornerNet, cfg: config_lib.Config, model_dir: str, write_dir: str,
+                  class_names=()) -> tuple[tf.train.CheckpointManager, Optional[str]]:
+    """Starts or resumes a freshly built model (under the strategy's scope) and compiles it.
 
-    Builds the optimizer, makes the checkpoint manager writing to
-    `<write_dir>/checkpoints` and restores the newest checkpoint of `<model_dir>/checkpoints`
-    (weights, optimizer state, step) when there is one.
+    A run with checkpoints in `<model_dir>/checkpoints` resumes from the newest (weights,
+    optimizer state, step) and ignores `train.init_from`; a new run with `train.init_from`
+    starts from that source's weights (`init_from`; its report goes to
+    `<write_dir>/init_report.json`). `train.freeze_batchnorm` (default: on for runs started
+    with init_from) and `train.freeze` are applied before the optimizer is built.
+
+    Args:
+      model: `build_model(cfg.model)`, not yet compiled.
+      cfg: the resolved config.
+      model_dir: the run folder.
+      write_dir: where this process writes (model_dir, or a non-chief worker's scratch).
+      class_names: the train split's class names (init_from matches classes by name).
 
     Returns:
-      (the manager, the checkpoint resumed from or None).
+      (the manager writing `<write_dir>/checkpoints`, the checkpoint resumed from or None).
+
+    Raises:
+      InitFromError: the init_from source is unreadable or of another architecture.
     """
+    t = cfg.train
+    latest = tf.train.latest_checkpoint(os.path.join(model_dir, CHECKPOINT_SUBDIR))
+    if latest:
+        started_from = os.path.isfile(os.path.join(model_dir, init_from.REPORT_NAME))
+        if t.init_from:
+            print(f"--init_from={t.init_from} ignored: {model_dir} holds checkpoints, "
+                  f"training resumes (init_from applies to a new run only)", flush=True)
+    else:
+        started_from = bool(t.init_from)
+        if t.init_from:
+            report = init_from.initialize(model, init_from.read_source(t.init_from, model),
+                                          class_names, t.class_map)
+            os.makedirs(write_dir, exist_ok=True)
+            init_from.write_report(report, write_dir)
+            print(init_from.summary(report) + f"\n  report: "
+                  f"{os.path.join(write_dir, init_from.REPORT_NAME)}", flush=True)
+    frozen_bn = t.freeze_batchnorm if t.freeze_batchnorm is not None else started_from
+    if frozen_bn:
+        init_from.freeze_batchnorm(model)
+    if t.freeze:
+        model.freeze(init_from.frozen_variables(model, t.freeze), t.freeze_steps)
     compile_model(model, cfg, build_optimizer(cfg.train))
     model.optimizer.build(model.trainable_variables)
     manager = checkpoint_manager(model, write_dir, model.optimizer)
-    latest = tf.train.latest_checkpoint(os.path.join(model_dir, CHECKPOINT_SUBDIR))
     if latest:
-        training_checkpoint(model, model.optimizer).restore(
-            latest).assert_existing_objects_matched()
+        restore_checkpoint(model, latest, model.optimizer, partial=False)
         print(f"resuming from {latest} "
               f"(step {int(model.optimizer.iterations.numpy())})", flush=True)
     return manager, latest

@@ -183,6 +183,7 @@ OUT_OF_RANGE = [
     ("train.log_every", "0", POSITIVE_INT + " 0"),
     ("train.eval_every", "-100", NON_NEGATIVE + " -100"),
     ("train.seed", "-3", SEED + " -3"),
+    ("train.freeze_steps", "-1", NON_NEGATIVE + " -1"),
     ("decode.k", "0", POSITIVE_INT + " 0"),
     ("decode.ae_threshold", "-1", NON_NEGATIVE + " -1.0"),
     ("decode.nms_kernel", "-3", POSITIVE_INT + " -3"),

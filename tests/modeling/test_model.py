@@ -250,8 +250,9 @@ def test_reference_parameter_counts_and_output_grids():
     assert tuple(grid[0][BR_HEATMAP].shape) == (1, 64, 64, 80)
 
 
-# Checkpoints are the ordered list `model.variables` (training.training_checkpoint), so a
-# refactoring must keep every variable, its creation order and its shape. Golden values:
+# Checkpoints written up to commit ac9b80c are the ordered list `model.variables`
+# (weights.checkpoint_tree(legacy=True) reads them), so a refactoring must keep every
+# variable, its creation order and its shape. Golden values:
 # count and sha256 (first 16 hex digits) of ";".join(str(tuple(v.shape)) for v in variables),
 # recorded on the code before the backbone table and ConvBN moved (commit b7e605e).
 @pytest.mark.parametrize("backbone,count,digest", [

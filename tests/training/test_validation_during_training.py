@@ -208,7 +208,7 @@ def test_best_survives_a_resumed_run_and_ties_keep_the_earlier(tmp_path, data_di
     assert json.load(open(record))["step"] == 30
     reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(best_dir))
     saved = [reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
-             if k.startswith("model_variables/")]
+             if k.startswith("model/")]
     assert saved and all(np.all(v == 30.0) for v in saved)
 
 
