@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from cornernet_tf import config as config_lib
+from cornernet_tf import run as run_lib
 from cornernet_tf.convert import init_source  # noqa: F401 - registers the authors' reader
 from cornernet_tf.convert.coco_labels import COCO_NAMES
 from cornernet_tf.data.synthetic import generate_shapes_dataset
@@ -197,7 +198,7 @@ def test_training_from_a_source_keeps_frozen_parts_and_statistics_then_resumes(
         target_data, tmp_path, capsys):
     model_dir = str(tmp_path / "run")
     cfg = target_config(target_data, f"train.init_from={LEGACY}", "train.freeze=[stem]")
-    result = training.train(cfg, model_dir, verbose=0)
+    result = run_lib.train(cfg, model_dir, verbose=0)
     assert result["steps"] == 2
     out = capsys.readouterr().out
     assert "classes from the source: Rectangle <- rectangle, triangle <- triangle" in out
@@ -217,7 +218,7 @@ def test_training_from_a_source_keeps_frozen_parts_and_statistics_then_resumes(
     assert changed and not any("stem" in p for p in changed)
     # Resuming with another --init_from ignores it and continues from the checkpoint.
     cfg4 = cfg.replace(["train.steps=4", "train.init_from=/nonexistent/run"])
-    again = training.train(cfg4, model_dir, verbose=0)
+    again = run_lib.train(cfg4, model_dir, verbose=0)
     out = capsys.readouterr().out
     assert "--init_from=/nonexistent/run ignored" in out and "resuming from" in out
     assert again["steps"] == 4 and "step 2)" in out
