@@ -36,8 +36,9 @@ def _train(cfg: config_lib.Config) -> None:
     model_dir = resolve_model_dir(FLAGS.config, FLAGS.model_dir)
     result = training.train(cfg, model_dir)
     if result["stopped_on_nan"]:
+        good = result["last_good"] or "none (no checkpoint was written before it)"
         sys.exit(f"error: training stopped on a non-finite loss at step {result['steps']}; "
-                 f"last good checkpoint {result['checkpoint']}")
+                 f"last good checkpoint: {good}")
     print(f"trained to step {result['steps']}; last checkpoint {result['checkpoint']}; "
           f"config.yaml and labels.json in {model_dir}")
 
@@ -197,10 +198,13 @@ def resolve_model_dir(config_path: str, model_dir: str | None) -> str:
 
 
 def _is_checkpoint_write_error(error: BaseException) -> bool:
-    """Whether training stopped on a failed checkpoint write (callbacks.CheckpointWriteError;
-    looked up only if training was imported, so the CLI stays TensorFlow-free until then)."""
+    """Whether training stopped on the machine (a failed checkpoint write, a lost worker of a
+    multi-worker run; looked up only if training was imported, so the CLI stays
+    TensorFlow-free until then)."""
     callbacks = sys.modules.get("cornernet_tf.callbacks")
-    return callbacks is not None and isinstance(error, callbacks.CheckpointWriteError)
+    training = sys.modules.get("cornernet_tf.training")
+    return (callbacks is not None and isinstance(error, callbacks.CheckpointWriteError)) or (
+        training is not None and isinstance(error, training.WorkerLostError))
 
 
 def _main(argv: list[str]) -> None:
@@ -212,11 +216,22 @@ def _main(argv: list[str]) -> None:
         overrides = list(FLAGS.set) + (["data.strict=true"] if FLAGS.strict else [])
         cfg = config_lib.load_config(FLAGS.config, overrides)
         MODES[FLAGS.mode].run(cfg)
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM in training: one line, no traceback
+        if FLAGS.verbose:
+            raise
+        sys.stderr.write(f"error: {e or 'interrupted (Ctrl-C)'}\n")
+        sys.exit(getattr(e, "exit_code", 130))
     except Exception as e:  # noqa: BLE001 - sorted into the user's mistakes and ours
         if not FLAGS.verbose and _is_checkpoint_write_error(e):
             # Neither the user's input (exit 2) nor a bug (traceback): the run failed on
-            # the machine's disk, and the same command resumes once there is room.
+            # the machine (its disk, a lost worker), and the same command resumes.
             sys.stderr.write(f"error: {e}\n")
+            if type(e).__name__ == "WorkerLostError":
+                # TensorFlow's collective runtime is broken now; its teardown would add
+                # tracebacks (or wait): leave at once, the checkpoint is on disk.
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(1)
             sys.exit(1)
         if FLAGS.verbose or not errors.is_user_error(e):
             raise

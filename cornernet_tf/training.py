@@ -21,10 +21,14 @@ resuming always starts from the newest checkpoint, never from `best`.
 
 from __future__ import annotations
 
+import glob
 import math
 import os
+import re
 import shutil
+import signal
 import tempfile
+import threading
 from typing import Optional
 
 import keras
@@ -39,6 +43,8 @@ from cornernet_tf.data import pipeline
 from cornernet_tf.model import CornerNet, build_model
 from cornernet_tf.progress import ProgressDisplay
 from cornernet_tf.resolve import resolve_dataset_dependent
+from cornernet_tf.run_folder import (IncompatibleRunError, RunLock, check_resume,
+                                     process_alive, write_run_files)
 
 CHECKPOINT_SUBDIR = "checkpoints"
 VALIDATION_SUBDIR = "validation"  # detections and metrics of the newest in-training evaluation
@@ -245,14 +251,6 @@ def restore_weights(model: keras.Model, model_dir: str, checkpoint: Optional[str
 # The fit loop
 # --------------------------------------------------------------------------------------
 
-def write_run_files(cfg: config_lib.Config, model_dir: str, label_map) -> None:
-    """The resolved config (config.yaml) and labels.json, next to the checkpoints."""
-    os.makedirs(model_dir, exist_ok=True)
-    with open(os.path.join(model_dir, "config.yaml"), "w", encoding="utf-8") as f:
-        f.write(cfg.to_yaml())
-    label_map.write(os.path.join(model_dir, "labels.json"))
-
-
 def set_precision(policy: str) -> None:
     """Sets the global Keras dtype policy (`train.mixed_precision`, one of PRECISIONS)."""
     if policy not in PRECISIONS:
@@ -280,12 +278,171 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     return bool(strategy.extended.should_checkpoint)
 
 
+# --------------------------------------------------------------------------------------
+# Interruptions: Ctrl-C, SIGTERM, a lost worker
+# --------------------------------------------------------------------------------------
+
+SCRATCH_PREFIX = "cornernet-worker-"  # a non-chief worker's folder: <tmp>/<prefix><pid>-*
+SAVE_TIMEOUT_SECONDS = 60.0  # a save after a lost worker / a signal in multi-worker runs
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped on Ctrl-C (SIGINT) or SIGTERM, after saving what it could.
+
+    A KeyboardInterrupt, so a caller that stops on Ctrl-C stops on it too. The message is one
+    line: the signal, the step, the checkpoint written (or why none) and how to resume.
+
+    Attributes:
+      signum: the signal number; exit_code: 128 + signum (130, 143), the shell's convention.
+    """
+
+    def __init__(self, signum: int, text: str = ""):
+        self.signum = int(signum)
+        self.signal_name = signal.Signals(self.signum).name
+        self.exit_code = 128 + self.signum
+        self.detailed = bool(text)  # False: raised by the handler, not yet told what was saved
+        super().__init__(text or f"training interrupted by {self.signal_name}")
+
+
+class WorkerLostError(RuntimeError):
+    """A worker of a multi-worker run stopped answering; the chief stopped (exit 1).
+
+    The message is one line: the lost worker (task index and address), what was saved and
+    how to resume.
+    """
+
+
+def _on_sigterm(signum, frame) -> None:
+    # One save per stop: a second SIGTERM (an impatient supervisor) must not cut it short.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise TrainingInterrupted(signum)
+
+
+class _SigtermAsInterrupt:
+    """While active (main thread only), SIGTERM raises TrainingInterrupted like Ctrl-C."""
+
+    def __enter__(self):
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, _on_sigterm)
+        return self
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+
+def _lost_task(error: BaseException) -> Optional[int]:
+    """The task index of the peer a collective-op error blames, -1 when it names none, None
+    when `error` is not a lost peer (UnavailableError, DeadlineExceeded, a collective abort)."""
+    if not isinstance(error, (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
+                              tf.errors.CancelledError, tf.errors.AbortedError,
+                              tf.errors.InternalError)):
+        return None
+    text = str(error)
+    if not isinstance(error, (tf.errors.UnavailableError, tf.errors.DeadlineExceededError)) \
+            and "ollective" not in text and "heartbeat" not in text:
+        return None
+    tasks = [int(t) for t in re.findall(r"/job:worker/replica:0/task:(\d+)", text)]
+    own = _own_task()
+    others = [t for t in tasks if t != own]
+    return others[0] if others else -1
+
+
+def _cluster() -> tuple[list[str], int]:
+    """(worker addresses, this task's index) from TF_CONFIG; ([], -1) without it."""
+    import json
+    try:
+        spec = json.loads(os.environ.get("TF_CONFIG", "{}"))
+        return list(spec["cluster"]["worker"]), int(spec["task"]["index"])
+    except (ValueError, KeyError, TypeError):
+        return [], -1
+
+
+def _own_task() -> int:
+    return _cluster()[1]
+
+
+def _save_within(checkpoints: CheckpointCallback, seconds: float) -> tuple[Optional[str], str]:
+    """`checkpoints.save()` in a daemon thread, waited for `seconds` at most.
+
+    Returns:
+      (the path saved or None, why not: "" when saved).
+    """
+    result: dict = {}
+
+    def save():
+        try:
+            result["path"] = checkpoints.save()
+        except BaseException as e:  # noqa: BLE001 - reported below, never raised
+            result["error"] = e
+
+    thread = threading.Thread(target=save, name="interrupt-save", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        return None, f"the save did not finish within {seconds:.0f} s"
+    if "error" in result:
+        return None, f"the save failed ({type(result['error']).__name__})"
+    if not result.get("path"):
+        return None, "the weights were not saved (not finite, or an earlier write failed)"
+    return result["path"], ""
+
+
+END_BARRIER_SECONDS = 120.0
+
+
+def _finish_together() -> None:
+    """Waits (bounded) until every worker has finished its last step and save.
+
+    Without it a worker that is done first exits while the chief still saves, and the
+    chief's coordination service reports the worker as crashed ("The tasks have crashed")
+    at the end of a clean run. A barrier that fails (a worker lost after the last step)
+    only warns: the run is complete and saved.
+    """
+    from tensorflow.python.eager import context  # the coordination service's barrier
+    try:
+        context.context().wait_at_barrier("cornernet_tf_train_end",
+                                          int(END_BARRIER_SECONDS * 1000))
+    except tf.errors.OpError as e:
+        print(f"warning: not every worker reached the end of training within "
+              f"{END_BARRIER_SECONDS:.0f} s ({type(e).__name__}); this run's "
+              f"checkpoints are complete", flush=True)
+
+
+def clean_stale_scratch(say=print) -> list[str]:
+    """Removes non-chief scratch folders (`<tmp>/cornernet-worker-<pid>-*`) whose process is
+    gone (a killed worker cannot clean up after itself). Returns the folders removed."""
+    removed = []
+    for folder in glob.glob(os.path.join(tempfile.gettempdir(), SCRATCH_PREFIX + "*")):
+        match = re.match(re.escape(SCRATCH_PREFIX) + r"(\d+)-", os.path.basename(folder))
+        if not match or int(match.group(1)) == os.getpid() or process_alive(int(match.group(1))):
+            continue
+        try:
+            if os.stat(folder).st_uid != os.getuid():
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    if removed:
+        say(f"removed {len(removed)} scratch folder(s) of workers that are gone: "
+            f"{', '.join(removed)}")
+    return removed
+
+
 def train(cfg: config_lib.Config, model_dir: str, verbose: int = 1) -> dict:
     """Trains (or resumes training of) the model described by `cfg` into `model_dir`.
 
     The global Keras dtype policy is set to `train.mixed_precision` while training and
     restored afterwards. With `train.strategy=multi_worker` only the chief writes into
     `model_dir`; every worker resumes from the chief's newest checkpoint there.
+
+    The run folder is locked (`run_folder.RunLock`, by the chief only) for the whole run.
+    A resumed run is checked first (`run_folder.check_resume`): nothing in `model_dir` is
+    written before its checkpoint has been restored. Ctrl-C and SIGTERM (what `docker
+    stop`, Kubernetes and Slurm send) save a checkpoint of the current step and raise
+    `TrainingInterrupted`, whose one-line message says where.
 
     Args:
       cfg: the resolved config.
@@ -299,32 +456,55 @@ def train(cfg: config_lib.Config, model_dir: str, verbose: int = 1) -> dict:
       dict: "checkpoint" (the last one written; a temporary path on non-chief workers),
       "steps" (the step reached), "history" (one dict of logged values per logging
       interval), "images_per_second" (last interval), "model" (the trained model),
-      "stopped_on_nan", "evaluations" (one dict per validation during training, see
-      `callbacks.ValidationCallback`) and "best" (the best validation's step, AP and
-      checkpoint, or None).
+      "stopped_on_nan", "last_good" (the newest checkpoint known good: after a NaN or a
+      loss spike, the one kept in `checkpoints/before_spike/`), "evaluations" (one dict
+      per validation during training, see `callbacks.ValidationCallback`) and "best" (the
+      best validation's step, AP and checkpoint, or None).
 
     Raises:
       ConfigError: batch size not divisible by the replicas, or num_classes not matching
         the dataset.
+      IncompatibleRunError: resuming with a config or dataset that changes the model or the
+        classes (nothing written).
+      RunLockedError: another training holds `model_dir`.
       CheckpointWriteError: a checkpoint could not be written (training stopped; the
         previous checkpoint is intact).
+      TrainingInterrupted: Ctrl-C or SIGTERM (after the save).
+      WorkerLostError: a worker of a multi-worker run stopped answering.
     """
     cfg = resolve_dataset_dependent(cfg)  # model.num_classes / data.max_objects at 0
     previous_policy = keras.mixed_precision.global_policy()
     scratch = None
+    lock = None
     try:
-        t = cfg.train
-        tf.get_logger().setLevel("WARNING")
-        strategy = get_strategy(t.strategy)
-        keras.utils.set_random_seed(t.seed)
-        set_precision(t.mixed_precision)
-        if not is_chief(strategy):
-            scratch = tempfile.mkdtemp(prefix="cornernet-worker-")
-        return _train(cfg, model_dir, strategy, scratch, verbose)
+        with _SigtermAsInterrupt():
+            try:
+                t = cfg.train
+                tf.get_logger().setLevel("WARNING")
+                strategy = get_strategy(t.strategy)
+                keras.utils.set_random_seed(t.seed)
+                set_precision(t.mixed_precision)
+                if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+                    clean_stale_scratch()
+                if is_chief(strategy):
+                    lock = RunLock(model_dir).acquire()
+                else:
+                    scratch = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-")
+                return _train(cfg, model_dir, strategy, scratch, verbose)
+            except KeyboardInterrupt as e:
+                if isinstance(e, TrainingInterrupted) and e.detailed:
+                    raise  # _fit said what it saved
+                signum = getattr(e, "signum", signal.SIGINT)
+                raise TrainingInterrupted(
+                    signum, f"training interrupted by {signal.Signals(signum).name} before "
+                            f"its first step: nothing to save; {model_dir} is as it "
+                            f"was") from None
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
+        if lock is not None:
+            lock.release()
 
 
 def _train(cfg: config_lib.Config, model_dir: str, strategy: tf.distribute.Strategy,
@@ -334,13 +514,18 @@ def _train(cfg: config_lib.Config, model_dir: str, strategy: tf.distribute.Strat
     _check_batch_split(t, strategy)
     dataset, label_map = _training_data(cfg)
     write_dir = scratch or model_dir
-    write_run_files(cfg, write_dir, label_map)
+    resuming = tf.train.latest_checkpoint(os.path.join(model_dir, CHECKPOINT_SUBDIR))
+    if resuming:  # compare first: nothing is written into a run that cannot resume
+        check_resume(cfg, model_dir, label_map,
+                     say=lambda text: print(text, flush=True))
     model, manager, latest = _build_or_resume(cfg, strategy, model_dir, write_dir)
+    write_run_files(cfg, write_dir, label_map)
     step = int(model.optimizer.iterations.numpy())
     if step >= t.steps:
         print(f"already trained: step {step} >= train.steps {t.steps}", flush=True)
         return dict(checkpoint=latest, steps=step, history=[], stopped_on_nan=False,
-                    images_per_second=float("nan"), model=model, evaluations=[], best=None)
+                    last_good=latest, images_per_second=float("nan"), model=model,
+                    evaluations=[], best=None)
     callbacks, progress, checkpoints, validation = _callbacks(
         cfg, model, model_dir, write_dir, manager, latest, dataset,
         live=None if verbose else False)
@@ -352,13 +537,15 @@ def _train(cfg: config_lib.Config, model_dir: str, strategy: tf.distribute.Strat
         print(f"validation every {t.eval_every} steps on "
               f"{cfg.evaluate.max_images or 'all'} images of {cfg.data.val_annotations}; the "
               f"best AP's weights in {validation.best_manager.directory}", flush=True)
-    _fit(model, dataset, t, step, callbacks, checkpoints, progress)
+    _fit(model, dataset, t, step, callbacks, checkpoints, progress, strategy)
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        _finish_together()
     history = progress.history
     return dict(checkpoint=checkpoints.last_saved,
                 steps=int(model.optimizer.iterations.numpy()), history=history,
                 images_per_second=history[-1].get("images_per_second", float("nan"))
                 if history else float("nan"), model=model,
-                stopped_on_nan=checkpoints.stopped_on_nan,
+                stopped_on_nan=checkpoints.stopped_on_nan, last_good=checkpoints.last_good,
                 evaluations=validation.evaluations if validation else [],
                 best=validation.best if validation else None)
 
@@ -442,24 +629,36 @@ def _build_or_resume(cfg: config_lib.Config, strategy: tf.distribute.Strategy, m
         manager = checkpoint_manager(model, write_dir, model.optimizer)
         latest = tf.train.latest_checkpoint(os.path.join(model_dir, CHECKPOINT_SUBDIR))
         if latest:
-            training_checkpoint(model, model.optimizer).restore(
-                latest).assert_existing_objects_matched()
+            try:
+                training_checkpoint(model, model.optimizer).restore(
+                    latest).assert_existing_objects_matched()
+            except (AssertionError, ValueError) as e:
+                # Before anything is written: the run folder stays as it was.
+                first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+                raise IncompatibleRunError(
+                    f"cannot resume {model_dir}: its checkpoint {latest} does not match the "
+                    f"model and optimizer built from the config (model.* and "
+                    f"train.mixed_precision must be the run's; {first}). Nothing in "
+                    f"{model_dir} was changed") from None
             print(f"resuming from {latest} "
                   f"(step {int(model.optimizer.iterations.numpy())})", flush=True)
     return model, manager, latest
 
 
 def _fit(model: CornerNet, dataset: tf.data.Dataset, t: config_lib.TrainConfig, step: int,
-         callbacks: list, checkpoints: CheckpointCallback, progress: ProgressDisplay) -> None:
+         callbacks: list, checkpoints: CheckpointCallback, progress: ProgressDisplay,
+         strategy: Optional[tf.distribute.Strategy] = None) -> None:
     """`model.fit` from `step` to `train.steps` in logging intervals (one epoch each).
 
-    Keras prints nothing (verbose=0): `progress` is the one display. A crash or Ctrl-C
-    never loses the work since the last checkpoint: it is saved before the exception
+    Keras prints nothing (verbose=0): `progress` is the one display. A crash, Ctrl-C or
+    SIGTERM never loses the work since the last checkpoint: it is saved before the exception
     propagates (unless the weights have gone bad, or the write itself failed: the last good
-    checkpoint is then kept as it is).
+    checkpoint is then kept as it is). A lost worker of a multi-worker run becomes one
+    `WorkerLostError` line; the chief's save is then bounded by SAVE_TIMEOUT_SECONDS.
     """
     log_every = min(t.log_every, t.steps)
     initial_epoch = step // log_every
+    multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
     try:
         model.fit(dataset, epochs=initial_epoch + math.ceil((t.steps - step) / log_every),
                   initial_epoch=initial_epoch, steps_per_epoch=log_every,
@@ -468,7 +667,30 @@ def _fit(model: CornerNet, dataset: tf.data.Dataset, t: config_lib.TrainConfig, 
         progress.close()
         if isinstance(e, CheckpointWriteError):  # writing is what fails: do not try again
             raise
-        path = checkpoints.save() if checkpoints.model is not None else None
+        at = int(model.optimizer.iterations.numpy())
+        lost = _lost_task(e) if multi_worker else None
+        if checkpoints.model is None:
+            path, why = None, "training had not started"
+        elif multi_worker:
+            path, why = _save_within(checkpoints, SAVE_TIMEOUT_SECONDS)
+        else:
+            path, why = checkpoints.save(), ""
+            why = "" if path else "the weights were not saved (not finite)"
+        saved = (f"saved {path}" if path else
+                 f"{why}; the newest checkpoint is {checkpoints.last_good or 'none yet'}")
+        if lost is not None:
+            addresses, _ = _cluster()
+            who = (f"worker {lost} ({addresses[lost]})" if 0 <= lost < len(addresses)
+                   else "a worker (TensorFlow did not say which)")
+            raise WorkerLostError(
+                f"{who} stopped answering at step {at}; training stopped: {saved}. Restart "
+                f"every worker with the same command to resume "
+                f"({type(e).__name__}; --verbose shows it)") from e
+        if isinstance(e, KeyboardInterrupt):
+            signum = getattr(e, "signum", signal.SIGINT)
+            raise TrainingInterrupted(
+                signum, f"training interrupted by {signal.Signals(signum).name} at step "
+                        f"{at}: {saved}; rerun the same command to resume") from None
         if path:
             print(f"interrupted: saved {path}", flush=True)
         raise
