@@ -23,7 +23,7 @@ import time
 import pytest
 import tensorflow as tf
 
-from cornernet_tf import training
+from cornernet_tf.training import loop as training
 from cornernet_tf.data.synthetic import generate_shapes_dataset
 from tests.support.training import tiny_config
 

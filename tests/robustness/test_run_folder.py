@@ -24,15 +24,19 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cornernet_tf import config as config_lib
-from cornernet_tf import training
-from cornernet_tf.callbacks import BEFORE_SPIKE_SUBDIR, CheckpointCallback, NaNGuard
+from cornernet_tf.config import schema as config_lib
+from cornernet_tf.training import checkpoints as ckpt_lib
+from cornernet_tf.training import loop as training
+from cornernet_tf.training.callbacks import CheckpointCallback, NaNGuard
+from cornernet_tf.training.checkpoints import BEFORE_SPIKE_SUBDIR
 from cornernet_tf.data import pipeline
 from cornernet_tf.data.synthetic import generate_shapes_dataset
-from cornernet_tf.model import build_model
-from cornernet_tf.run_folder import (LOCK_FILE, STALE_AFTER_SECONDS, IncompatibleRunError,
-                                     RunLock, RunLockedError, write_text_atomic)
-from cornernet_tf.resolve import resolve_dataset_dependent
+from cornernet_tf.modeling.model import build_model
+from cornernet_tf.training.run_folder import (LOCK_FILE, STALE_AFTER_SECONDS,
+                                              IncompatibleRunError,
+                                              RunLock, RunLockedError,
+                                              write_text_atomic)
+from cornernet_tf.data.resolve import resolve_dataset_dependent
 from tests.support.training import tiny_config, tiny_overrides
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -76,9 +80,9 @@ def make_run(cfg, model_dir):
     model = build_model(cfg.model)
     training.compile_model(model, cfg)
     model.optimizer.build(model.trainable_variables)
-    training.checkpoint_manager(model, model_dir, model.optimizer).save(checkpoint_number=0)
+    ckpt_lib.checkpoint_manager(model, model_dir, model.optimizer).save(checkpoint_number=0)
     _, label_map, _ = pipeline.load_split(cfg.data, "train", check_images="none")
-    training.write_run_files(cfg, model_dir, label_map)
+    ckpt_lib.write_run_files(cfg, model_dir, label_map)
     return cfg
 
 
@@ -218,7 +222,7 @@ def test_a_second_training_on_the_same_folder_is_refused_naming_the_holder(data_
 
 HOLD = """
 import sys, time
-from cornernet_tf.run_folder import RunLock
+from cornernet_tf.training.run_folder import RunLock
 RunLock(sys.argv[1]).acquire()
 print("held", flush=True)
 time.sleep(600)
@@ -301,7 +305,7 @@ def drive(model, callbacks, losses, log_every=1000):
 
 def test_an_exploding_loss_does_not_evict_the_checkpoint_before_it(tmp_path):
     model = small_model()
-    manager = training.checkpoint_manager(model, str(tmp_path), model.optimizer,
+    manager = ckpt_lib.checkpoint_manager(model, str(tmp_path), model.optimizer,
                                           max_to_keep=3)
     said = []
     checkpoints = CheckpointCallback(manager, every=1, say=said.append)
@@ -327,7 +331,7 @@ def test_an_exploding_loss_does_not_evict_the_checkpoint_before_it(tmp_path):
     assert os.path.exists(pinned + ".index")
     # It restores the weights of step 11 (initial + 11 per variable, see `drive`).
     fresh = small_model()
-    training.training_checkpoint(fresh, fresh.optimizer).restore(pinned).expect_partial()
+    ckpt_lib.training_checkpoint(fresh, fresh.optimizer).restore(pinned).expect_partial()
     start = small_model()
     for restored, initial in zip(fresh.trainable_variables, start.trainable_variables):
         np.testing.assert_allclose(restored.numpy(), initial.numpy() + 11)
@@ -337,7 +341,7 @@ def test_a_nan_without_a_spike_pins_the_last_checkpoint_that_gave_a_finite_loss(
     """The variant: a sudden NaN; the newest checkpoint (its weights gave the NaN) is not
     named as good, the one before it is, and it is kept."""
     model = small_model()
-    manager = training.checkpoint_manager(model, str(tmp_path), model.optimizer,
+    manager = ckpt_lib.checkpoint_manager(model, str(tmp_path), model.optimizer,
                                           max_to_keep=2)
     said = []
     checkpoints = CheckpointCallback(manager, every=2, say=said.append)
@@ -352,7 +356,7 @@ def test_a_nan_without_a_spike_pins_the_last_checkpoint_that_gave_a_finite_loss(
 
 def test_a_nan_before_any_checkpoint_says_none(tmp_path):
     model = small_model()
-    manager = training.checkpoint_manager(model, str(tmp_path), model.optimizer)
+    manager = ckpt_lib.checkpoint_manager(model, str(tmp_path), model.optimizer)
     said = []
     checkpoints = CheckpointCallback(manager, every=100, say=said.append)
     drive(model, [NaNGuard(checkpoints), checkpoints], [5.0, float("nan")])
@@ -363,7 +367,7 @@ def test_a_nan_before_any_checkpoint_says_none(tmp_path):
 
 def test_normal_noise_is_no_spike(tmp_path):
     model = small_model()
-    manager = training.checkpoint_manager(model, str(tmp_path), model.optimizer)
+    manager = ckpt_lib.checkpoint_manager(model, str(tmp_path), model.optimizer)
     said = []
     checkpoints = CheckpointCallback(manager, every=5, say=said.append)
     rng = np.random.default_rng(0)
