@@ -21,22 +21,17 @@ resuming always starts from the newest checkpoint, never from `best`.
 
 from __future__ import annotations
 
-import glob
 import math
 import os
-import re
 import shutil
 import signal
 import tempfile
-import threading
 from typing import Optional
 
 import keras
 import tensorflow as tf
 
-from cornernet_tf import compat
 from cornernet_tf.config import schema as config_lib
-from cornernet_tf.errors import MachineError
 from cornernet_tf.training.checkpoints import (BEST_RECORD, BEST_SUBDIR, CHECKPOINT_SUBDIR,
                                                CheckpointWriteError, checkpoint_manager,
                                                training_checkpoint, write_run_files)
@@ -47,8 +42,9 @@ from cornernet_tf.data import pipeline
 from cornernet_tf.modeling.model import CornerNet, build_model
 from cornernet_tf.training.progress import ProgressDisplay
 from cornernet_tf.data.resolve import resolve_dataset_dependent
-from cornernet_tf.training.run_folder import (IncompatibleRunError, RunLock, check_resume,
-                                              process_alive)
+from cornernet_tf.training import interrupts
+from cornernet_tf.training.interrupts import TrainingInterrupted
+from cornernet_tf.training.run_folder import IncompatibleRunError, RunLock, check_resume
 
 VALIDATION_SUBDIR = "validation"  # detections and metrics of the newest in-training evaluation
 
@@ -189,160 +185,6 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     return bool(strategy.extended.should_checkpoint)
 
 
-# --------------------------------------------------------------------------------------
-# Interruptions: Ctrl-C, SIGTERM, a lost worker
-# --------------------------------------------------------------------------------------
-
-SCRATCH_PREFIX = "cornernet-worker-"  # a non-chief worker's folder: <tmp>/<prefix><pid>-*
-SAVE_TIMEOUT_SECONDS = 60.0  # a save after a lost worker / a signal in multi-worker runs
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Training stopped on Ctrl-C (SIGINT) or SIGTERM, after saving what it could.
-
-    A KeyboardInterrupt, so a caller that stops on Ctrl-C stops on it too. The message is one
-    line: the signal, the step, the checkpoint written (or why none) and how to resume.
-
-    Attributes:
-      signum: the signal number; exit_code: 128 + signum (130, 143), the shell's convention.
-    """
-
-    def __init__(self, signum: int, text: str = ""):
-        self.signum = int(signum)
-        self.signal_name = signal.Signals(self.signum).name
-        self.exit_code = 128 + self.signum
-        self.detailed = bool(text)  # False: raised by the handler, not yet told what was saved
-        super().__init__(text or f"training interrupted by {self.signal_name}")
-
-
-class WorkerLostError(MachineError):
-    """A worker of a multi-worker run stopped answering; the chief stopped (exit 1).
-
-    The message is one line: the lost worker (task index and address), what was saved and
-    how to resume. `hard_exit`: the collective runtime is broken, so the command line leaves
-    with `os._exit` once the line is out (TensorFlow's teardown would add tracebacks).
-    """
-
-    hard_exit = True
-
-
-def _on_sigterm(signum, frame) -> None:
-    # One save per stop: a second SIGTERM (an impatient supervisor) must not cut it short.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise TrainingInterrupted(signum)
-
-
-class _SigtermAsInterrupt:
-    """While active (main thread only), SIGTERM raises TrainingInterrupted like Ctrl-C."""
-
-    def __enter__(self):
-        self.previous = None
-        if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGTERM, _on_sigterm)
-        return self
-
-    def __exit__(self, *exc):
-        if self.previous is not None:
-            signal.signal(signal.SIGTERM, self.previous)
-
-
-def _lost_task(error: BaseException) -> Optional[int]:
-    """The task index of the peer a collective-op error blames, -1 when it names none, None
-    when `error` is not a lost peer (UnavailableError, DeadlineExceeded, a collective abort)."""
-    if not isinstance(error, (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
-                              tf.errors.CancelledError, tf.errors.AbortedError,
-                              tf.errors.InternalError)):
-        return None
-    text = str(error)
-    if not isinstance(error, (tf.errors.UnavailableError, tf.errors.DeadlineExceededError)) \
-            and "ollective" not in text and "heartbeat" not in text:
-        return None
-    tasks = [int(t) for t in re.findall(r"/job:worker/replica:0/task:(\d+)", text)]
-    own = _own_task()
-    others = [t for t in tasks if t != own]
-    return others[0] if others else -1
-
-
-def _cluster() -> tuple[list[str], int]:
-    """(worker addresses, this task's index) from TF_CONFIG; ([], -1) without it."""
-    import json
-    try:
-        spec = json.loads(os.environ.get("TF_CONFIG", "{}"))
-        return list(spec["cluster"]["worker"]), int(spec["task"]["index"])
-    except (ValueError, KeyError, TypeError):
-        return [], -1
-
-
-def _own_task() -> int:
-    return _cluster()[1]
-
-
-def _save_within(checkpoints: CheckpointCallback, seconds: float) -> tuple[Optional[str], str]:
-    """`checkpoints.save()` in a daemon thread, waited for `seconds` at most.
-
-    Returns:
-      (the path saved or None, why not: "" when saved).
-    """
-    result: dict = {}
-
-    def save():
-        try:
-            result["path"] = checkpoints.save()
-        except BaseException as e:  # noqa: BLE001 - reported below, never raised
-            result["error"] = e
-
-    thread = threading.Thread(target=save, name="interrupt-save", daemon=True)
-    thread.start()
-    thread.join(seconds)
-    if thread.is_alive():
-        return None, f"the save did not finish within {seconds:.0f} s"
-    if "error" in result:
-        return None, f"the save failed ({type(result['error']).__name__})"
-    if not result.get("path"):
-        return None, "the weights were not saved (not finite, or an earlier write failed)"
-    return result["path"], ""
-
-
-END_BARRIER_SECONDS = 120.0
-
-
-def _finish_together() -> None:
-    """Waits (bounded) until every worker has finished its last step and save.
-
-    Without it a worker that is done first exits while the chief still saves, and the
-    chief's coordination service reports the worker as crashed ("The tasks have crashed")
-    at the end of a clean run. A barrier that fails (a worker lost after the last step)
-    only warns: the run is complete and saved.
-    """
-    try:
-        compat.wait_at_barrier("cornernet_tf_train_end", END_BARRIER_SECONDS)
-    except tf.errors.OpError as e:
-        print(f"warning: not every worker reached the end of training within "
-              f"{END_BARRIER_SECONDS:.0f} s ({type(e).__name__}); this run's "
-              f"checkpoints are complete", flush=True)
-
-
-def clean_stale_scratch(say=print) -> list[str]:
-    """Removes non-chief scratch folders (`<tmp>/cornernet-worker-<pid>-*`) whose process is
-    gone (a killed worker cannot clean up after itself). Returns the folders removed."""
-    removed = []
-    for folder in glob.glob(os.path.join(tempfile.gettempdir(), SCRATCH_PREFIX + "*")):
-        match = re.match(re.escape(SCRATCH_PREFIX) + r"(\d+)-", os.path.basename(folder))
-        if not match or int(match.group(1)) == os.getpid() or process_alive(int(match.group(1))):
-            continue
-        try:
-            if os.stat(folder).st_uid != os.getuid():
-                continue
-        except OSError:
-            continue
-        shutil.rmtree(folder, ignore_errors=True)
-        removed.append(folder)
-    if removed:
-        say(f"removed {len(removed)} scratch folder(s) of workers that are gone: "
-            f"{', '.join(removed)}")
-    return removed
-
-
 def train(cfg: config_lib.Config, model_dir: str, verbose: int = 1) -> dict:
     """Trains (or resumes training of) the model described by `cfg` into `model_dir`.
 
@@ -389,7 +231,7 @@ def train(cfg: config_lib.Config, model_dir: str, verbose: int = 1) -> dict:
     scratch = None
     lock = None
     try:
-        with _SigtermAsInterrupt():
+        with interrupts.SigtermAsInterrupt():
             try:
                 t = cfg.train
                 tf.get_logger().setLevel("WARNING")
@@ -397,11 +239,11 @@ def train(cfg: config_lib.Config, model_dir: str, verbose: int = 1) -> dict:
                 keras.utils.set_random_seed(t.seed)
                 set_precision(t.mixed_precision)
                 if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-                    clean_stale_scratch()
+                    interrupts.clean_stale_scratch()
                 if is_chief(strategy):
                     lock = RunLock(model_dir).acquire()
                 else:
-                    scratch = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-")
+                    scratch = tempfile.mkdtemp(prefix=f"{interrupts.SCRATCH_PREFIX}{os.getpid()}-")
                 return _train(cfg, model_dir, strategy, scratch, verbose)
             except KeyboardInterrupt as e:
                 if isinstance(e, TrainingInterrupted) and e.detailed:
@@ -451,7 +293,7 @@ def _train(cfg: config_lib.Config, model_dir: str, strategy: tf.distribute.Strat
               f"best AP's weights in {validation.best_manager.directory}", flush=True)
     _fit(model, dataset, t, step, callbacks, checkpoints, progress, strategy)
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        _finish_together()
+        interrupts.finish_together()
     history = progress.history
     return dict(checkpoint=checkpoints.last_saved,
                 steps=int(model.optimizer.iterations.numpy()), history=history,
@@ -579,30 +421,4 @@ def _fit(model: CornerNet, dataset: tf.data.Dataset, t: config_lib.TrainConfig, 
         progress.close()
         if isinstance(e, CheckpointWriteError):  # writing is what fails: do not try again
             raise
-        at = int(model.optimizer.iterations.numpy())
-        lost = _lost_task(e) if multi_worker else None
-        if checkpoints.model is None:
-            path, why = None, "training had not started"
-        elif multi_worker:
-            path, why = _save_within(checkpoints, SAVE_TIMEOUT_SECONDS)
-        else:
-            path, why = checkpoints.save(), ""
-            why = "" if path else "the weights were not saved (not finite)"
-        saved = (f"saved {path}" if path else
-                 f"{why}; the newest checkpoint is {checkpoints.last_good or 'none yet'}")
-        if lost is not None:
-            addresses, _ = _cluster()
-            who = (f"worker {lost} ({addresses[lost]})" if 0 <= lost < len(addresses)
-                   else "a worker (TensorFlow did not say which)")
-            raise WorkerLostError(
-                f"{who} stopped answering at step {at}; training stopped: {saved}. Restart "
-                f"every worker with the same command to resume "
-                f"({type(e).__name__}; --verbose shows it)") from e
-        if isinstance(e, KeyboardInterrupt):
-            signum = getattr(e, "signum", signal.SIGINT)
-            raise TrainingInterrupted(
-                signum, f"training interrupted by {signal.Signals(signum).name} at step "
-                        f"{at}: {saved}; rerun the same command to resume") from None
-        if path:
-            print(f"interrupted: saved {path}", flush=True)
-        raise
+        interrupts.raise_stopped(e, model, checkpoints, multi_worker)

@@ -149,7 +149,7 @@ def check_resume(cfg: config_lib.Config, model_dir: str, label_map,
             f"start a new --model_dir (nothing in {model_dir} was changed)")
     allowed = [c for c in changes if c not in model_changes]
     if allowed:
-        say(f"resuming with changed config keys: " + _listed(
+        say("resuming with changed config keys: " + _listed(
             [f"{k} {_short(a)} -> {_short(b)}" for k, a, b in allowed]))
     return allowed
 

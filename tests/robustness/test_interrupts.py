@@ -23,7 +23,8 @@ import time
 import pytest
 import tensorflow as tf
 
-from cornernet_tf.training import loop as training
+from cornernet_tf.training import checkpoints as ckpt_lib
+from cornernet_tf.training import interrupts
 from cornernet_tf.data.synthetic import generate_shapes_dataset
 from tests.support.training import tiny_config
 
@@ -126,7 +127,7 @@ def test_a_signal_saves_the_current_step_and_ends_in_one_line(data_dir, tmp_path
     name = signal.Signals(sig).name
     assert proc.returncode == 128 + sig, err[-3000:]
     assert "Traceback" not in err, err[-3000:]
-    folder = os.path.join(model_dir, training.CHECKPOINT_SUBDIR)
+    folder = os.path.join(model_dir, ckpt_lib.CHECKPOINT_SUBDIR)
     saved = tf.train.latest_checkpoint(folder)
     assert saved, "nothing was saved"
     step = int(saved.rsplit("-", 1)[1])
@@ -162,24 +163,24 @@ def test_sigterm_before_the_first_step_says_nothing_was_saved(data_dir, tmp_path
     assert "Traceback" not in err
     assert error_lines(err) == [f"error: training interrupted by SIGTERM before its first "
                                 f"step: nothing to save; {model_dir} is as it was"], err
-    assert not os.path.exists(os.path.join(model_dir, training.CHECKPOINT_SUBDIR))
+    assert not os.path.exists(os.path.join(model_dir, ckpt_lib.CHECKPOINT_SUBDIR))
 
 
 def test_scratch_folders_of_dead_workers_are_removed_and_live_ones_kept(capsys):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, timeout=60)
     dead_pid = int(dead.stdout)
-    stale = tempfile.mkdtemp(prefix=f"{training.SCRATCH_PREFIX}{dead_pid}-")
+    stale = tempfile.mkdtemp(prefix=f"{interrupts.SCRATCH_PREFIX}{dead_pid}-")
     with open(os.path.join(stale, "ckpt-2.index"), "wb") as f:
         f.write(b"x" * 1000)
     live_proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    live = tempfile.mkdtemp(prefix=f"{training.SCRATCH_PREFIX}{live_proc.pid}-")
+    live = tempfile.mkdtemp(prefix=f"{interrupts.SCRATCH_PREFIX}{live_proc.pid}-")
     other = tempfile.mkdtemp(prefix="cornernet-something-else-")
     try:
-        removed = training.clean_stale_scratch(say=print)
+        removed = interrupts.clean_stale_scratch(say=print)
         assert stale in removed and not os.path.exists(stale)
         assert os.path.isdir(live) and os.path.isdir(other)
-        assert f"workers that are gone: " in capsys.readouterr().out
+        assert "workers that are gone: " in capsys.readouterr().out
     finally:
         live_proc.kill()
         live_proc.wait(timeout=30)
@@ -214,7 +215,7 @@ def test_a_killed_worker_leaves_the_chief_with_one_line(data_dir, tmp_path):
     try:
         Lines(chief).wait_for("step 2/400", seconds=600)
         scratch = [f for f in os.listdir(tempfile.gettempdir())
-                   if f.startswith(f"{training.SCRATCH_PREFIX}{worker.pid}-")]
+                   if f.startswith(f"{interrupts.SCRATCH_PREFIX}{worker.pid}-")]
         assert len(scratch) == 1  # the worker's, left behind by the kill
         worker.send_signal(signal.SIGKILL)
         err = finish(chief, seconds=300)  # bounded: the chief must notice and stop
@@ -225,7 +226,7 @@ def test_a_killed_worker_leaves_the_chief_with_one_line(data_dir, tmp_path):
                 p.wait(timeout=30)
     assert chief.returncode == 1, err[-3000:]
     assert "Traceback" not in err, err[-3000:]
-    folder = os.path.join(model_dir, training.CHECKPOINT_SUBDIR)
+    folder = os.path.join(model_dir, ckpt_lib.CHECKPOINT_SUBDIR)
     newest = tf.train.latest_checkpoint(folder)
     lines = error_lines(err)
     assert len(lines) == 1, err[-3000:]
@@ -236,5 +237,5 @@ def test_a_killed_worker_leaves_the_chief_with_one_line(data_dir, tmp_path):
     assert iterations(newest) == int(newest.rsplit("-", 1)[1])
     # The next start (any worker) removes the dead worker's scratch folder.
     assert os.path.isdir(os.path.join(tempfile.gettempdir(), scratch[0]))
-    training.clean_stale_scratch(say=lambda text: None)
+    interrupts.clean_stale_scratch(say=lambda text: None)
     assert not os.path.exists(os.path.join(tempfile.gettempdir(), scratch[0]))

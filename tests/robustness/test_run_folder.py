@@ -13,7 +13,6 @@ the run files), so each test takes seconds; the one resume that trains runs 1 st
 import hashlib
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
