@@ -373,3 +373,38 @@ def test_normal_noise_is_no_spike(tmp_path):
     drive(model, [checkpoints], list(6.0 * np.exp(rng.normal(0, 0.5, 60))), log_every=20)
     assert said == []
     assert checkpoints.last_good == os.path.join(str(tmp_path), "checkpoints", "ckpt-55")
+
+
+# --------------------------------------------------------------------------------------
+# The command line: exit 2 and one line, nothing written
+# --------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["changed_model", "locked"])
+def test_the_command_line_refuses_in_one_line_with_exit_2(data_dir, tmp_path, case):
+    model_dir = str(tmp_path / "run")
+    cfg = make_run(tiny_config(data_dir, ["train.steps=2"]), model_dir)
+    config_path = tmp_path / "tiny.yaml"
+    config_path.write_text(cfg.to_yaml())
+    before = folder_digest(model_dir)
+    args = [sys.executable, "main.py", "--mode=train", f"--config={config_path}",
+            f"--model_dir={model_dir}"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="-1")
+    if case == "changed_model":
+        proc = subprocess.run(args + ["--set=model.corner_pooling=false"], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=600)
+        expected = (f"error: cannot resume {model_dir}: the model differs from its "
+                    f"config.yaml: model.corner_pooling true -> false.")
+    else:
+        with RunLock(model_dir, say=lambda text: None):
+            proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True,
+                                  timeout=600)
+        expected = (f"error: {model_dir} is in use by another training (pid {os.getpid()} "
+                    f"on host {socket.gethostname()};")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and lines[0].startswith(expected), proc.stderr[-3000:]
+    after = folder_digest(model_dir)
+    after.pop(LOCK_FILE, None)
+    assert after == before
