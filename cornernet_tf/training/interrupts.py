@@ -84,9 +84,10 @@ class SigtermAsInterrupt:
             signal.signal(signal.SIGTERM, self.previous)
 
 
-def _lost_task(error: BaseException) -> Optional[int]:
-    """The task index of the peer a collective-op error blames, -1 when it names none, None
-    when `error` is not a lost peer (UnavailableError, DeadlineExceeded, a collective abort)."""
+def _lost_task(error: BaseException) -> Optional[tuple[str, int]]:
+    """The (job, index) of the peer a collective-op error blames, ("", -1) when it names no
+    other task, None when `error` is not a lost peer (UnavailableError, DeadlineExceeded, or
+    a collective abort)."""
     if not isinstance(error, (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
                               tf.errors.CancelledError, tf.errors.AbortedError,
                               tf.errors.InternalError)):
@@ -95,23 +96,19 @@ def _lost_task(error: BaseException) -> Optional[int]:
     if not isinstance(error, (tf.errors.UnavailableError, tf.errors.DeadlineExceededError)) \
             and "ollective" not in text and "heartbeat" not in text:
         return None
-    tasks = [int(t) for t in re.findall(r"/job:worker/replica:0/task:(\d+)", text)]
-    own = _own_task()
+    _, own = _cluster()
+    tasks = [(job, int(i)) for job, i in re.findall(r"/job:(\w+)/replica:0/task:(\d+)", text)]
     others = [t for t in tasks if t != own]
-    return others[0] if others else -1
+    return others[0] if others else ("", -1)
 
 
-def _cluster() -> tuple[list[str], int]:
-    """(worker addresses, this task's index) from TF_CONFIG; ([], -1) without it."""
+def _cluster() -> tuple[dict, tuple[str, int]]:
+    """({job: [addresses]}, (this task's job, index)) from TF_CONFIG; ({}, ("", -1)) without."""
     try:
         spec = json.loads(os.environ.get("TF_CONFIG", "{}"))
-        return list(spec["cluster"]["worker"]), int(spec["task"]["index"])
+        return dict(spec["cluster"]), (str(spec["task"]["type"]), int(spec["task"]["index"]))
     except (ValueError, KeyError, TypeError):
-        return [], -1
-
-
-def _own_task() -> int:
-    return _cluster()[1]
+        return {}, ("", -1)
 
 
 def _save_within(checkpoints: CheckpointCallback, seconds: float) -> tuple[Optional[str], str]:
@@ -201,8 +198,9 @@ def raise_stopped(error: BaseException, model: keras.Model, checkpoints: Checkpo
     saved = (f"saved {path}" if path else
              f"{why}; the last good checkpoint is {checkpoints.last_good or 'none yet'}")
     if lost is not None:
-        addresses, _ = _cluster()
-        who = (f"worker {lost} ({addresses[lost]})" if 0 <= lost < len(addresses)
+        job, index = lost
+        addresses = _cluster()[0].get(job, [])
+        who = (f"{job} {index} ({addresses[index]})" if 0 <= index < len(addresses)
                else "a worker (TensorFlow did not say which)")
         raise WorkerLostError(
             f"{who} stopped answering at step {at}; training stopped: {saved}. Restart "
