@@ -243,7 +243,8 @@ def train(cfg: config_lib.Config, model_dir: str, verbose: int = 1) -> dict:
                 if is_chief(strategy):
                     lock = RunLock(model_dir).acquire()
                 else:
-                    scratch = tempfile.mkdtemp(prefix=f"{interrupts.SCRATCH_PREFIX}{os.getpid()}-")
+                    scratch = tempfile.mkdtemp(
+                        prefix=f"{interrupts.SCRATCH_PREFIX}{os.getpid()}-")
                 return _train(cfg, model_dir, strategy, scratch, verbose)
             except KeyboardInterrupt as e:
                 if isinstance(e, TrainingInterrupted) and e.detailed:
@@ -251,8 +252,8 @@ def train(cfg: config_lib.Config, model_dir: str, verbose: int = 1) -> dict:
                 signum = getattr(e, "signum", signal.SIGINT)
                 raise TrainingInterrupted(
                     signum, f"training interrupted by {signal.Signals(signum).name} before "
-                            f"its first step: nothing to save; {model_dir} is as it "
-                            f"was") from None
+                            f"its first step: nothing to save; rerun the same command to "
+                            f"start again") from None
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
         if scratch is not None:

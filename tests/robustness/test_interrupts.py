@@ -162,9 +162,11 @@ def test_sigterm_before_the_first_step_says_nothing_was_saved(data_dir, tmp_path
         pytest.fail("the signal came after the first step; the test did not test its case")
     assert proc.returncode == 143, err[-3000:]
     assert "Traceback" not in err
-    assert error_lines(err) == [f"error: training interrupted by SIGTERM before its first "
-                                f"step: nothing to save; {model_dir} is as it was"], err
+    assert error_lines(err) == ["error: training interrupted by SIGTERM before its first "
+                                "step: nothing to save; rerun the same command to start "
+                                "again"], err
     assert not os.path.exists(os.path.join(model_dir, ckpt_lib.CHECKPOINT_SUBDIR))
+    assert not os.path.exists(os.path.join(model_dir, "config.yaml"))  # stopped before it
 
 
 def test_scratch_folders_of_dead_workers_are_removed_and_live_ones_kept(capsys):
