@@ -193,8 +193,11 @@ def raise_stopped(error: BaseException, model: keras.Model, checkpoints: Checkpo
     elif multi_worker:
         path, why = _save_within(checkpoints, SAVE_TIMEOUT_SECONDS)
     else:
-        path = checkpoints.save()
-        why = "" if path else "the weights were not saved (not finite)"
+        try:
+            path = checkpoints.save()
+            why = "" if path else "the weights were not saved (not finite)"
+        except KeyboardInterrupt:  # a second Ctrl-C: the user wants out now
+            path, why = None, "a second interrupt stopped the save"
     saved = (f"saved {path}" if path else
              f"{why}; the last good checkpoint is {checkpoints.last_good or 'none yet'}")
     if lost is not None:

@@ -309,3 +309,17 @@ def test_an_ordinary_error_is_not_a_lost_worker(tmp_path):
     with pytest.raises(ValueError, match="boom"):
         interrupts.raise_stopped(ValueError("boom"), model, checkpoints, multi_worker=True)
     assert tf.train.latest_checkpoint(os.path.join(str(tmp_path), "checkpoints"))
+
+
+def test_a_second_ctrl_c_during_the_save_still_ends_in_one_line(tmp_path, monkeypatch):
+    model, checkpoints = small_run(tmp_path)
+
+    def interrupted_save():
+        raise KeyboardInterrupt
+    monkeypatch.setattr(checkpoints, "save", interrupted_save)
+    with pytest.raises(interrupts.TrainingInterrupted) as raised:
+        interrupts.raise_stopped(KeyboardInterrupt(), model, checkpoints, multi_worker=False)
+    assert raised.value.exit_code == 130
+    assert str(raised.value) == ("training interrupted by SIGINT at step 7: a second interrupt "
+                                 "stopped the save; the last good checkpoint is none yet; "
+                                 "rerun the same command to resume")
