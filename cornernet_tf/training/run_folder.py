@@ -163,7 +163,17 @@ def _short(value: Any, limit: int = 60) -> str:
 # The lock
 # --------------------------------------------------------------------------------------
 
+def _pid(record: dict) -> int:
+    try:
+        return int(record.get("pid") or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
 def process_alive(pid: int) -> bool:
+    """Whether process `pid` exists on this host (signal 0: nothing is sent)."""
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -194,6 +204,7 @@ class RunLock:
         self.say = say
         self.took_over: Optional[dict] = None
         self._fd: Optional[int] = None
+        self._flocked = True
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
 
@@ -217,20 +228,35 @@ class RunLock:
         """
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        self._flocked = True
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
-            os.close(fd)
-            if e.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
-            raise RunLockedError(self._held_text(self._read())) from None
-        previous = self._read()
-        if previous and previous.get("host") != socket.gethostname():
-            age = time.time() - float(previous.get("heartbeat", 0))
-            if age < STALE_AFTER_SECONDS:
-                fcntl.flock(fd, fcntl.LOCK_UN)
+            if e.errno in (errno.EAGAIN, errno.EACCES):
                 os.close(fd)
-                raise RunLockedError(self._held_text(previous, age))
+                raise RunLockedError(self._held_text(self._read())) from None
+            if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                os.close(fd)
+                raise
+            self._flocked = False  # a filesystem without flock: the record decides alone
+        previous = self._read()
+        held = None
+        if previous and previous.get("pid") != os.getpid():
+            try:
+                age = time.time() - float(previous.get("heartbeat", 0))
+            except (TypeError, ValueError):
+                age = float("inf")  # an unreadable record holds nothing
+            same_host = previous.get("host") == socket.gethostname()
+            if same_host and not self._flocked:
+                held = None if not _pid(previous) or not process_alive(_pid(previous)) \
+                    or age >= STALE_AFTER_SECONDS else age
+            elif not same_host and age < STALE_AFTER_SECONDS:
+                held = age
+        if held is not None:
+            if self._flocked:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+            raise RunLockedError(self._held_text(previous, held))
         self._fd = fd
         if previous and previous.get("pid") != os.getpid():
             self.took_over = previous
@@ -272,7 +298,8 @@ class RunLock:
                 os.ftruncate(self._fd, 0)
             except OSError:
                 pass
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            if self._flocked:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
 

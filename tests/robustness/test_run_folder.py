@@ -408,3 +408,36 @@ def test_the_command_line_refuses_in_one_line_with_exit_2(data_dir, tmp_path, ca
     after = folder_digest(model_dir)
     after.pop(LOCK_FILE, None)
     assert after == before
+
+
+@pytest.mark.parametrize("holder", ["live", "dead", "garbage"])
+def test_without_flock_the_record_decides(tmp_path, monkeypatch, holder):
+    """The variant: a filesystem without flock (ENOLCK); pid liveness and the heartbeat."""
+    import errno
+    import fcntl
+
+    def no_flock(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    model_dir = tmp_path / "run"
+    model_dir.mkdir()
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    if holder != "live":
+        proc.kill()
+        proc.wait(timeout=30)
+    record = (dict(pid=proc.pid, host=socket.gethostname(), heartbeat=time.time())
+              if holder != "garbage" else dict(pid="x", heartbeat="y"))
+    (model_dir / LOCK_FILE).write_text(json.dumps(record))
+    said = []
+    try:
+        if holder == "live":
+            with pytest.raises(RunLockedError, match=f"pid {proc.pid} on host"):
+                RunLock(str(model_dir), say=said.append).acquire()
+            return
+        lock = RunLock(str(model_dir), say=said.append).acquire()
+        lock.release()
+        assert said and said[0].startswith(f"took over the lock of {model_dir}")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
