@@ -168,6 +168,7 @@ def test_a_checkpoint_that_does_not_match_is_one_line_and_writes_nothing(data_di
     assert after == before
 
 
+@pytest.mark.slow
 def test_resume_with_allowed_changes_says_them_and_trains(data_dir, tmp_path, capsys):
     model_dir = str(tmp_path / "run")
     make_run(tiny_config(data_dir, ["train.steps=2", "train.log_every=2"]), model_dir)
