@@ -136,7 +136,11 @@ class CheckpointCallback(keras.callbacks.Callback):
             return self.last_good
         if not tf.io.gfile.exists(self.last_good + ".index"):
             return None  # cannot happen with keep >= 2; never name a missing checkpoint
-        self.last_good = pin_checkpoint(self.last_good, self.pin_folder)
+        try:
+            self.last_good = pin_checkpoint(self.last_good, self.pin_folder)
+        except (OSError, tf.errors.OpError) as e:  # a full disk: say so, name it where it is
+            self.say(f"warning: could not keep {self.last_good} out of the rotation in "
+                     f"{self.pin_folder}: {os_error_text(e)}")
         return self.last_good
 
     def stop_on_nan(self, what: str) -> None:
@@ -161,8 +165,10 @@ class CheckpointCallback(keras.callbacks.Callback):
         if spike:
             if not self._spiking:
                 good = self._pin_last_good()
+                pinned = good is not None and os.path.dirname(good) == self.pin_folder
                 kept = (f"kept {good} (the last checkpoint before it) out of the rotation"
-                        if good else "no checkpoint before it to keep")
+                        if pinned else f"the last checkpoint before it is {good}" if good
+                        else "no checkpoint before it to keep")
                 self.say(f"warning: loss spike at step {step}: {TOTAL_LOSS} {loss:.4g} is "
                          f"over {SPIKE_FACTOR:g}x the median of the last {len(history)} "
                          f"steps ({median:.4g}); {kept}")

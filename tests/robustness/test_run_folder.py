@@ -442,3 +442,27 @@ def test_without_flock_the_record_decides(tmp_path, monkeypatch, holder):
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=30)
+
+
+def test_a_pin_that_cannot_be_written_is_said_and_training_goes_on(tmp_path, monkeypatch):
+    import errno
+    import shutil
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(os, "link", full)
+    monkeypatch.setattr(shutil, "copy2", full)
+    model = small_model()
+    manager = ckpt_lib.checkpoint_manager(model, str(tmp_path), model.optimizer,
+                                          max_to_keep=3)
+    said = []
+    checkpoints = CheckpointCallback(manager, every=1, say=said.append)
+    drive(model, [NaNGuard(checkpoints), checkpoints], [5.0] * 6 + [1e20] + [5.0] * 3,
+          log_every=100)
+    folder = os.path.join(str(tmp_path), "checkpoints")
+    assert said[0] == (f"warning: could not keep {os.path.join(folder, 'ckpt-5')} out of the "
+                       f"rotation in {os.path.join(folder, BEFORE_SPIKE_SUBDIR)}: No space "
+                       f"left on device (ENOSPC)"), said
+    assert said[1].endswith(f"the last checkpoint before it is {os.path.join(folder, 'ckpt-5')}")
+    assert not checkpoints.stopped_on_nan
+    assert int(model.optimizer.iterations.numpy()) == 10  # went on
