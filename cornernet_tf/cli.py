@@ -45,8 +45,9 @@ def _show_config(cfg: config_lib.Config) -> None:
 
 def _report_training(result: dict, arguments: dict) -> None:
     if result["stopped_on_nan"]:
+        good = result["last_good"] or "none (no checkpoint was written before it)"
         sys.exit(f"error: training stopped on a non-finite loss at step {result['steps']}; "
-                 f"last good checkpoint {result['checkpoint']}")
+                 f"last good checkpoint: {good}")
     print(f"trained to step {result['steps']}; last checkpoint {result['checkpoint']}; "
           f"config.yaml and labels.json in {arguments['model_dir']}")
 
@@ -262,11 +263,22 @@ def _main(argv: list[str]) -> None:
         result = mode.run(**arguments)
         if mode.report is not None:
             mode.report(result, arguments)
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM in training: one line, no traceback
+        if FLAGS.verbose:
+            raise
+        sys.stderr.write(f"error: {e or 'interrupted (Ctrl-C)'}\n")
+        sys.exit(getattr(e, "exit_code", 130))
     except Exception as e:  # noqa: BLE001 - sorted into the user's mistakes and ours
         if not FLAGS.verbose and isinstance(e, errors.MachineError):
             # Neither the user's input (exit 2) nor a bug (traceback): the run failed on
-            # the machine's disk, and the same command resumes once there is room.
+            # the machine (its disk, a lost worker), and the same command resumes.
             sys.stderr.write(f"error: {e}\n")
+            if getattr(e, "hard_exit", False):
+                # TensorFlow's collective runtime is broken now; its teardown would add
+                # tracebacks (or wait): leave at once, the checkpoint is on disk.
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(1)
             sys.exit(1)
         if FLAGS.verbose or not errors.is_user_error(e):
             raise

@@ -10,6 +10,8 @@ instead of failing (or silently misbehaving) in training or export.
   and one gradient op where Keras' batch norm is a chain of them.
 - `tflite_ops_details`: `ai_edge_litert.interpreter.Interpreter._get_ops_details` (2.x), the
   only way to list a loaded TFLite model's ops.
+- `wait_at_barrier`: `tensorflow.python.eager.context.context().wait_at_barrier` (TensorFlow
+  2.x), the coordination service's barrier (no public API) that ends a multi-worker run.
 """
 
 from __future__ import annotations
@@ -85,6 +87,21 @@ def tflite_ops_details(interpreter) -> list[dict]:
     return details
 
 
+def wait_at_barrier(barrier_id: str, seconds: float) -> None:
+    """Blocks until every task of the multi-worker cluster is at `barrier_id` (bounded).
+
+    Raises:
+      tf.errors.OpError: the barrier timed out after `seconds` or a task is unhealthy.
+      RuntimeError: the private API is gone.
+    """
+    from tensorflow.python.eager import context
+    wait = getattr(context.context(), "wait_at_barrier", None)
+    if wait is None:
+        raise RuntimeError("tensorflow.python.eager.context.Context.wait_at_barrier is gone; "
+                           "cornernet_tf.compat.wait_at_barrier needs another barrier")
+    wait(barrier_id, int(seconds * 1000))
+
+
 def check_private_apis() -> list[str]:
     """The problems with the private APIs above on the installed versions ([] when none)."""
     import tensorflow as tf
@@ -106,4 +123,11 @@ def check_private_apis() -> list[str]:
         problems.append("tf.compat.v1.nn.fused_batch_norm is gone")
     if not hasattr(Interpreter, "_get_ops_details"):
         problems.append("ai_edge_litert Interpreter._get_ops_details is gone")
+    from tensorflow.python.eager import context
+    barrier = getattr(context.Context, "wait_at_barrier", None)
+    if barrier is None:
+        problems.append("tensorflow.python.eager.context.Context.wait_at_barrier is gone")
+    elif list(inspect.signature(barrier).parameters) != ["self", "barrier_id", "timeout_in_ms"]:
+        problems.append(f"Context.wait_at_barrier's parameters changed: "
+                        f"{list(inspect.signature(barrier).parameters)}")
     return problems

@@ -87,26 +87,36 @@ def train(cfg: Config, model_dir: str, verbose: int = 1) -> dict:
     Raises:
       ConfigError: batch size not divisible by the replicas, or num_classes not matching
         the dataset.
+      IncompatibleRunError: resuming with a config or dataset that changes the model or the
+        classes (nothing written).
+      RunLockedError: another training holds `model_dir`.
       CheckpointWriteError: a checkpoint could not be written (training stopped; the
         previous checkpoint is intact).
+      TrainingInterrupted: Ctrl-C or SIGTERM (after the save).
+      WorkerLostError: a worker of a multi-worker run stopped answering.
     """
     from cornernet_tf.convert import init_source  # noqa: F401 - --init_from=<authors' file>
     from cornernet_tf.data import pipeline
     from cornernet_tf.data.pipeline import build_dataset
     from cornernet_tf.modeling.model import build_model
     from cornernet_tf.training import loop
+    import tensorflow as tf
     from cornernet_tf.training.callbacks import build_callbacks
-    from cornernet_tf.training.checkpoints import write_run_files
+    from cornernet_tf.training.checkpoints import CHECKPOINT_SUBDIR, write_run_files
+    from cornernet_tf.training.run_folder import check_resume
 
     cfg = resolve_dataset_dependent(cfg)
     splits = Splits(cfg.data)
     t = cfg.train
-    with loop.session(t) as (strategy, scratch):
+    with loop.session(t, model_dir) as (strategy, scratch):
         records, label_map, report = splits.get("train")
         loop.check_num_classes(cfg, label_map)
         dataset = build_dataset(cfg.data, cfg.model, "train", training=True,
                                 batch_size=t.batch_size, records=records, report=report)
         write_dir = scratch or model_dir
+        if tf.train.latest_checkpoint(os.path.join(model_dir, CHECKPOINT_SUBDIR)):
+            # compare first: nothing is written into a run that cannot resume
+            check_resume(cfg, model_dir, label_map, say=lambda text: print(text, flush=True))
         with strategy.scope():  # built (and init_from checked) before the run folder is written
             model = build_model(cfg.model)
             manager, latest = loop.prepare_model(model, cfg, model_dir, write_dir,
@@ -116,8 +126,8 @@ def train(cfg: Config, model_dir: str, verbose: int = 1) -> dict:
         if step >= t.steps:
             print(f"already trained: step {step} >= train.steps {t.steps}", flush=True)
             return dict(checkpoint=latest, steps=step, history=[], stopped_on_nan=False,
-                        images_per_second=float("nan"), model=model, evaluations=[],
-                        best=None)
+                        last_good=latest, images_per_second=float("nan"), model=model,
+                        evaluations=[], best=None)
         val_split = None
         no_validation = pipeline.validation_split(cfg.data) if t.eval_every > 0 else None
         if no_validation:
@@ -138,7 +148,7 @@ def train(cfg: Config, model_dir: str, verbose: int = 1) -> dict:
                   f"{cfg.evaluate.max_images or 'all'} images of {cfg.data.val_annotations}; "
                   f"the best AP's weights in {callbacks.validation.best_manager.directory}",
                   flush=True)
-        return loop.fit(model, dataset, t, callbacks)
+        return loop.fit(model, dataset, t, callbacks, strategy)
 
 
 def evaluate(cfg: Config, model_dir: str, checkpoint: Optional[str] = None,

@@ -11,6 +11,7 @@ the run would go on (or stop) without a word and a rerun would start from an old
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import math
@@ -26,12 +27,16 @@ from absl import logging
 from cornernet_tf.evaluation import visualize
 from cornernet_tf.keys import BR_HEATMAP, TL_HEATMAP, TOTAL_LOSS
 from cornernet_tf.training.progress import ProgressDisplay, ValidationClock
-from cornernet_tf.training.checkpoints import (BEST_RECORD, BEST_SUBDIR, CHECKPOINT_SUBDIR,
-                                               CheckpointWriteError, os_error_text,
-                                               read_best_record, training_checkpoint,
-                                               write_checkpoint)
+from cornernet_tf.training.checkpoints import (BEFORE_SPIKE_SUBDIR, BEST_RECORD, BEST_SUBDIR,
+                                               CHECKPOINT_SUBDIR, CheckpointWriteError,
+                                               os_error_text, pin_checkpoint, read_best_record,
+                                               training_checkpoint, write_checkpoint)
 
 VALIDATION_SUBDIR = "validation"  # detections and metrics of the newest in-training evaluation
+
+SPIKE_FACTOR = 20.0  # a loss above this many times the median of the recent ones is a spike
+SPIKE_WINDOW = 32  # steps in that median (normal steps only: a spike does not raise it)
+SPIKE_MIN_STEPS = 3  # no spike is called before this many steps of history
 
 
 def _say(text: str) -> None:
@@ -64,9 +69,18 @@ class CheckpointCallback(keras.callbacks.Callback):
     non-finite loss, or by `save` on non-finite weights) nothing more is saved, so the newest
     checkpoint stays the last good one.
 
+    A diverging run does not lose its good checkpoints to the keep-N rotation. A checkpoint
+    of step k becomes "good" once the loss of a later step (computed with those weights or
+    later ones) is finite and no spike (more than SPIKE_FACTOR times the median of the last
+    SPIKE_WINDOW normal losses). At the first step of a spike, and at a NaN, the newest
+    good checkpoint is pinned into `<checkpoints>/before_spike/` (hard links, see
+    `pin_checkpoint`) and that is said; the NaN message names it. The best validation
+    checkpoint lives in `<checkpoints>/best/`, outside the rotation too.
+
     Attributes:
       last_saved: the newest checkpoint path written, or at start `last_saved` (the
         checkpoint the run resumed from) or the manager's newest; None when there is none.
+      last_good: the newest checkpoint known good (the pinned copy once pinned), or None.
       stopped_on_nan: True once training was stopped on a NaN/inf (read by `training.train`).
     """
 
@@ -77,8 +91,17 @@ class CheckpointCallback(keras.callbacks.Callback):
         self.every = every
         self.say = say or _say
         self.last_saved: Optional[str] = last_saved or manager.latest_checkpoint
+        self.last_good: Optional[str] = self.last_saved  # resumed from: taken as good
         self.stopped_on_nan = False
         self.write_failed = False
+        self._losses: collections.deque = collections.deque(maxlen=SPIKE_WINDOW)
+        self._unconfirmed: list[tuple[int, str]] = []  # (step, path) saved, not yet good
+        self._spiking = False
+        self._mean: Optional[float] = None  # the interval's running mean loss, last batch
+
+    @property
+    def pin_folder(self) -> str:
+        return os.path.join(self.manager.directory, BEFORE_SPIKE_SUBDIR)
 
     def save(self) -> Optional[str]:
         """Writes a checkpoint of the current step unless the weights are not finite.
@@ -106,7 +129,21 @@ class CheckpointCallback(keras.callbacks.Callback):
             self.write_failed = True
             self.model.stop_training = True
             raise
+        self._unconfirmed.append((step, self.last_saved))
         return self.last_saved
+
+    def _pin_last_good(self) -> Optional[str]:
+        """Pins `last_good` into before_spike/ (unless it is there already); returns it."""
+        if self.last_good is None or os.path.dirname(self.last_good) == self.pin_folder:
+            return self.last_good
+        if not tf.io.gfile.exists(self.last_good + ".index"):
+            return None  # cannot happen with keep >= 2; never name a missing checkpoint
+        try:
+            self.last_good = pin_checkpoint(self.last_good, self.pin_folder)
+        except (OSError, tf.errors.OpError) as e:  # a full disk: say so, name it where it is
+            self.say(f"warning: could not keep {self.last_good} out of the rotation in "
+                     f"{self.pin_folder}: {os_error_text(e)}")
+        return self.last_good
 
     def stop_on_nan(self, what: str) -> None:
         """Stops `fit` (no more checkpoints) and says at which step and what to resume from."""
@@ -115,17 +152,54 @@ class CheckpointCallback(keras.callbacks.Callback):
         self.stopped_on_nan = True
         self.model.stop_training = True
         step = int(self.model.optimizer.iterations.numpy())
+        good = self._pin_last_good()
         msg = (f"{what} at step {step}; training stopped. Last good checkpoint: "
-               f"{self.last_saved or 'none yet'}. Lower train.learning_rate or add "
+               f"{good or 'none yet'}. Lower train.learning_rate or add "
                f"train.warmup_steps, then resume.")
         logging.error(msg)
         self.say(f"error: {msg}")
+
+    def _watch_loss(self, step: int, loss: float) -> None:
+        """Spike detection and confirmation of the checkpoints before `step`."""
+        history = sorted(self._losses)
+        median = history[len(history) // 2] if history else float("nan")
+        spike = len(history) >= SPIKE_MIN_STEPS and loss > SPIKE_FACTOR * max(median, 1e-12)
+        if spike:
+            if not self._spiking:
+                good = self._pin_last_good()
+                pinned = good is not None and os.path.dirname(good) == self.pin_folder
+                kept = (f"kept {good} (the last checkpoint before it) out of the rotation"
+                        if pinned else f"the last checkpoint before it is {good}" if good
+                        else "no checkpoint before it to keep")
+                self.say(f"warning: loss spike at step {step}: {TOTAL_LOSS} {loss:.4g} is "
+                         f"over {SPIKE_FACTOR:g}x the median of the last {len(history)} "
+                         f"steps ({median:.4g}); {kept}")
+            self._spiking = True
+            return
+        self._spiking = False
+        self._losses.append(loss)
+        # The loss of `step` was computed with the weights of step - 1: every checkpoint
+        # up to there led to a normal loss.
+        confirmed = [path for s, path in self._unconfirmed if s <= step - 1]
+        if confirmed:
+            self.last_good = confirmed[-1]
+            self._unconfirmed = [(s, p) for s, p in self._unconfirmed if s > step - 1]
 
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get(TOTAL_LOSS)
         if loss is not None and not np.isfinite(float(loss)):
             return  # NaNGuard stops the run; never checkpoint a step with a bad loss
-        if int(self.model.optimizer.iterations.numpy()) % self.every == 0:
+        step = int(self.model.optimizer.iterations.numpy())
+        if loss is not None:
+            # The logged loss is the mean over the interval so far (batch + 1 steps); this
+            # step's own loss is what it added. After a spike the difference stays huge
+            # until the interval ends, so nothing is confirmed on a rounding error.
+            mean = float(loss)
+            own = mean if batch == 0 or self._mean is None else \
+                (batch + 1) * mean - batch * self._mean
+            self._mean = mean
+            self._watch_loss(step, own)
+        if step % self.every == 0:
             self.save()
 
     def on_train_end(self, logs=None):

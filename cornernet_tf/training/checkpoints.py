@@ -33,12 +33,16 @@ from absl import logging
 from cornernet_tf.config import Config
 from cornernet_tf.errors import MachineError
 from cornernet_tf.modeling import weights
+from cornernet_tf.training.run_folder import write_text_atomic
 
 
 BEST_SUBDIR = "best"  # <model_dir>/checkpoints/best/: the best validation AP's weights
 
 
 BEST_RECORD = "best.json"  # beside it: its step and metrics
+# <model_dir>/checkpoints/before_spike/: the last good checkpoint before a loss spike or a
+# NaN, kept out of the keep-N rotation (hard links: no copy of the data)
+BEFORE_SPIKE_SUBDIR = "before_spike"
 
 
 class CheckpointWriteError(MachineError):
@@ -288,8 +292,36 @@ def restore_weights(model: keras.Model, model_dir: str, checkpoint: Optional[str
 
 
 def write_run_files(cfg: Config, model_dir: str, label_map) -> None:
-    """The resolved config (config.yaml) and labels.json, next to the checkpoints."""
+    """The resolved config (config.yaml) and labels.json, next to the checkpoints.
+
+    Each is written whole (a temporary file moved over the old one): a kill leaves the old
+    file or the new one, never half of one.
+    """
     os.makedirs(model_dir, exist_ok=True)
-    with open(os.path.join(model_dir, "config.yaml"), "w", encoding="utf-8") as f:
-        f.write(cfg.to_yaml())
-    label_map.write(os.path.join(model_dir, "labels.json"))
+    write_text_atomic(os.path.join(model_dir, "config.yaml"), cfg.to_yaml())
+    write_text_atomic(os.path.join(model_dir, "labels.json"), label_map.to_json() + "\n")
+
+
+def pin_checkpoint(prefix: str, folder: str) -> str:
+    """Keeps checkpoint `prefix` in `folder` (its only checkpoint) out of any rotation.
+
+    The files are hard-linked (copied where links are not possible), so the rotation's
+    deletion of the original leaves this one whole. `folder` gets its own `checkpoint`
+    index, so `--checkpoint=<folder>` names it.
+
+    Returns:
+      The pinned prefix, `<folder>/<basename of prefix>`.
+    """
+    os.makedirs(folder, exist_ok=True)
+    for old in os.listdir(folder):  # the previous pin
+        os.remove(os.path.join(folder, old))
+    for source in glob.glob(glob.escape(prefix) + ".*"):
+        target = os.path.join(folder, os.path.basename(source))
+        try:
+            os.link(source, target)
+        except OSError:
+            shutil.copy2(source, target)
+    pinned = os.path.join(folder, os.path.basename(prefix))
+    tf.compat.v1.train.update_checkpoint_state(folder, pinned,
+                                               all_model_checkpoint_paths=[pinned])
+    return pinned

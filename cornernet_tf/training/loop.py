@@ -20,6 +20,7 @@ import contextlib
 import math
 import os
 import shutil
+import signal
 import tempfile
 from typing import Iterator, Optional
 
@@ -27,7 +28,9 @@ import keras
 import tensorflow as tf
 
 from cornernet_tf.config import schema as config_lib
-from cornernet_tf.training import init_from
+from cornernet_tf.training import init_from, interrupts
+from cornernet_tf.training.interrupts import TrainingInterrupted
+from cornernet_tf.training.run_folder import IncompatibleRunError, RunLock
 from cornernet_tf.training.checkpoints import (CHECKPOINT_SUBDIR, CheckpointWriteError,
                                                checkpoint_manager, restore_checkpoint)
 from cornernet_tf.training.callbacks import CheckpointCallback, TrainingCallbacks
@@ -174,35 +177,59 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
 
 
 @contextlib.contextmanager
-def session(train_cfg: config_lib.TrainConfig) -> Iterator[tuple[tf.distribute.Strategy,
-                                                                  Optional[str]]]:
-    """The distribution strategy, seed and dtype policy of a training run.
+@contextlib.contextmanager
+def session(train_cfg: config_lib.TrainConfig, model_dir: str) -> Iterator[
+        tuple[tf.distribute.Strategy, Optional[str]]]:
+    """The distribution strategy, seed, dtype policy, run lock and signals of a training run.
 
     The global Keras dtype policy is set to `train.mixed_precision` inside and restored on
     exit. With `train.strategy=multi_worker` only the chief writes into the run folder: a
-    non-chief worker gets a temporary folder (deleted on exit) for its copies.
+    non-chief worker gets a temporary folder (deleted on exit; those of dead workers are
+    removed at the next start) for its copies. The chief locks the run folder
+    (`run_folder.RunLock`) for the whole run. Ctrl-C and SIGTERM (what `docker stop`,
+    Kubernetes and Slurm send) raise `TrainingInterrupted`; `fit` saves first and says where.
 
     Yields:
       (the strategy, the non-chief's scratch folder or None on the chief).
 
     Raises:
       ConfigError: train.batch_size does not split evenly over the replicas.
+      RunLockedError: another training holds `model_dir`.
+      TrainingInterrupted: Ctrl-C or SIGTERM.
     """
     previous_policy = keras.mixed_precision.global_policy()
     scratch = None
+    lock = None
     try:
-        tf.get_logger().setLevel("WARNING")
-        strategy = get_strategy(train_cfg.strategy)
-        keras.utils.set_random_seed(train_cfg.seed)
-        set_precision(train_cfg.mixed_precision)
-        check_batch_split(train_cfg, strategy)
-        if not is_chief(strategy):
-            scratch = tempfile.mkdtemp(prefix="cornernet-worker-")
-        yield strategy, scratch
+        with interrupts.SigtermAsInterrupt():
+            try:
+                tf.get_logger().setLevel("WARNING")
+                strategy = get_strategy(train_cfg.strategy)
+                keras.utils.set_random_seed(train_cfg.seed)
+                set_precision(train_cfg.mixed_precision)
+                check_batch_split(train_cfg, strategy)
+                if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+                    interrupts.clean_stale_scratch()
+                if is_chief(strategy):
+                    lock = RunLock(model_dir).acquire()
+                else:
+                    scratch = tempfile.mkdtemp(
+                        prefix=f"{interrupts.SCRATCH_PREFIX}{os.getpid()}-")
+                yield strategy, scratch
+            except KeyboardInterrupt as e:
+                if isinstance(e, TrainingInterrupted) and e.detailed:
+                    raise  # fit said what it saved
+                signum = getattr(e, "signum", signal.SIGINT)
+                raise TrainingInterrupted(
+                    signum, f"training interrupted by {signal.Signals(signum).name} before "
+                            f"its first step: nothing to save; rerun the same command to "
+                            f"start again") from None
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
+        if lock is not None:
+            lock.release()
 
 
 def check_batch_split(t: config_lib.TrainConfig, strategy: tf.distribute.Strategy) -> None:
@@ -232,6 +259,12 @@ def prepare_model(model: CornerNet, cfg: config_lib.Config, model_dir: str, writ
     `<write_dir>/init_report.json`). `train.freeze_batchnorm` (default: on for runs started
     with init_from) and `train.freeze` are applied before the optimizer is built.
 
+    The run folder is locked (`run_folder.RunLock`, by the chief only) for the whole run.
+    A resumed run is checked first (`run_folder.check_resume`): nothing in `model_dir` is
+    written before its checkpoint has been restored. Ctrl-C and SIGTERM (what `docker
+    stop`, Kubernetes and Slurm send) save a checkpoint of the current step and raise
+    `TrainingInterrupted`, whose one-line message says where.
+
     Args:
       model: `build_model(cfg.model)`, not yet compiled.
       cfg: the resolved config.
@@ -244,6 +277,7 @@ def prepare_model(model: CornerNet, cfg: config_lib.Config, model_dir: str, writ
 
     Raises:
       InitFromError: the init_from source is unreadable or of another architecture.
+      IncompatibleRunError: the newest checkpoint does not fit the model (nothing written).
     """
     t = cfg.train
     latest = tf.train.latest_checkpoint(os.path.join(model_dir, CHECKPOINT_SUBDIR))
@@ -270,30 +304,45 @@ def prepare_model(model: CornerNet, cfg: config_lib.Config, model_dir: str, writ
     model.optimizer.build(model.trainable_variables)
     manager = checkpoint_manager(model, write_dir, model.optimizer)
     if latest:
-        restore_checkpoint(model, latest, model.optimizer, partial=False)
+        try:
+            restore_checkpoint(model, latest, model.optimizer, partial=False)
+        except (AssertionError, ValueError) as e:
+            # Before anything is written: the run folder stays as it was.
+            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+            raise IncompatibleRunError(
+                f"cannot resume {model_dir}: its checkpoint {latest} does not match the "
+                f"model and optimizer built from the config (model.* and "
+                f"train.mixed_precision must be the run's; {first}). Nothing in "
+                f"{model_dir} was changed") from None
         print(f"resuming from {latest} "
               f"(step {int(model.optimizer.iterations.numpy())})", flush=True)
     return manager, latest
 
 
 def fit(model: CornerNet, dataset: tf.data.Dataset, t: config_lib.TrainConfig,
-        callbacks: TrainingCallbacks) -> dict:
+        callbacks: TrainingCallbacks, strategy: Optional[tf.distribute.Strategy] = None) -> dict:
     """Trains from the model's optimizer step to `train.steps`; the run's results.
 
     Returns:
       dict: "checkpoint" (the last one written; a temporary path on non-chief workers),
       "steps" (the step reached), "history" (one dict of logged values per logging
       interval), "images_per_second" (last interval), "model" (the trained model),
-      "stopped_on_nan", "evaluations" (one dict per validation during training, see
-      `callbacks.ValidationCallback`) and "best" (the best validation's step, AP and
-      checkpoint, or None).
+      "stopped_on_nan", "last_good" (the newest checkpoint known good: after a NaN or a
+      loss spike, the one kept in `checkpoints/before_spike/`), "evaluations" (one dict
+      per validation during training, see `callbacks.ValidationCallback`) and "best" (the
+      best validation's step, AP and checkpoint, or None).
 
     Raises:
       CheckpointWriteError: a checkpoint could not be written (training stopped; the
         previous checkpoint is intact).
+      TrainingInterrupted: Ctrl-C or SIGTERM (after the save).
+      WorkerLostError: a worker of a multi-worker run stopped answering.
     """
     step = int(model.optimizer.iterations.numpy())
-    _fit(model, dataset, t, step, callbacks.all, callbacks.checkpoints, callbacks.progress)
+    _fit(model, dataset, t, step, callbacks.all, callbacks.checkpoints, callbacks.progress,
+         strategy)
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        interrupts.finish_together()
     history = callbacks.progress.history
     validation = callbacks.validation
     return dict(checkpoint=callbacks.checkpoints.last_saved,
@@ -301,21 +350,25 @@ def fit(model: CornerNet, dataset: tf.data.Dataset, t: config_lib.TrainConfig,
                 images_per_second=history[-1].get("images_per_second", float("nan"))
                 if history else float("nan"), model=model,
                 stopped_on_nan=callbacks.checkpoints.stopped_on_nan,
+                last_good=callbacks.checkpoints.last_good,
                 evaluations=validation.evaluations if validation else [],
                 best=validation.best if validation else None)
 
 
 def _fit(model: CornerNet, dataset: tf.data.Dataset, t: config_lib.TrainConfig, step: int,
-         callbacks: list, checkpoints: CheckpointCallback, progress: ProgressDisplay) -> None:
+         callbacks: list, checkpoints: CheckpointCallback, progress: ProgressDisplay,
+         strategy: Optional[tf.distribute.Strategy] = None) -> None:
     """`model.fit` from `step` to `train.steps` in logging intervals (one epoch each).
 
-    Keras prints nothing (verbose=0): `progress` is the one display. A crash or Ctrl-C
-    never loses the work since the last checkpoint: it is saved before the exception
+    Keras prints nothing (verbose=0): `progress` is the one display. A crash, Ctrl-C or
+    SIGTERM never loses the work since the last checkpoint: it is saved before the exception
     propagates (unless the weights have gone bad, or the write itself failed: the last good
-    checkpoint is then kept as it is).
+    checkpoint is then kept as it is). A lost worker of a multi-worker run becomes one
+    `WorkerLostError` line; the chief's save is then bounded by SAVE_TIMEOUT_SECONDS.
     """
     log_every = min(t.log_every, t.steps)
     initial_epoch = step // log_every
+    multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
     try:
         model.fit(dataset, epochs=initial_epoch + math.ceil((t.steps - step) / log_every),
                   initial_epoch=initial_epoch, steps_per_epoch=log_every,
@@ -324,7 +377,4 @@ def _fit(model: CornerNet, dataset: tf.data.Dataset, t: config_lib.TrainConfig, 
         progress.close()
         if isinstance(e, CheckpointWriteError):  # writing is what fails: do not try again
             raise
-        path = checkpoints.save() if checkpoints.model is not None else None
-        if path:
-            print(f"interrupted: saved {path}", flush=True)
-        raise
+        interrupts.raise_stopped(e, model, checkpoints, multi_worker)

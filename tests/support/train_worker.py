@@ -10,6 +10,10 @@
         One MultiWorkerMirroredStrategy worker (TF_CONFIG built here, sync BN) running
         `training.train` on the tiny config; saves the final weights and the step.
 
+    python tests/support/train_worker.py cli_worker INDEX PORT0,PORT1 CONFIG.yaml MODEL_DIR
+        One MultiWorkerMirroredStrategy worker running `main.py --mode=train` (the CLI's
+        messages and exit code) with TF_CONFIG built here.
+
     python tests/support/train_worker.py file_size_limit CONFIG.yaml MODEL_DIR
         `main.py --mode=train` with a file size limit set after the first checkpoint.
 """
@@ -91,9 +95,7 @@ def replica(data_dir: str, out: str) -> None:
 
 def worker(index: int, ports: str, data_dir: str, model_dir: str, out: str,
            steps: int) -> None:
-    os.environ["TF_CONFIG"] = json.dumps({
-        "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports.split(",")]},
-        "task": {"type": "worker", "index": index}})
+    _tf_config(index, ports)
     import numpy as np
     from cornernet_tf import run as run_lib
     cfg = tiny_config(data_dir, ["train.strategy=multi_worker", f"train.steps={steps}",
@@ -103,6 +105,19 @@ def worker(index: int, ports: str, data_dir: str, model_dir: str, out: str,
     model = result["model"]
     np.savez(out, *[w.numpy() for w in model.weights], steps=result["steps"],
              checkpoint=str(result["checkpoint"]))
+
+
+def _tf_config(index: int, ports: str) -> None:
+    os.environ["TF_CONFIG"] = json.dumps({
+        "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports.split(",")]},
+        "task": {"type": "worker", "index": index}})
+
+
+def cli_worker(index: int, ports: str, config_path: str, model_dir: str) -> None:
+    _tf_config(index, ports)
+    from cornernet_tf.cli import run
+    sys.argv = ["main.py", "--mode=train", f"--config={config_path}", f"--model_dir={model_dir}"]
+    run()
 
 
 def file_size_limit(config_path: str, model_dir: str) -> None:
@@ -141,8 +156,10 @@ if __name__ == "__main__":
     elif mode == "worker":
         worker(int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6],
                int(sys.argv[7]))
+    elif mode == "cli_worker":
+        cli_worker(int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5])
     elif mode == "file_size_limit":
         file_size_limit(sys.argv[2], sys.argv[3])
     else:
-        raise SystemExit(f"train_worker.py: unknown mode {mode!r}; expected replica, worker "
-                         f"or file_size_limit")
+        raise SystemExit(f"train_worker.py: unknown mode {mode!r}; expected replica, worker, "
+                         f"cli_worker or file_size_limit")

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from cornernet_tf import run as run_lib
 from cornernet_tf import config as config_lib
 from cornernet_tf.modeling import weights
 from cornernet_tf.modeling.model import build_model
@@ -106,7 +107,7 @@ def test_a_legacy_run_resumes_with_its_optimizer_state(tmp_path, capsys):
     restored = sorted(float(np.abs(v.numpy()).sum()) for v in model.optimizer.variables
                       if v.shape.rank and v.shape.rank > 0)
     assert restored == sorted(float(np.abs(a).sum()) for a in moments.values())
-    result = loop.train(cfg, model_dir, verbose=0)
+    result = run_lib.train(cfg, model_dir, verbose=0)
     assert "resuming from" in capsys.readouterr().out
     assert result["steps"] == 6
     assert not training.is_legacy(result["checkpoint"])

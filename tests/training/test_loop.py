@@ -283,7 +283,12 @@ def test_multi_worker_two_processes_agree_and_only_the_chief_writes(data_dir, tm
     assert not str(other["checkpoint"]).startswith(model_dir)
     assert not os.path.exists(os.path.dirname(os.path.dirname(str(other["checkpoint"]))))
     assert [checkpoint_step(p) for p in listed_checkpoints(model_dir)] == [2, 4]
-    assert sorted(os.listdir(model_dir)) == ["checkpoints", "config.yaml", "labels.json", "logs"]
+    assert sorted(os.listdir(model_dir)) == [".lock", "checkpoints", "config.yaml",
+                                             "labels.json", "logs"]
+    assert open(os.path.join(model_dir, ".lock")).read() == ""  # released by the chief
+    # A clean run ends without the coordination service calling a worker crashed.
+    for i, log in enumerate(logs):
+        assert "crashed" not in log and "Traceback" not in log, f"worker {i}:\n{log[-3000:]}"
 
 
 # --------------------------------------------------------------------------------------
@@ -372,9 +377,14 @@ def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path, 
     assert result["steps"] < 20
     assert result["stopped_on_nan"] is True  # CheckpointCallback.stopped_on_nan, reported
     listed = listed_checkpoints(model_dir)
-    last_good = listed[-1]
     for path in listed:
         assert all_finite(path), path
+    # The last good checkpoint is one whose weights still gave a finite loss (the newest
+    # may hold the weights that gave the NaN); it is kept out of the rotation and exists.
+    last_good = result["last_good"]
+    assert os.path.dirname(last_good) == os.path.join(model_dir, training.CHECKPOINT_SUBDIR,
+                                                      "before_spike")
+    assert os.path.exists(last_good + ".index") and all_finite(last_good)
     assert f"at step {result['steps']}; training stopped. Last good checkpoint: {last_good}." \
         in out, out
     with open(good + ".index", "rb") as f:
