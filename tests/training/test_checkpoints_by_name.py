@@ -81,7 +81,6 @@ def test_a_legacy_run_resumes_with_its_optimizer_state(tmp_path, capsys):
     """Training continues an old-layout run at its step, with its Adam moments; the new
     checkpoint has the name-keyed layout."""
     from cornernet_tf.data.synthetic import generate_shapes_dataset
-    from cornernet_tf.training import loop
     data = str(tmp_path / "shapes")
     generate_shapes_dataset(data, 16, 4, (64, 64), 4, seed=0)  # the fixture's data
     model_dir = str(tmp_path / "run")
