@@ -58,7 +58,7 @@ def load_converted_model(cfg, weights: str):
     Raises:
       ConversionError: the file is unreadable, for another architecture, or does not fit.
     """
-    from cornernet_tf.model import build_model
+    from cornernet_tf.modeling.model import build_model
 
     backbone = cfg.model.backbone
     if backbone not in ARCHITECTURES:
@@ -139,12 +139,12 @@ def convert_weights(cfg, weights: str, model_dir: str, label_map=None,
         checkpoints or a run's files,
         or no label map fits model.num_classes.
     """
-    from cornernet_tf import training
+    from cornernet_tf.training import checkpoints as ckpt_lib
     from cornernet_tf.convert.coco_labels import coco_label_map
-    from cornernet_tf.resolve import resolve_dataset_dependent
+    from cornernet_tf.data.resolve import resolve_dataset_dependent
 
     cfg = resolve_dataset_dependent(cfg)
-    check_destination(model_dir, training.CHECKPOINT_SUBDIR)
+    check_destination(model_dir, ckpt_lib.CHECKPOINT_SUBDIR)
     if label_map is None:
         label_map = coco_label_map()
     if label_map.num_classes != cfg.model.num_classes:
@@ -153,9 +153,9 @@ def convert_weights(cfg, weights: str, model_dir: str, label_map=None,
     model, info = load_converted_model(cfg, weights)
 
     # Everything checked: write.
-    manager = training.checkpoint_manager(model, model_dir)
+    manager = ckpt_lib.checkpoint_manager(model, model_dir)
     path = manager.save(checkpoint_number=CHECKPOINT_STEP)
-    training.write_run_files(cfg, model_dir, label_map)
+    ckpt_lib.write_run_files(cfg, model_dir, label_map)
     with open(os.path.join(model_dir, "converted_from.json"), "w", encoding="utf-8") as f:
         json.dump(dict(source=os.path.basename(weights), sha256=_sha256(weights),
                        architecture=info["architecture"], tensors=info["tensors"],

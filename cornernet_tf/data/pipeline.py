@@ -42,11 +42,11 @@ from absl import logging
 from cornernet_tf.data import coco, image_files
 from cornernet_tf import boxes as box_lib
 from cornernet_tf.data.augment import train_augment
-from cornernet_tf.data.choices import DATASETS
+from cornernet_tf.config.choices import DATASETS
 from cornernet_tf.data.synthetic import ensure_synthetic
 from cornernet_tf.data.targets import encode_targets
 from cornernet_tf.keys import LOSS_TARGET_KEYS
-from cornernet_tf.preprocess import fit_to_input, read_image
+from cornernet_tf.data.images import fit_to_input, read_image
 
 SPLITS = ("train", "val")
 

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from cornernet_tf.export import tflite
-from cornernet_tf.export.serving import DECODE_SCOPE, build_detection_functions
+from cornernet_tf.inference.detector import DECODE_SCOPE, build_detection_functions
 from tests.support.export_models import N, noise_image, tiny_config, tiny_model
 
 CHECK_IMAGES = [noise_image(64, 64, seed=s) for s in range(30, 34)]

@@ -1,0 +1,195 @@
+"""Config keys that follow the dataset: `model.num_classes` and `data.max_objects`.
+
+Both default to 0 (`config.FROM_DATASET`): "one class per category of the train split" and
+"room for the objects of its busiest image". Every mode that builds a model or encodes
+targets (train, evaluate, export, convert, demo, benchmark) starts with
+
+    cfg = resolve_dataset_dependent(cfg, run_dir=model_dir)
+    cfg.model.num_classes   # e.g. 3: the categories of data.train_annotations
+    cfg.data.max_objects    # e.g. 7: the most objects in one of its images (at most 128)
+
+The resolved config is the one written to `<model_dir>/config.yaml` and into exports, so a
+later evaluate or export reads the real numbers. Where they come from:
+
+1. `<run_dir>/config.yaml`, when that run exists (evaluate and export of a trained or
+   converted model): the values its checkpoint was made with;
+2. otherwise the train split's annotation file (the synthetic dataset is generated first
+   when that split uses it): its number of categories, and the number of non-crowd
+   annotations of its busiest image, capped at `MAX_OBJECTS_CAP`. Objects beyond the cap
+   are not used; the split's loader reports how many (`data/pipeline.load_split`).
+
+A value the user set is kept. A set `model.num_classes` that disagrees with the source is a
+`ConfigError` naming both numbers and the file (when both keys are set nothing is read
+here, and training compares `model.num_classes` with the categories when it loads the
+split). This module imports TensorFlow only to raise `coco.DatasetError` for a file that
+is not COCO json.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import os
+from typing import Any, NamedTuple, Optional
+
+import yaml
+
+from cornernet_tf.config.schema import FROM_DATASET, Config, ConfigError
+
+# The reference's limit on ground-truth objects per image (its `max_tag_len`).
+MAX_OBJECTS_CAP = 128
+
+
+class DatasetCounts(NamedTuple):
+    """What the dataset-dependent keys are resolved from."""
+
+    source: str  # the file the numbers were read from
+    num_classes: int  # categories (a run's config.yaml: its model.num_classes)
+    max_objects: int  # objects in the busiest image (a run's config.yaml: its data.max_objects)
+    busiest_image_id: Any = None  # the image with max_objects objects (annotation files only)
+    from_run: bool = False  # read from a run's config.yaml, not from annotations
+
+
+def resolve_dataset_dependent(cfg: Config, run_dir: Optional[str] = None,
+                              verbose: bool = True) -> Config:
+    """The config with `model.num_classes` and `data.max_objects` at 0 replaced.
+
+    Calling it again on its result reads nothing and returns it unchanged.
+
+    Args:
+      cfg: a loaded Config.
+      run_dir: the model_dir of an existing run (evaluate, export): its config.yaml, when
+        present, is the source instead of the dataset.
+      verbose: print one line saying what was resolved and from which file.
+
+    Returns:
+      A Config whose two keys are positive.
+
+    Raises:
+      ConfigError: a set model.num_classes disagrees with the source (both numbers and the
+        file are named), the source has no categories, or no annotation file is configured.
+      FileNotFoundError: the train annotation file does not exist.
+      coco.DatasetError: the file is not a COCO instances json.
+    """
+    counts = run_counts(run_dir) if run_dir else None
+    if counts is None:
+        if cfg.model.num_classes != FROM_DATASET and cfg.data.max_objects != FROM_DATASET:
+            return cfg
+        counts = dataset_counts(cfg.data)
+    if cfg.model.num_classes not in (FROM_DATASET, counts.num_classes):
+        has = (f"was trained with {counts.num_classes} classes" if counts.from_run
+               else f"has {counts.num_classes} categories")
+        follow = "the run" if counts.from_run else "the dataset"
+        raise ConfigError(f"config key 'model.num_classes': {cfg.model.num_classes}, but "
+                          f"{counts.source} {has} (leave model.num_classes at 0 to follow "
+                          f"{follow})")
+    said = []
+    model, data = cfg.model, cfg.data
+    if model.num_classes == FROM_DATASET:
+        model = dataclasses.replace(model, num_classes=counts.num_classes)
+        said.append(f"model.num_classes={model.num_classes}"
+                    + ("" if counts.from_run else " (its categories)"))
+    if data.max_objects == FROM_DATASET:
+        data = dataclasses.replace(data, max_objects=min(counts.max_objects, MAX_OBJECTS_CAP))
+        said.append(f"data.max_objects={data.max_objects}" + _busiest(counts))
+    if verbose and said:
+        print(f"from {counts.source}: {', '.join(said)}", flush=True)
+    return dataclasses.replace(cfg, model=model, data=data)
+
+
+def _busiest(counts: DatasetCounts) -> str:
+    if counts.from_run:
+        return ""
+    if counts.max_objects > MAX_OBJECTS_CAP:
+        return (f" (the cap; its busiest image, id {counts.busiest_image_id}, has "
+                f"{counts.max_objects} objects)")
+    return f" (objects in its busiest image, id {counts.busiest_image_id})"
+
+
+def run_counts(run_dir: str) -> Optional[DatasetCounts]:
+    """The two keys as an existing run resolved them (`<run_dir>/config.yaml`).
+
+    Returns:
+      DatasetCounts, or None when the run has no config.yaml or it lacks positive values.
+
+    Raises:
+      ConfigError: the file is not valid YAML.
+    """
+    path = os.path.join(run_dir, "config.yaml")
+    if not os.path.isfile(path):
+        return None
+    with open(path, "r", encoding="utf-8") as f:
+        try:
+            raw = yaml.safe_load(f)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    sections = raw if isinstance(raw, dict) else {}
+    values = [(sections.get(section) or {}).get(key) if isinstance(sections.get(section), dict)
+              else None for section, key in (("model", "num_classes"), ("data", "max_objects"))]
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
+        return None
+    return DatasetCounts(path, values[0], values[1], from_run=True)
+
+
+def dataset_counts(data_config) -> DatasetCounts:
+    """Categories and busiest image of the train split's annotation file.
+
+    The synthetic dataset is generated first when the train split uses it. Only the json is
+    read (no images); the loader (`data/coco.py`) validates it in full later.
+
+    Args:
+      data_config: a DataConfig.
+
+    Returns:
+      DatasetCounts: the file, its number of categories, the number of non-crowd
+      annotations of its busiest image (of known images and categories) and that image's id.
+
+    Raises:
+      ConfigError: data.train_annotations is not set, or the file has no categories.
+      FileNotFoundError: the file does not exist.
+      coco.DatasetError: the file is not a COCO instances json.
+    """
+    if data_config.dataset == "synthetic":
+        from cornernet_tf.data.synthetic import ensure_synthetic
+        ensure_synthetic(data_config)
+    path = data_config.train_annotations
+    if not path:
+        raise ConfigError("model.num_classes and data.max_objects at 0 follow the dataset, but "
+                          "data.train_annotations is not set; set it (with "
+                          "data.train_images) or give both keys a value")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"COCO annotation file not found: {path!r} "
+                                f"(data.train_annotations)")
+    with open(path, "r", encoding="utf-8") as f:
+        try:
+            data = json.load(f)
+        except json.JSONDecodeError as e:
+            raise _dataset_error(f"{path}: not valid json: {e}") from None
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data, dict) or not isinstance(data.get(key), list):
+            found = sorted(data) if isinstance(data, dict) else type(data).__name__
+            raise _dataset_error(f"{path}: expected a COCO instances json with a list {key!r}; "
+                                 f"found {found}")
+    categories = {c.get("id") for c in data["categories"] if isinstance(c, dict)
+                  and _is_id(c.get("id"))}
+    if not categories:
+        raise ConfigError(f"{path} has no categories: a detector needs at least one class")
+    images = {i.get("id") for i in data["images"] if isinstance(i, dict) and _is_id(i.get("id"))}
+    per_image = collections.Counter(
+        a.get("image_id") for a in data["annotations"]
+        if isinstance(a, dict) and not a.get("iscrowd") and _is_id(a.get("image_id"))
+        and a.get("image_id") in images and a.get("category_id") in categories)
+    busiest, count = per_image.most_common(1)[0] if per_image else (None, 0)
+    if busiest is None:
+        busiest = next(iter(sorted(images, key=str)), "-")
+    return DatasetCounts(path, len(categories), max(count, 1), busiest)
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
+
+
+def _dataset_error(message: str) -> Exception:
+    from cornernet_tf.data.coco import DatasetError  # imports TensorFlow: on errors only
+    return DatasetError(message)
