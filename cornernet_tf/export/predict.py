@@ -72,8 +72,8 @@ def list_images(paths: Sequence[str], skip: Sequence[str] = ()) -> list[str]:
             found += sorted(os.path.join(p, f) for f in os.listdir(p)
                             if f.lower().endswith(IMAGE_EXTENSIONS)
                             and os.path.realpath(os.path.join(p, f)) not in skip)
-        elif os.path.isfile(p):
-            found.append(p)
+        elif os.path.lexists(p):
+            found.append(p)  # read under image_files.read_file's rule (regular files only)
         else:
             raise FileNotFoundError(f"--images: {p!r} is neither a file nor a folder")
     if not found:

@@ -233,3 +233,25 @@ def write_gif_cases(folder: str) -> dict:
         with open(os.path.join(folder, files[case]), "wb") as f:
             f.write(data)
     return files
+
+
+def write_special_files(folder: str, huge_bytes: int) -> dict:
+    """Files that are not regular image files, under image names: {case: file name}.
+
+    "dev_zero", "dev_urandom", "dev_null": links to the devices (endless or empty reads);
+    "fifo": a named pipe (an open for reading blocks until a writer comes); "huge": a
+    sparse file of `huge_bytes` (no disk space used) that starts like a PNG.
+    """
+    os.makedirs(folder, exist_ok=True)
+    files = {}
+    for case, target in (("dev_zero", "/dev/zero"), ("dev_urandom", "/dev/urandom"),
+                         ("dev_null", "/dev/null")):
+        files[case] = f"{case}.jpg"
+        os.symlink(target, os.path.join(folder, files[case]))
+    files["fifo"] = "pipe.jpg"
+    os.mkfifo(os.path.join(folder, files["fifo"]))
+    files["huge"] = "huge.png"
+    with open(os.path.join(folder, files["huge"]), "wb") as f:
+        f.write(png_header(64, 64))
+        f.truncate(huge_bytes)
+    return files
