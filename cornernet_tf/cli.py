@@ -221,7 +221,8 @@ def _main(argv: list[str]) -> None:
         cfg = config_lib.load_config(FLAGS.config, overrides)
         MODES[FLAGS.mode].run(cfg)
     except Exception as e:  # noqa: BLE001 - sorted into the user's mistakes and ours
-        if not FLAGS.verbose and _is_checkpoint_write_error(e):
+        if not FLAGS.verbose and (_is_checkpoint_write_error(e)
+                                  or isinstance(e, errors.MachineError)):
             # Neither the user's input (exit 2) nor a bug (traceback): the run failed on
             # the machine's disk, and the same command resumes once there is room.
             sys.stderr.write(f"error: {e}\n")

@@ -25,6 +25,16 @@ class UserError(Exception):
     """An error in the user's input; the message names the item, the expectation and the finding."""
 
 
+# Exit status when the command was right but the machine failed it (a full disk): the same
+# command works once the machine is fixed.
+ENVIRONMENT_EXIT_CODE = 1
+
+
+class MachineError(Exception):
+    """The command was right, the machine failed it (a full disk, a refused write); the
+    message says what was kept and what to do. The CLI prints it in one or two lines, exit 1."""
+
+
 def is_user_error(error: BaseException) -> bool:
     """Whether `error` is the user's mistake (reported in one or two lines, exit code 2)."""
     return isinstance(error, UserError) or isinstance(error, _USER_OS_ERRORS)

@@ -35,6 +35,7 @@ from cornernet_tf.inference import preprocess
 from cornernet_tf.data import image_files, pipeline
 from cornernet_tf.data.coco import DatasetError, LabelMap
 from cornernet_tf.data.targets import encode_targets
+from cornernet_tf.config.schema import load_config, shown
 from cornernet_tf.errors import UserError
 from cornernet_tf.evaluation import analysis
 from cornernet_tf.evaluation.metrics import coco_evaluate, format_coco_table, load_ground_truth
@@ -119,14 +120,15 @@ def evaluate_export(model_path: str, cfg, output_dir: str, max_images: int = 0,
 
     Raises:
       FileNotFoundError: model_path is neither a SavedModel folder nor a .tflite file.
-      ValueError: the export's labels.json differs from the validation split's categories.
+      ExportMismatchError: the export's classes (labels.json, else the number in its
+        config.yaml) differ from the validation split's categories.
       DatasetError: the split has no readable image; with data.strict, any dataset problem
         or unreadable image.
     """
     start = time.time()
     records, label_map, report = _val_records(cfg, max_images)
+    _check_export_labels(model_path, label_map)  # before the (slow) load
     detector = ExportedDetector(model_path)
-    _check_export_labels(model_path, label_map)
     results, latencies, scored = [], [], set()
     for r in records:
         try:
@@ -274,16 +276,31 @@ def _batch_to_coco(outputs: dict, meta: dict, label_map) -> list:
                               label_map.category_ids)
 
 
+class ExportMismatchError(UserError, ValueError):
+    """An export evaluated on a split with other classes (a user error: exit 2)."""
+
+
 def _check_export_labels(model_path: str, label_map) -> None:
+    """The export's classes are the split's: the category ids of its labels.json in order,
+    or, without one, the class count of the config.yaml exported beside it."""
     folder = model_path if os.path.isdir(model_path) else os.path.dirname(model_path)
     path = os.path.join(folder, "labels.json")
-    if not os.path.isfile(path):
-        return  # classes are then taken to be the split's, in order
-    exported = LabelMap.from_json(path)
-    if list(exported.category_ids) != list(label_map.category_ids):
-        raise ValueError(f"{path}: the export's category ids {list(exported.category_ids)} "
-                         f"differ from the validation split's {list(label_map.category_ids)}; "
-                         f"evaluate an export with the config it was trained with")
+    hint = ("evaluate an export with the config (and dataset) it was trained with, or "
+            "export the model trained on this split")
+    if os.path.isfile(path):
+        exported = LabelMap.from_json(path)
+        if list(exported.category_ids) != list(label_map.category_ids):
+            raise ExportMismatchError(
+                f"{path}: the export's category ids {shown(list(exported.category_ids))} differ "
+                f"from the validation split's {shown(list(label_map.category_ids))}; {hint}")
+        return
+    config_path = os.path.join(folder, "config.yaml")
+    if os.path.isfile(config_path):
+        classes = load_config(config_path).model.num_classes
+        if classes and classes != len(label_map.category_ids):  # 0: from the dataset
+            raise ExportMismatchError(
+                f"{config_path}: the export has {classes} classes, the validation split "
+                f"{len(label_map.category_ids)}; {hint}")
 
 
 def _score(cfg, results: list, records: list, scored: set, report,

@@ -44,6 +44,7 @@ def export_model(cfg, model_dir: str, export_dir: str = "export",
     """
     from cornernet_tf.data import coco, pipeline
     from cornernet_tf.export import saved_model, tflite
+    from cornernet_tf.training.checkpoints import os_error_text
     from cornernet_tf.modeling.model import build_model
     from cornernet_tf.data.resolve import resolve_dataset_dependent
     from cornernet_tf.training.checkpoints import restore_weights
@@ -77,8 +78,16 @@ def export_model(cfg, model_dir: str, export_dir: str = "export",
     calibration_paths = [r.path for r in train_records[:cfg.export.representative_images]]
     for mode in tflite_modes:
         out = os.path.join(path, f"{cfg.export.name}_{mode}.tflite")
-        tflite.convert(model, cfg, mode, out, representative_images=lambda: _tflite_inputs(
-            calibration_paths, cfg.model.input_size))
+        try:
+            tflite.convert(model, cfg, mode, out, representative_images=lambda: _tflite_inputs(
+                calibration_paths, cfg.model.input_size))
+        except OSError as e:  # a full disk while writing the flatbuffer: no partial file
+            if os.path.lexists(out):
+                os.remove(out)
+            raise saved_model.ExportWriteError(
+                f"export: writing {out} failed: {os_error_text(e)}; the partial file was "
+                f"removed (the SavedModel {path} is complete)\nfree space and export again "
+                f"(a new version)") from e
         parity = tflite.check_parity(saved_model_fn, out, check, mode)
         result["tflite"][mode] = dict(path=out, bytes=os.path.getsize(out), parity=parity)
         if verbose and not parity["checked"]:
