@@ -108,13 +108,13 @@ def check_destination(model_dir: str, checkpoint_subdir: str) -> None:
         raise ConversionError(f"--model_dir {model_dir} exists and is not a folder; the "
                               f"conversion writes a run folder there (nothing was read)")
     checkpoints = os.path.join(model_dir, checkpoint_subdir)
-    taken = [os.path.join(model_dir, n) for n in (RUN_FILES + (checkpoint_subdir,))
+    taken = [n for n in ((checkpoint_subdir,) + RUN_FILES)
              if os.path.lexists(os.path.join(model_dir, n))
              and not (n == checkpoint_subdir and os.path.isdir(checkpoints)
                       and not os.listdir(checkpoints))]
     if taken:
-        raise ConversionError(f"--model_dir {model_dir} already holds a run ({', '.join(taken)}); "
-                              f"convert into a new folder (nothing was written)")
+        raise ConversionError(f"--model_dir {model_dir} already holds a run ({', '.join(taken)}"
+                              f"); convert into a new folder (nothing was written)")
 
 
 def convert_weights(cfg, weights: str, model_dir: str, label_map=None,
