@@ -204,13 +204,6 @@ def resolve_model_dir(config_path: str, model_dir: str | None) -> str:
     return os.path.join("runs", stem)
 
 
-def _is_checkpoint_write_error(error: BaseException) -> bool:
-    """Whether training stopped on a failed checkpoint write (callbacks.CheckpointWriteError;
-    looked up only if training was imported, so the CLI stays TensorFlow-free until then)."""
-    callbacks = sys.modules.get("cornernet_tf.training.callbacks")
-    return callbacks is not None and isinstance(error, callbacks.CheckpointWriteError)
-
-
 def _main(argv: list[str]) -> None:
     from absl import logging
     logging.set_verbosity(logging.WARNING)  # TF's Python INFO chatter; our summaries print
@@ -221,8 +214,7 @@ def _main(argv: list[str]) -> None:
         cfg = config_lib.load_config(FLAGS.config, overrides)
         MODES[FLAGS.mode].run(cfg)
     except Exception as e:  # noqa: BLE001 - sorted into the user's mistakes and ours
-        if not FLAGS.verbose and (_is_checkpoint_write_error(e)
-                                  or isinstance(e, errors.MachineError)):
+        if not FLAGS.verbose and isinstance(e, errors.MachineError):
             # Neither the user's input (exit 2) nor a bug (traceback): the run failed on
             # the machine's disk, and the same command resumes once there is room.
             sys.stderr.write(f"error: {e}\n")

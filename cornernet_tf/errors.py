@@ -1,4 +1,4 @@
-"""The one exception type that means "the user's input is wrong", and how the CLI reports it.
+"""The exception types the command line reports without a traceback, and how it reports them.
 
 A `UserError` is about something the user gave: a file (missing, unreadable, not what it
 claims to be), a value (a config key, a flag), or a combination (num_classes vs the
@@ -25,14 +25,12 @@ class UserError(Exception):
     """An error in the user's input; the message names the item, the expectation and the finding."""
 
 
-# Exit status when the command was right but the machine failed it (a full disk): the same
-# command works once the machine is fixed.
-ENVIRONMENT_EXIT_CODE = 1
+class MachineError(RuntimeError):
+    """The run failed on the machine, not on the user's input: a full disk, a file size limit.
 
-
-class MachineError(Exception):
-    """The command was right, the machine failed it (a full disk, a refused write); the
-    message says what was kept and what to do. The CLI prints it in one or two lines, exit 1."""
+    The command line prints its message (which says what was kept and how to resume) in a
+    few lines and exits with code 1, without a traceback; `--verbose` adds it.
+    """
 
 
 def is_user_error(error: BaseException) -> bool:

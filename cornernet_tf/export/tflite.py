@@ -29,7 +29,8 @@ from cornernet_tf import boxes as box_lib
 from cornernet_tf.config.choices import TFLITE_MODES
 from cornernet_tf.export.saved_model import write_archive
 from cornernet_tf.inference.detector import DECODE_SCOPE, build_detection_functions
-from cornernet_tf.inference.exported import TFLiteDetector, ops_details
+from cornernet_tf.compat import tflite_ops_details
+from cornernet_tf.inference.exported import TFLiteDetector
 from cornernet_tf.keys import (DETECTION_BOXES, DETECTION_CLASSES, DETECTION_SCORES,
                                NUM_DETECTIONS)
 
@@ -153,7 +154,7 @@ def _quantize_network(converter, dataset) -> bytes:
     calibrated = Interpreter(model_content=debugger.calibrated_model)
     names = {t["index"]: t["name"] for t in calibrated.get_tensor_details()}
     outputs = {d["index"] for d in calibrated.get_output_details()}
-    denylisted = sorted({names[i] for op in ops_details(calibrated) for i in op["outputs"]
+    denylisted = sorted({names[i] for op in tflite_ops_details(calibrated) for i in op["outputs"]
                          if DECODE_SCOPE in names[i] or i in outputs})
     if not denylisted:
         raise TFLiteExportError(f"int8: no op named under {DECODE_SCOPE!r} in the converted "

@@ -21,41 +21,6 @@ from cornernet_tf.inference import preprocess
 from cornernet_tf.keys import DETECTION_OUTPUT_KEYS
 
 
-def ops_details(interpreter: Interpreter) -> list[dict]:
-    """Every op (node) of a loaded TFLite model, in execution order.
-
-    ai_edge_litert's Interpreter has no public call for this (the public ones list tensors,
-    inputs, outputs and signatures), so this wraps its private `_get_ops_details`: the one
-    place the package calls it. `tests/export/test_tflite.py` checks the wrapper on a known
-    model, so a change of the private API fails that test instead of an export.
-
-    Args:
-      interpreter: an `ai_edge_litert.interpreter.Interpreter`.
-
-    Returns:
-      One dict per op with at least "op_name" (str, e.g. "CONV_2D"; Flex ops show as
-      "Flex..." / "DELEGATE"), "inputs" and "outputs" (tensor indices).
-
-    Raises:
-      RuntimeError: the private API is gone or returns something else.
-    """
-    get = getattr(interpreter, "_get_ops_details", None)
-    if get is None:
-        raise RuntimeError("ai_edge_litert Interpreter._get_ops_details is gone; "
-                           "cornernet_tf.inference.exported.ops_details needs another way to list ops")
-    details = list(get())
-    for op in details:
-        if not {"op_name", "inputs", "outputs"} <= set(op):
-            raise RuntimeError(f"ai_edge_litert Interpreter._get_ops_details changed: expected "
-                               f"op_name, inputs, outputs per op, found {sorted(op)}")
-    return details
-
-
-def op_names(path: str) -> list[str]:
-    """The distinct op names of a .tflite file (Flex ops show as 'Flex...' / 'DELEGATE')."""
-    return sorted({op["op_name"] for op in ops_details(Interpreter(model_path=path))})
-
-
 class TFLiteDetector:
     """Runs an exported .tflite with ai_edge_litert; call with uint8 [1, h, w, 3].
 

@@ -14,6 +14,7 @@ from typing import Optional, Sequence
 import keras
 import tensorflow as tf
 
+from cornernet_tf import compat
 from cornernet_tf.modeling.backbones.hourglass import HourglassBackbone
 from cornernet_tf.config.presets import BACKBONES, WIDTH_FIELDS, check_grid
 from cornernet_tf.config.schema import ModelConfig
@@ -28,7 +29,7 @@ IMAGE_STD = (0.27809835, 0.27408164, 0.28863828)
 
 
 @keras.saving.register_keras_serializable(package="cornernet_tf")
-class CornerNet(keras.Model):
+class CornerNet(compat.SkipBuiltSymbolicBuild, keras.Model):
     """CornerNet: hourglass backbone, then per stack a TL and a BR corner module with heads.
 
     `call(images)`: images `[B, H, W, 3]` float32 RGB in [0, 255] (normalised inside).
@@ -225,19 +226,6 @@ class CornerNet(keras.Model):
             # reduces to the scalar (the values are the same global terms on every replica).
             results = {key: tf.reshape(value, [1]) for key, value in results.items()}
         return results
-
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        """Skips Keras' symbolic build when there is nothing left to build.
-
-        `build_model` creates every variable and there are no compiled losses or metrics,
-        so once the optimizer is built the symbolic build has no work. Under
-        MultiWorkerMirroredStrategy, Keras 3.15's version fails: it averages a peeked
-        distributed batch with `strategy.reduce`, which MultiWorkerMirroredStrategy cannot
-        apply to a dict of per-replica tensors (and the peek drops a batch).
-        """
-        if self.built and self.optimizer is not None and self.optimizer.built:
-            return
-        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def train_step(self, data):
         # (images, targets) from fit; train_on_batch passes (images, targets, None).

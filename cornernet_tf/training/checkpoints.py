@@ -27,6 +27,7 @@ import tensorflow as tf
 from absl import logging
 
 from cornernet_tf.config import Config
+from cornernet_tf.errors import MachineError
 
 
 BEST_SUBDIR = "best"  # <model_dir>/checkpoints/best/: the best validation AP's weights
@@ -35,7 +36,7 @@ BEST_SUBDIR = "best"  # <model_dir>/checkpoints/best/: the best validation AP's 
 BEST_RECORD = "best.json"  # beside it: its step and metrics
 
 
-class CheckpointWriteError(RuntimeError):
+class CheckpointWriteError(MachineError):
     """A checkpoint could not be written; training stops (it is not a tf.errors.OpError).
 
     Attributes:

@@ -17,6 +17,8 @@ import math
 
 import keras
 
+from cornernet_tf import compat
+
 _BN_MOMENTUM = 0.9  # PyTorch momentum 0.1 (weight of the new batch statistics)
 _BN_EPSILON = 1e-5
 
@@ -62,9 +64,8 @@ class BatchNorm(keras.layers.BatchNormalization):
                 or self.axis not in (-1, 3)):
             return super().call(inputs, training=training, mask=mask)
         import tensorflow as tf
-        outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
-            inputs, self.gamma, self.beta, epsilon=self.epsilon, data_format="NHWC",
-            is_training=True)
+        outputs, mean, variance = compat.fused_batch_norm_training(inputs, self.gamma,
+                                                                   self.beta, self.epsilon)
         n = tf.cast(tf.reduce_prod(tf.shape(inputs)[:-1]), tf.float32)
         variance = variance * tf.maximum(n - 1.0, 1.0) / n  # unbiased -> Keras' biased
         m = self.momentum

@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 import keras
 
-from cornernet_tf.inference.exported import ops_details
+from cornernet_tf.compat import tflite_ops_details as ops_details
 from cornernet_tf.modeling.layers.corner_pool import CornerPool, directional_pool, resolve_impl
 
 DIRECTIONS = ("top", "bottom", "left", "right")
