@@ -31,6 +31,7 @@ import numpy as np
 from absl import logging
 
 from cornernet_tf import boxes as box_lib
+from cornernet_tf.data import files as file_rule
 from cornernet_tf.data import image_files
 from cornernet_tf.errors import UserError
 
@@ -355,7 +356,7 @@ def _read_images(entries: list, image_dir: str, check_images: str,
                  report: DatasetReport) -> dict:
     """{image_id: (path, width, height)} of the usable images; problems reported."""
     images: dict = {}
-    max_bytes = image_files.max_file_bytes()
+    max_bytes = file_rule.max_file_bytes()
     for entry in entries:
         image_id = entry.get("id") if isinstance(entry, dict) else None
         if image_id is None or isinstance(image_id, (float, bool, list, dict)):
@@ -379,7 +380,7 @@ def _read_images(entries: list, image_dir: str, check_images: str,
                        f"width={width!r} height={height!r}; image dropped", image_id)
             images[image_id] = None
             continue
-        problem = image_files.file_problem(path, max_bytes)
+        problem = file_rule.file_problem(path, max_bytes)
         if problem is not None:  # the rule of every entry point: no FIFO, device, huge file
             missing = not os.path.lexists(path) or problem.startswith("image file not found")
             report.add(MISSING_FILE if missing else UNREADABLE_IMAGE, f"{problem}; image "

@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from cornernet_tf.config.choices import EVAL_RESIZE_MODES
 from cornernet_tf.data import gif as gif_lib
-from cornernet_tf.data import image_files
+from cornernet_tf.data import files as file_rule
 from cornernet_tf.errors import UserError
 
 SizeLike = Union[int, Sequence[int]]
@@ -259,8 +259,8 @@ def read_image(path, max_pixels: Optional[int] = DEFAULT_MAX_IMAGE_PIXELS) -> tf
 
     Graph-safe (the tf.data pipelines map it over path tensors: failures are then
     InvalidArgumentErrors whose message names the file). Called eagerly with a path (predict,
-    evaluation of exports), the file is read under `image_files.read_file`'s rule (a regular
-    file of at most `image_files.max_file_bytes(max_pixels)`; never a FIFO or a device), an
+    evaluation of exports), the file is read under `files.read_file`'s rule (a regular
+    file of at most `file_rule.max_file_bytes(max_pixels)`; never a FIFO or a device), an
     image above the limit is refused from its header before its pixels are decoded, and
     every failure is an `UnreadableImageError` naming the file.
 
@@ -276,13 +276,13 @@ def read_image(path, max_pixels: Optional[int] = DEFAULT_MAX_IMAGE_PIXELS) -> tf
       FileNotFoundError (eager) / tf.errors.NotFoundError (graph): no such file.
     """
     if not tf.executing_eagerly():
-        # The files of a pipeline passed `image_files.file_problem` when the split was loaded.
+        # The files of a pipeline passed `files.file_problem` when the split was loaded.
         return decode_image(tf.io.read_file(path), max_pixels, "image file {}", [path])
     name = path.numpy().decode() if tf.is_tensor(path) else os.fspath(path)
     where = f"image file {name!r}".replace("{}", "{ }")  # a template (decode_image)
-    limit = image_files.max_file_bytes(max_pixels)
+    limit = file_rule.max_file_bytes(max_pixels)
     try:
-        data = tf.constant(image_files.read_file(name, limit))
+        data = tf.constant(file_rule.read_file(name, limit))
     except FileNotFoundError:
         raise
     except OSError as e:  # not a regular file, too large: one rule for every entry point

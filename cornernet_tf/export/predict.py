@@ -73,7 +73,7 @@ def list_images(paths: Sequence[str], skip: Sequence[str] = ()) -> list[str]:
                             if f.lower().endswith(IMAGE_EXTENSIONS)
                             and os.path.realpath(os.path.join(p, f)) not in skip)
         elif os.path.lexists(p):
-            found.append(p)  # read under image_files.read_file's rule (regular files only)
+            found.append(p)  # read under files.read_file's rule (regular files only)
         else:
             raise FileNotFoundError(f"--images: {p!r} is neither a file nor a folder")
     if not found:

@@ -1,7 +1,7 @@
 """Devices, FIFOs and oversized files under image names, at every entry point.
 
-One rule (`image_files.file_problem` / `read_file`): regular files only, at most
-`image_files.max_file_bytes()` bytes, decided by `os.stat` before anything is opened, and
+One rule (`files.file_problem` / `read_file`): regular files only, at most
+`files.max_file_bytes()` bytes, decided by `os.stat` before anything is opened, and
 opened with O_NONBLOCK. Before: predict read `zero.jpg -> /dev/zero` until the kernel
 killed it (22.6 GB) and hung forever on a FIFO named `pipe.jpg`; the loader dropped them
 as "image file not found".
@@ -12,14 +12,15 @@ import threading
 
 import pytest
 
-from cornernet_tf.data import coco, image_files, images
+from cornernet_tf.data import coco, images
+from cornernet_tf.data import files as file_rule
 from cornernet_tf.data.coco import LabelMap
 from cornernet_tf.export import predict as predict_lib
 from cornernet_tf.export import saved_model
 from tests.robustness import corpus
 from tests.support.export_models import tiny_config, tiny_model
 
-HUGE = image_files.max_file_bytes() + 1
+HUGE = file_rule.max_file_bytes() + 1
 KINDS = {"dev_zero": "a character device", "dev_urandom": "a character device",
          "dev_null": "a character device", "fifo": "a FIFO (named pipe)",
          "huge": f"is {HUGE} bytes, more than the {HUGE - 1}"}
@@ -53,7 +54,7 @@ def _with_deadline(fn, seconds=120):
 def test_the_rule_refuses_without_opening(special, case):
     folder, files = special
     path = os.path.join(folder, files[case])
-    problem = image_files.file_problem(path, image_files.max_file_bytes())
+    problem = file_rule.file_problem(path, file_rule.max_file_bytes())
     assert problem is not None and KINDS[case] in problem and path in problem
     result = _with_deadline(lambda: images.read_image(path))  # predict, evaluate exports
     assert isinstance(result.get("error"), images.UnreadableImageError), result
