@@ -259,7 +259,7 @@ def read_image(path, max_pixels: Optional[int] = DEFAULT_MAX_IMAGE_PIXELS) -> tf
 
     Graph-safe (the tf.data pipelines map it over path tensors: failures are then
     InvalidArgumentErrors whose message names the file). Called eagerly with a path (predict,
-    evaluation of exports), the file is read under `files.read_file`'s rule (a regular
+    evaluation of exports), the file is read under the rule of `data/files.py` (a regular
     file of at most `file_rule.max_file_bytes(max_pixels)`; never a FIFO or a device), an
     image above the limit is refused from its header before its pixels are decoded, and
     every failure is an `UnreadableImageError` naming the file.
@@ -284,7 +284,7 @@ def read_image(path, max_pixels: Optional[int] = DEFAULT_MAX_IMAGE_PIXELS) -> tf
     try:
         data = tf.constant(file_rule.read_file(name, limit))
     except FileNotFoundError:
-        raise
+        raise  # a missing file stays what it is (the caller's FileNotFoundError)
     except OSError as e:  # not a regular file, too large: one rule for every entry point
         raise UnreadableImageError(f"{where}: {e.strerror or e}") from None
     if not bool(is_known_format(data)):
