@@ -270,13 +270,15 @@ def predict(model_path: str, image_paths: Sequence[str], output_dir: str,
 def convert(cfg: Config, weights: str, model_dir: str, label_map=None,
             verbose: bool = True) -> dict:
     """The authors' trained file -> a checkpoint, config.yaml and labels.json in model_dir
-    (`convert.job.convert_weights`)."""
+    (`convert.job.convert_weights`).
+
+    The model is built there, after the destination is checked and the file is read and
+    recognised: a wrong file or folder fails in a second, not after minutes of building
+    Hourglass-104."""
     from cornernet_tf.convert.job import convert_weights
-    from cornernet_tf.modeling.model import build_model
 
     cfg = resolve_dataset_dependent(cfg)
-    return convert_weights(cfg, weights, model_dir, label_map=label_map, verbose=verbose,
-                           model=build_model(cfg.model))
+    return convert_weights(cfg, weights, model_dir, label_map=label_map, verbose=verbose)
 
 
 def inspect_data(cfg: Config, output_dir: str) -> dict:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -188,7 +189,7 @@ class ExportConfig:
     score_threshold: float = 0.0  # detections below are dropped in the exported graph
     representative_images: int = 32  # int8 calibration images from the training data
     # images with more pixels (H * W) are refused by the exported signatures and predict;
-    # bounds a request's memory (preprocess.DEFAULT_MAX_IMAGE_PIXELS is the same number)
+    # bounds a request's memory. Also the default limit of `data.images.read_image`.
     max_image_pixels: int = 50_000_000
 
 
@@ -225,11 +226,58 @@ class Config:
 # Loading, conversion, validation.
 # --------------------------------------------------------------------------------------
 
+class _Loader(yaml.SafeLoader):  # pylint: disable=too-many-ancestors
+    """`yaml.SafeLoader` without aliases.
+
+    An alias (`*name`) repeats an anchored node by reference: nine nested lines of nine
+    aliases ("billion laughs") are 387 million elements once copied or printed, from a
+    file of 342 bytes. A config never needs them, so the first alias is refused before
+    anything is built; anchors alone (`&name`) are harmless and read as usual.
+    """
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise ConfigError(f"line {mark.line + 1}, column {mark.column + 1}: "
+                              f"YAML aliases (*{self.peek_event().anchor}) are not accepted in "
+                              f"a config; write the value out")
+        return super().compose_node(parent, index)
+
+
+def _yaml(text_or_file: Any, source: str) -> Any:
+    """YAML -> plain Python values, with `_Loader` (safe, no aliases).
+
+    Raises:
+      ConfigError: an alias, or nesting deeper than Python's recursion limit.
+      yaml.YAMLError: not YAML.
+    """
+    try:
+        return yaml.load(text_or_file, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: nested too deeply to be a config (expected sections of "
+                          f"keys and values)") from None
+
+
+def shown(value: Any, limit: int = 80) -> str:
+    """`repr(value)` for a message, at most about `limit` characters, built without
+    walking a large value (reprlib stops after a few items at each level)."""
+    short = _REPR.repr(value)
+    return short if len(short) <= limit else short[:limit] + f"... ({len(short)} characters)"
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict = 3, 8, 8, 8
+_REPR.maxstring = _REPR.maxother = _REPR.maxlong = 80
+
+
 def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Config:
     """Reads a YAML experiment file and applies dotted overrides.
 
     Args:
-      path: YAML file (`yaml.safe_load`); keys not given keep their defaults. None: defaults.
+      path: YAML file (safe YAML without aliases, `_Loader`); keys not given keep their
+        defaults. None: defaults.
       overrides: strings `section.key=value`; the value is parsed as YAML (`3`, `0.5`,
         `[1, 2]`, `true`) and converted to the field's type.
 
@@ -245,7 +293,7 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Co
         path = resolve_config_path(path)
         with open(path, "r", encoding="utf-8") as f:
             try:
-                raw = yaml.safe_load(f) or {}
+                raw = _yaml(f, path) or {}
             except yaml.YAMLError as e:
                 raise ConfigError(f"{path}: not valid YAML: {e}") from None
         if not isinstance(raw, dict):
@@ -323,13 +371,13 @@ def _apply_overrides(raw: dict, overrides: Iterable[str], source: str) -> dict:
     raw = _deep_copy(raw)
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"{source} {item!r}: expected key=value, e.g. train.steps=100")
+            raise ConfigError(f"{source} {shown(item)}: expected key=value, e.g. train.steps=100")
         key, text = item.split("=", 1)
         key = key.strip()
         parts = key.split(".")
         _check_path(parts, key)
         try:
-            value = yaml.safe_load(text) if text.strip() else ""
+            value = _yaml(text, f"{source} {key}") if text.strip() else ""
         except yaml.YAMLError:
             value = text
         node = raw
@@ -345,17 +393,17 @@ def _check_path(parts: list[str], key: str) -> None:
     cls: Any = Config
     for i, p in enumerate(parts):
         if not dataclasses.is_dataclass(cls):
-            raise ConfigError(f"unknown config key {key!r}: {'.'.join(parts[:i])} is a value, "
+            raise ConfigError(f"unknown config key {shown(key)}: {'.'.join(parts[:i])} is a value, "
                               f"not a section")
         names = [f.name for f in dataclasses.fields(cls)]
         if p not in names:
             where = ".".join(parts[:i]) or "the top level"
-            raise ConfigError(f"unknown config key {key!r}: {p!r} is not in {where}; "
+            raise ConfigError(f"unknown config key {shown(key)}: {shown(p)} is not in {where}; "
                               f"valid keys: {', '.join(names)}")
         cls = _field_types(cls)[p]
     if dataclasses.is_dataclass(cls):
-        raise ConfigError(f"config key {key!r} is a section; set one of its keys, e.g. "
-                          f"{key}.{dataclasses.fields(cls)[0].name}=...")
+        raise ConfigError(f"config key {shown(key)} is a section; set one of its keys, e.g. "
+                          f"{shown(key, 60)[1:-1]}.{dataclasses.fields(cls)[0].name}=...")
 
 
 def _field_types(cls) -> dict[str, Any]:
@@ -367,11 +415,11 @@ def _build(cls, raw: Any, prefix: str, source: str):
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: {prefix.rstrip('.') or 'top level'} must be a mapping, "
-                          f"found {raw!r}")
+                          f"found {shown(raw)}")
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - names)
+    unknown = sorted(set(raw) - names, key=str)  # keys of any type (1, 'a') sort
     if unknown:
-        raise ConfigError(f"{source}: unknown config key {prefix + str(unknown[0])!r}; valid "
+        raise ConfigError(f"{source}: unknown config key {shown(prefix + str(unknown[0]))}; valid "
                           f"keys in {prefix.rstrip('.') or 'the top level'}: "
                           f"{', '.join(sorted(names))}")
     types_ = _field_types(cls)
@@ -399,12 +447,12 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
                 len(args) == 2 and args[1] is not Ellipsis:
             value = [value, value]  # `input_size: 511` means a square
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config key {key!r}: expected a list, found {value!r}")
+            raise ConfigError(f"config key {key!r}: expected a list, found {shown(value)}")
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_convert(v, args[0], key) for v in value)
         if len(value) != len(args):
             raise ConfigError(f"config key {key!r}: expected {len(args)} values, "
-                              f"found {len(value)}: {value!r}")
+                              f"found {len(value)}: {shown(value)}")
         return tuple(_convert(v, a, key) for v, a in zip(value, args))
     if origin is dict:
         if not isinstance(value, dict):
@@ -414,23 +462,23 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"config key {key!r}: expected true or false, found {value!r}")
+        raise ConfigError(f"config key {key!r}: expected true or false, found {shown(value)}")
     if tp is int:
         value = _number_from_string(value)  # `train.steps=1e3`: an integral float is fine
         if isinstance(value, bool) or not isinstance(value, (int, float)) or \
                 (isinstance(value, float) and not value.is_integer()):
-            raise ConfigError(f"config key {key!r}: expected an integer, found {value!r}")
+            raise ConfigError(f"config key {key!r}: expected an integer, found {shown(value)}")
         return int(value)
     if tp is float:
         value = _number_from_string(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"config key {key!r}: expected a number, found {value!r}")
+            raise ConfigError(f"config key {key!r}: expected a number, found {shown(value)}")
         if not math.isfinite(value):  # no key of the config has a meaning for NaN or inf
-            raise ConfigError(f"config key {key!r}: expected a finite number, found {value!r}")
+            raise ConfigError(f"config key {key!r}: expected a finite number, found {shown(value)}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"config key {key!r}: expected a string, found {value!r}")
+            raise ConfigError(f"config key {key!r}: expected a string, found {shown(value)}")
         return value
     raise ConfigError(f"config key {key!r}: unsupported type {tp}")
 
@@ -447,7 +495,7 @@ def _number_from_string(value: Any) -> Any:
 
 def _choice(key: str, value: str, allowed: Sequence[str]) -> None:
     if value not in allowed:
-        raise ConfigError(f"config key {key!r}: {value!r} is not one of {', '.join(allowed)}")
+        raise ConfigError(f"config key {key!r}: {shown(value)} is not one of {', '.join(allowed)}")
 
 
 @dataclass(frozen=True)
@@ -565,7 +613,7 @@ def _check_ranges(obj: Any, prefix: str = "") -> None:
             if isinstance(v, (int, float)) and not isinstance(v, bool) and v not in valid:
                 where = f" in {list(value)}" if isinstance(value, tuple) else ""
                 raise ConfigError(f"config key {key!r}: expected {valid.describe()}, "
-                                  f"found {v!r}{where}")
+                                  f"found {shown(v)}{where}")
 
 
 def validate(cfg: Config) -> None:

@@ -17,6 +17,8 @@ import json
 import os
 import time
 
+import numpy as np
+
 from cornernet_tf.convert import mapping, torch_reader
 from cornernet_tf.errors import UserError
 
@@ -24,6 +26,8 @@ from cornernet_tf.errors import UserError
 ARCHITECTURES = {"hourglass104": "CornerNet", "squeeze": "CornerNet-Squeeze"}
 # Step number of the written checkpoint: the authors' files are 500k-iteration snapshots.
 CHECKPOINT_STEP = 500000
+# The files a conversion writes next to the checkpoints; an existing one is never replaced.
+RUN_FILES = ("config.yaml", "labels.json", "converted_from.json")
 
 
 class ConversionError(UserError, ValueError):
@@ -59,8 +63,8 @@ def load_converted_model(cfg, weights: str, model=None):
 
     Returns:
       (model, info): the built, filled CornerNet and a dict with "architecture",
-      "tensors" (assigned), "ignored" (num_batches_tracked entries), "read_seconds",
-      "assign_seconds".
+      "tensors" (assigned), "ignored" (num_batches_tracked entries), "float16" (names of
+      the file's float16 tensors, converted to float32), "read_seconds", "assign_seconds".
 
     Raises:
       ConversionError: the file is unreadable, for another architecture, or does not fit.
@@ -93,9 +97,32 @@ def load_converted_model(cfg, weights: str, model=None):
         counts = mapping.assign(model, state, source=weights)
     except mapping.MappingError as e:
         raise ConversionError(str(e)) from None
+    half = sorted(name for name, value in state.items() if value.dtype == np.float16)
     info = dict(architecture=found, tensors=counts["assigned"], ignored=counts["ignored"],
-                read_seconds=read_seconds, assign_seconds=time.perf_counter() - start)
+                float16=half, read_seconds=read_seconds,
+                assign_seconds=time.perf_counter() - start)
     return model, info
+
+
+def check_destination(model_dir: str, checkpoint_subdir: str) -> None:
+    """Refuses a `--model_dir` the conversion cannot fill without replacing a run's files;
+    called before the (long) read of the weights.
+
+    Raises:
+      ConversionError: model_dir exists and is not a folder, or already holds checkpoints
+        or a run's config.yaml / labels.json (converting into it would replace them).
+    """
+    if os.path.lexists(model_dir) and not os.path.isdir(model_dir):
+        raise ConversionError(f"--model_dir {model_dir} exists and is not a folder; the "
+                              f"conversion writes a run folder there (nothing was read)")
+    checkpoints = os.path.join(model_dir, checkpoint_subdir)
+    taken = [n for n in ((checkpoint_subdir,) + RUN_FILES)
+             if os.path.lexists(os.path.join(model_dir, n))
+             and not (n == checkpoint_subdir and os.path.isdir(checkpoints)
+                      and not os.listdir(checkpoints))]
+    if taken:
+        raise ConversionError(f"--model_dir {model_dir} already holds a run ({', '.join(taken)}"
+                              f"); convert into a new folder (nothing was written)")
 
 
 def convert_weights(cfg, weights: str, model_dir: str, label_map=None,
@@ -105,7 +132,8 @@ def convert_weights(cfg, weights: str, model_dir: str, label_map=None,
     Args:
       cfg: resolved Config (configs/hourglass104_coco.yaml or configs/squeeze_coco.yaml).
       weights: the authors' file, e.g. CornerNet_500000.pkl.
-      model_dir: output folder; must not hold checkpoints yet.
+      model_dir: output folder; must not hold checkpoints or a run's files yet (checked
+        before the weights are read).
       label_map: classes of the model; default COCO's 80 in the authors' order (requires
         model.num_classes 80).
       verbose: print what was written.
@@ -113,19 +141,17 @@ def convert_weights(cfg, weights: str, model_dir: str, label_map=None,
 
     Returns:
       dict: "checkpoint" (path written), "architecture", "tensors", "ignored",
-      "read_seconds", "assign_seconds".
+      "read_seconds", "assign_seconds", "float16".
 
     Raises:
-      ConversionError: as `load_converted_model`, or model_dir already holds checkpoints,
+      ConversionError: as `load_converted_model`, or model_dir is a file or already holds
+        checkpoints or a run's files,
         or no label map fits model.num_classes.
     """
     from cornernet_tf.training import checkpoints as ckpt_lib
     from cornernet_tf.convert.coco_labels import coco_label_map
 
-    checkpoints = os.path.join(model_dir, ckpt_lib.CHECKPOINT_SUBDIR)
-    if os.path.isdir(checkpoints) and os.listdir(checkpoints):
-        raise ConversionError(f"--model_dir {model_dir} already holds checkpoints "
-                              f"({checkpoints}); convert into a new folder")
+    check_destination(model_dir, ckpt_lib.CHECKPOINT_SUBDIR)
     if label_map is None:
         label_map = coco_label_map()
     if label_map.num_classes != cfg.model.num_classes:
@@ -147,4 +173,8 @@ def convert_weights(cfg, weights: str, model_dir: str, label_map=None,
         print(f"converted {weights} ({info['architecture']}, {info['tensors']} tensors; "
               f"{info['ignored']} num_batches_tracked entries not needed) to {path}; "
               f"config.yaml, labels.json and converted_from.json in {model_dir}", flush=True)
+        if info["float16"]:
+            print(f"note: {len(info['float16'])} of the file's tensors are float16 (e.g. "
+                  f"{info['float16'][0]}); they were converted to the model's float32, "
+                  f"which keeps their values exactly", flush=True)
     return info

@@ -27,7 +27,7 @@ import os
 import pickle
 import struct
 import zipfile
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Optional
 
 import numpy as np
 
@@ -82,29 +82,57 @@ class _TensorRef:
         self.size = tuple(int(n) for n in size)
         self.stride = tuple(int(s) for s in stride)
 
-    def to_numpy(self, name: str, path: str) -> np.ndarray:
+    def to_numpy(self, name: str, path: str, budget: "_CopyBudget") -> np.ndarray:
+        """The tensor as an array: a view of the storage when it is contiguous, else a copy.
+
+        A state dict's tensors are views that stay inside their storage and do not
+        overlap themselves; anything else is refused before an element is read: a
+        negative size, a negative or zero stride (on a dimension of more than one
+        element; such strides read before the storage or repeat one element into a huge
+        array), a view reaching outside the storage, or more elements than the storage
+        holds. Copies (non-contiguous views) count against `budget`.
+        """
         data = self.storage.data
         if data is None:
             raise CheckpointError(f"{path}: storage {self.storage.key} of {name!r} has no data "
                                   f"in the file (truncated or not written by torch.save)")
-        if not self.size:
-            last = self.offset
-        else:
-            last = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride))
+        where = (f"{path}: tensor {name!r} (size {list(self.size)}, stride "
+                 f"{list(self.stride)}, offset {self.offset})")
+        if len(self.size) != len(self.stride) or any(n < 0 for n in self.size):
+            raise CheckpointError(f"{where}: expected as many strides as sizes, all sizes >= 0")
         if any(n == 0 for n in self.size):
             return np.zeros(self.size, data.dtype)
-        if self.offset < 0 or last >= data.size:
-            raise CheckpointError(f"{path}: tensor {name!r} (size {list(self.size)}, offset "
-                                  f"{self.offset}) reaches past its storage of {data.size} "
-                                  f"elements")
+        if any(s < 1 for n, s in zip(self.size, self.stride) if n > 1):
+            raise CheckpointError(f"{where}: a stride below 1 is not a state dict's tensor "
+                                  f"(expected strides >= 1 on every dimension longer than 1)")
+        numel = int(np.prod(self.size, dtype=object))
+        last = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride))
+        if self.offset < 0 or last >= data.size or numel > data.size:
+            raise CheckpointError(f"{where}: reaches outside its storage of {data.size} "
+                                  f"elements (elements {self.offset} to {last}, {numel} in all)")
         contiguous = tuple(int(np.prod(self.size[i + 1:])) for i in range(len(self.size)))
-        if self.stride == contiguous or int(np.prod(self.size)) == 1:
+        if self.stride == contiguous or numel == 1:
             # The usual case: a read-only view of the file's bytes, no copy.
-            return data[self.offset:self.offset + int(np.prod(self.size))].reshape(self.size)
+            return data[self.offset:self.offset + numel].reshape(self.size)
+        budget.take(numel * data.itemsize, where)
         view = np.lib.stride_tricks.as_strided(
             data[self.offset:], shape=self.size,
             strides=[s * data.itemsize for s in self.stride], writeable=False)
         return np.array(view)  # a contiguous copy
+
+
+class _CopyBudget:
+    """Bytes the non-contiguous tensors of one file may copy in all: the file's size (each
+    view stays inside its storage, but many views of one storage would each be copied)."""
+
+    def __init__(self, limit: int):
+        self.left = limit
+
+    def take(self, nbytes: int, where: str) -> None:
+        self.left -= nbytes
+        if self.left < 0:
+            raise CheckpointError(f"{where}: the file's strided views copy more bytes than "
+                                  f"the file holds (overlapping views of one storage)")
 
 
 def _rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False,
@@ -177,22 +205,27 @@ def read_state_dict(path: str) -> "collections.OrderedDict[str, np.ndarray]":
     with open(path, "rb") as f:
         head = f.read(4)
         f.seek(0)
+        size = os.fstat(f.fileno()).st_size
         try:
             if head == b"PK\x03\x04":
                 obj, storages = _read_zip(f, path)
             else:
-                obj, storages = _read_legacy(f, path)
+                obj, storages = _read_legacy(f, path, size)
+            return _flatten(obj, storages, path, _CopyBudget(size))
         except CheckpointError:
             raise
+        except MemoryError:  # numpy's _ArrayMemoryError too
+            raise CheckpointError(f"{path}: reading it needs more memory than this machine "
+                                  f"can give (a tensor or storage larger than the file "
+                                  f"suggests)") from None
         except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, struct.error,
                 ValueError, KeyError, IndexError, TypeError, AttributeError,
-                UnicodeDecodeError, MemoryError) as e:
+                UnicodeDecodeError, OverflowError, RecursionError) as e:
             raise CheckpointError(f"{path}: not a readable PyTorch state dict file (truncated or "
                                   f"another format): {type(e).__name__}: {e}"[:400]) from None
-    return _flatten(obj, storages, path)
 
 
-def _read_legacy(f: BinaryIO, path: str):
+def _read_legacy(f: BinaryIO, path: str, file_size: int):
     storages: dict = {}
     magic = _RestrictedUnpickler(f, path, storages, legacy=True).load()
     if magic != LEGACY_MAGIC:
@@ -215,9 +248,14 @@ def _read_legacy(f: BinaryIO, path: str):
         if storage is None:
             raise CheckpointError(f"{path}: storage {key} is listed but no tensor uses it")
         (numel,) = struct.unpack("<q", _read_exact(f, 8, path, key))
-        raw = _read_exact(f, numel * storage.dtype.itemsize, path, key)
+        nbytes = numel * storage.dtype.itemsize
+        if numel < 0 or nbytes > file_size - f.tell():  # checked before anything is read
+            raise CheckpointError(f"{path}: truncated: storage {key} claims {numel} elements "
+                                  f"({nbytes} bytes); the file has {file_size - f.tell()} "
+                                  f"bytes left")
+        raw = _read_exact(f, nbytes, path, key)
         storage.data = np.frombuffer(raw, storage.dtype)
-    _resolve_views(storages)
+    _resolve_views(storages, path)
     return obj, storages
 
 
@@ -227,6 +265,25 @@ def _read_exact(f: BinaryIO, n: int, path: str, key) -> bytes:
         raise CheckpointError(f"{path}: truncated: storage {key} needs {n} more bytes, the file "
                               f"has {len(data)}")
     return data
+
+
+def _member(archive: zipfile.ZipFile, name: str, path: str, need: Optional[int] = None) -> bytes:
+    """A member's bytes, its size checked before it is read.
+
+    torch writes every member stored (uncompressed), so a member is never larger than the
+    file; a compressed member (whose inflated size only its header vouches for: a zip bomb)
+    or one of another size than its tensors need is refused before it is inflated.
+    """
+    info = archive.getinfo(name)
+    if info.compress_type != zipfile.ZIP_STORED or info.file_size != info.compress_size:
+        raise CheckpointError(f"{path}: member {name} is compressed ({info.compress_size} bytes "
+                              f"that inflate to {info.file_size}); torch.save writes every "
+                              f"member uncompressed")
+    if need is not None and info.file_size < need:
+        raise CheckpointError(f"{path}: {name} has {info.file_size} bytes, the tensor needs "
+                              f"{need}")
+    with archive.open(info) as member:
+        return member.read(info.file_size if need is None else need)
 
 
 def _read_zip(f: BinaryIO, path: str):
@@ -239,36 +296,39 @@ def _read_zip(f: BinaryIO, path: str):
                                   f"one '<name>/data.pkl', found {len(pickles)})")
         prefix = pickles[0][:-len("data.pkl")]
         order = prefix + "byteorder"
-        if order in names and archive.read(order).strip() not in (b"little", b""):
+        if order in names and _member(archive, order, path).strip() not in (b"little", b""):
             raise CheckpointError(f"{path}: big-endian archive; not supported")
-        obj = _RestrictedUnpickler(io.BytesIO(archive.read(pickles[0])), path, storages,
-                                   legacy=False).load()
+        obj = _RestrictedUnpickler(io.BytesIO(_member(archive, pickles[0], path)), path,
+                                   storages, legacy=False).load()
         for key, storage in storages.items():
             member = f"{prefix}data/{key}"
             if member not in names:
                 raise CheckpointError(f"{path}: truncated or incomplete: {member} is missing")
-            raw = archive.read(member)
-            need = storage.numel * storage.dtype.itemsize
-            if len(raw) < need:
-                raise CheckpointError(f"{path}: {member} has {len(raw)} bytes, the tensor "
-                                      f"needs {need}")
-            storage.data = np.frombuffer(raw[:need], storage.dtype)
+            if storage.numel < 0:
+                raise CheckpointError(f"{path}: storage {key} claims {storage.numel} elements")
+            raw = _member(archive, member, path, storage.numel * storage.dtype.itemsize)
+            storage.data = np.frombuffer(raw, storage.dtype)
     return obj, storages
 
 
-def _resolve_views(storages: dict) -> None:
+def _resolve_views(storages: dict, path: str) -> None:
     for key, storage in storages.items():
         parent = getattr(storage, "parent", None)
         if parent is not None and parent.data is not None:
             start = storage.parent_offset
+            if start < 0 or storage.numel < 0 or start + storage.numel > parent.data.size:
+                raise CheckpointError(f"{path}: storage view {key} (elements {start} to "
+                                      f"{start + storage.numel}) reaches outside storage "
+                                      f"{parent.key} of {parent.data.size} elements")
             storage.data = parent.data[start:start + storage.numel]
 
 
-def _flatten(obj: Any, storages: dict, path: str) -> "collections.OrderedDict[str, np.ndarray]":
+def _flatten(obj: Any, storages: dict, path: str,
+             budget: _CopyBudget) -> "collections.OrderedDict[str, np.ndarray]":
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a state dict (name -> tensor), found a "
                               f"{type(obj).__name__}")
-    _resolve_views(storages)
+    _resolve_views(storages, path)
     out = collections.OrderedDict()
     for name, value in obj.items():
         if not isinstance(name, str) or not isinstance(value, _TensorRef):
@@ -276,5 +336,5 @@ def _flatten(obj: Any, storages: dict, path: str) -> "collections.OrderedDict[st
             raise CheckpointError(
                 f"{path}: expected a state dict of tensors; entry {name!r:.60} is a {kind} "
                 f"(a training snapshot with other entries? save model.state_dict() alone)")
-        out[name] = value.to_numpy(name, path)
+        out[name] = value.to_numpy(name, path, budget)
     return out

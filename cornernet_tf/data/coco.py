@@ -25,12 +25,14 @@ import dataclasses
 import json
 import math
 import os
+import sys
 from typing import Any, Optional, Sequence
 
 import numpy as np
 from absl import logging
 
 from cornernet_tf import boxes as box_lib
+from cornernet_tf.data import files as file_rule
 from cornernet_tf.data import image_files
 from cornernet_tf.errors import UserError
 
@@ -242,8 +244,14 @@ class LabelMap:
         if not text_or_path.lstrip().startswith("{"):
             with open(text_or_path, "r", encoding="utf-8") as f:
                 text = f.read()
-        entries = json.loads(text)["classes"]
-        return cls([e["category_id"] for e in entries], [e["name"] for e in entries])
+        try:
+            entries = json.loads(text)["classes"]
+            return cls([e["category_id"] for e in entries], [e["name"] for e in entries])
+        except (ValueError, KeyError, TypeError, RecursionError) as e:
+            where = text_or_path if text is not text_or_path else "labels json"
+            raise DatasetError(f"{where}: not a labels.json written by cornernet-tf (expected "
+                               f"{{\"classes\": [{{\"category_id\", \"name\"}}, ...]}}): "
+                               f"{json_problem(e)}"[:400]) from None
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, LabelMap) and (self.category_ids, self.names) == (
@@ -251,6 +259,15 @@ class LabelMap:
 
     def __repr__(self) -> str:
         return f"LabelMap({dict(zip(self.category_ids, self.names))})"
+
+
+def json_problem(error: Exception) -> str:
+    """What is wrong with a json file, from json's error or the RecursionError that nesting
+    deeper than Python's recursion limit raises (`[[[...]]]` 200000 levels deep)."""
+    if isinstance(error, RecursionError):
+        return (f"nested deeper than {sys.getrecursionlimit()} levels (a COCO file is a few "
+                f"levels deep)")
+    return str(error)
 
 
 def load_coco(annotation_path: str, image_dir: str, strict: bool = False,
@@ -291,8 +308,8 @@ def load_coco(annotation_path: str, image_dir: str, strict: bool = False,
     with open(annotation_path, "r", encoding="utf-8") as f:
         try:
             data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise DatasetError(f"{annotation_path}: not valid json: {e}") from None
+        except (json.JSONDecodeError, RecursionError) as e:
+            raise DatasetError(f"{annotation_path}: not valid json: {json_problem(e)}") from None
     found = sorted(data) if isinstance(data, dict) else type(data).__name__
     for key in ("images", "annotations", "categories"):
         if not isinstance(data, dict) or not isinstance(data.get(key), list):
@@ -382,6 +399,7 @@ def _read_images(entries: list, image_dir: str, check_images: str,
                  report: DatasetReport) -> dict:
     """{image_id: (path, width, height)} of the usable images; problems reported."""
     images: dict = {}
+    max_bytes = file_rule.max_file_bytes()
     for entry in entries:
         image_id = entry.get("id") if isinstance(entry, dict) else None
         if image_id is None or isinstance(image_id, (float, bool, list, dict)):
@@ -405,8 +423,11 @@ def _read_images(entries: list, image_dir: str, check_images: str,
                        f"width={width!r} height={height!r}; image dropped", image_id)
             images[image_id] = None
             continue
-        if not os.path.isfile(path):
-            report.add(MISSING_FILE, f"image file not found: {path}; image dropped", image_id)
+        problem = file_rule.file_problem(path, max_bytes)
+        if problem is not None:  # the rule of every entry point: no FIFO, device, huge file
+            missing = not os.path.lexists(path) or problem.startswith("image file not found")
+            report.add(MISSING_FILE if missing else UNREADABLE_IMAGE, f"{problem}; image "
+                       f"dropped", image_id)
             images[image_id] = None
             continue
         if check_images != "none":

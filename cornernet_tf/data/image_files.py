@@ -37,7 +37,6 @@ DECODER_FORMATS = "JPEG, PNG, GIF, BMP, WebP or JPEG XL"
 # The file names taken as images when a folder is listed (predict, YOLO image folders).
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 
-
 def decoder_format(head: bytes) -> Optional[str]:
     """The format the decoder would read `head` (a file's first 16 bytes or more) as, or
     None when it refuses the file."""

@@ -18,6 +18,9 @@ import numpy as np
 import tensorflow as tf
 
 from cornernet_tf.config.choices import EVAL_RESIZE_MODES
+from cornernet_tf.config.schema import ExportConfig
+from cornernet_tf.data import gif as gif_lib
+from cornernet_tf.data import files as file_rule
 from cornernet_tf.errors import UserError
 
 SizeLike = Union[int, Sequence[int]]
@@ -51,10 +54,9 @@ def size_pair(size: SizeLike, name: str, where: str) -> tuple[int, int]:
     return pair
 
 
-# The default of `export.max_image_pixels` (config.py, which imports no TensorFlow, states
-# the same number; tests/test_preprocess.py checks that they agree). 50 MP is an 8660 x 5773
-# photograph; one such image decodes to 150 MB of uint8.
-DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
+# The default of `export.max_image_pixels`, defined once in the config. 50 MP is an
+# 8660 x 5773 photograph; one such image decodes to 150 MB of uint8.
+DEFAULT_MAX_IMAGE_PIXELS = ExportConfig().max_image_pixels
 
 _MAGIC = {"png": b"\x89PNG\r\n\x1a\n", "jpeg": b"\xff\xd8", "gif": b"GIF8", "bmp": b"BM",
           "riff": b"RIFF", "webp": b"WEBP"}
@@ -97,27 +99,38 @@ def _head(data: tf.Tensor) -> tf.Tensor:
 def header_size(data: tf.Tensor) -> tf.Tensor:
     """(height, width) of an encoded image read from its header, without decoding it.
 
-    PNG (IHDR), JPEG (`tf.image.extract_jpeg_shape`, the frame header), GIF (logical
-    screen), BMP (info header) and WebP (VP8, VP8L and VP8X headers). Graph-safe.
+    PNG (IHDR), JPEG (`tf.image.extract_jpeg_shape`, the frame header), GIF (the first
+    image's descriptor, what `decode_image` decodes; not the logical screen, which the
+    decoder ignores), BMP (info header) and WebP (VP8, VP8L and VP8X headers). Graph-safe.
 
     Args:
       data: [] string, the file's bytes.
 
     Returns:
       [2] int64 (height, width); (-1, -1) when the format is none of these or the bytes
-      are too short to hold a header (the decoder then says what is wrong).
+      are too short to hold a header (the decoder then says what is wrong), or a GIF
+      whose first image is not complete (`decode_image` refuses it).
     """
-    data = tf.convert_to_tensor(data, tf.string)
+    return _header(tf.convert_to_tensor(data, tf.string))[0]
+
+
+def _is_gif(data: tf.Tensor) -> tf.Tensor:
+    return tf.equal(tf.strings.substr(_head(data), 0, len(_MAGIC["gif"])), _MAGIC["gif"])
+
+
+def _header(data: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """(`header_size`, the end of a GIF's first image: -1 when not found or not a GIF)."""
+    unknown = tf.constant([-1, -1], tf.int64)
+    gif_size, gif_end = tf.cond(_is_gif(data), lambda: gif_lib.first_image(data),
+                                lambda: (unknown, tf.constant(-1, tf.int64)))
     head = _head(data)
     length = tf.strings.length(data)
 
     def starts(magic, pos=0):
         return tf.equal(tf.strings.substr(head, pos, len(magic)), magic)
 
-    unknown = tf.constant([-1, -1], tf.int64)
     le = lambda pos, n: _uint(head, pos, n, big_endian=False)  # noqa: E731
     png = tf.stack([_uint(head, 20, 4, True), _uint(head, 16, 4, True)])
-    gif = tf.stack([le(8, 2), le(6, 2)])
     bmp_h = le(22, 4)
     bmp = tf.stack([tf.where(bmp_h >= 2 ** 31, 2 ** 32 - bmp_h, bmp_h), le(18, 4)])  # top-down
     vp8 = tf.stack([le(28, 2) % 16384, le(26, 2) % 16384])
@@ -130,13 +143,13 @@ def header_size(data: tf.Tensor) -> tf.Tensor:
                              tf.where(starts(b"VP8 ", 12), vp8, unknown)))
     size = unknown
     for ok, value in ((tf.logical_and(starts(_MAGIC["png"]), length >= 24), png),
-                      (tf.logical_and(starts(_MAGIC["gif"]), length >= 10), gif),
+                      (starts(_MAGIC["gif"]), gif_size),
                       (tf.logical_and(starts(_MAGIC["bmp"]), length >= 26), bmp),
                       (tf.logical_and(is_webp, length >= 30), webp)):
         size = tf.where(ok, value, size)
     return tf.cond(starts(_MAGIC["jpeg"]),
                    lambda: tf.cast(tf.image.extract_jpeg_shape(data)[:2], tf.int64),
-                   lambda: size)
+                   lambda: size), gif_end
 
 
 def _webp_has_alpha(data: tf.Tensor) -> tf.Tensor:
@@ -187,7 +200,10 @@ def decode_image(data: tf.Tensor, max_pixels: Optional[int] = None, where: str =
     With `max_pixels`, the size in the header (`header_size`) is checked before anything is
     decoded, so a 23000 x 23000 PNG of 1.5 MB, or a header claiming 100000 x 100000, is
     refused without allocating its pixels; a format whose header is not read is checked
-    after decoding.
+    after decoding. A GIF is cut after its first image before it is decoded
+    (`data/gif.py`): TensorFlow's decoder would decompress every frame first (a 4.7 MB
+    GIF of 1000 frames of 2000 x 2000: 4 GB); a GIF whose first image is incomplete, or
+    comes after more than `gif.MAX_BLOCKS_BEFORE_IMAGE` blocks, is refused.
 
     Args:
       data: [] string, JPEG, PNG, GIF, BMP or WebP bytes.
@@ -209,11 +225,20 @@ def decode_image(data: tf.Tensor, max_pixels: Optional[int] = None, where: str =
     checks = [tf.debugging.Assert(is_known_format(data), [tf.strings.format(
         where + ": not a " + _FORMATS + " image (found {} bytes starting with {})",
         [*where_args, tf.strings.length(data), tf.strings.substr(data, 0, 8)])])]
+    with tf.control_dependencies(checks):
+        size, gif_end = _header(data)
+        is_gif = _is_gif(data)
+        checks.append(tf.debugging.Assert(
+            tf.logical_or(tf.logical_not(is_gif), gif_end > 0), [tf.strings.format(
+                where + ": a GIF without a complete first image within its first "
+                f"{gif_lib.MAX_BLOCKS_BEFORE_IMAGE} blocks (truncated or not a GIF); not "
+                "decoded", where_args)]))
     if max_pixels is not None:
         with tf.control_dependencies(checks):
-            checks.append(_size_check(header_size(data), max_pixels, where, where_args,
-                                      "from its header"))
+            checks.append(_size_check(size, max_pixels, where, where_args, "from its header"))
     with tf.control_dependencies(checks):
+        # The decoder sees a GIF's first image only (see above).
+        data = tf.cond(is_gif, lambda: gif_lib.first_image_only(data, gif_end), lambda: data)
         # TensorFlow decodes a WebP only with its own channel count: one with alpha is
         # decoded as RGBA and the alpha dropped, as for PNG.
         image = tf.cond(
@@ -233,7 +258,9 @@ def read_image(path, max_pixels: Optional[int] = DEFAULT_MAX_IMAGE_PIXELS) -> tf
     """An image file -> [H, W, 3] uint8 RGB (`decode_image` of its bytes).
 
     Graph-safe (the tf.data pipelines map it over path tensors: failures are then
-    InvalidArgumentErrors whose message names the file). Called eagerly with a path, an
+    InvalidArgumentErrors whose message names the file). Called eagerly with a path (predict,
+    evaluation of exports), the file is read under the rule of `data/files.py` (a regular
+    file of at most `file_rule.max_file_bytes(max_pixels)`; never a FIFO or a device), an
     image above the limit is refused from its header before its pixels are decoded, and
     every failure is an `UnreadableImageError` naming the file.
 
@@ -244,14 +271,22 @@ def read_image(path, max_pixels: Optional[int] = DEFAULT_MAX_IMAGE_PIXELS) -> tf
 
     Raises:
       ImageTooLargeError: eager call, the image has more than max_pixels pixels.
-      UnreadableImageError: eager call, not a JPEG, PNG, GIF, BMP or WebP file, or corrupt.
-      tf.errors.NotFoundError: no such file.
+      UnreadableImageError: eager call, not a JPEG, PNG, GIF, BMP or WebP file, corrupt,
+        not a regular file or too large.
+      FileNotFoundError (eager) / tf.errors.NotFoundError (graph): no such file.
     """
-    data = tf.io.read_file(path)
     if not tf.executing_eagerly():
-        return decode_image(data, max_pixels, "image file {}", [path])
+        # The files of a pipeline passed `files.file_problem` when the split was loaded.
+        return decode_image(tf.io.read_file(path), max_pixels, "image file {}", [path])
     name = path.numpy().decode() if tf.is_tensor(path) else os.fspath(path)
     where = f"image file {name!r}".replace("{}", "{ }")  # a template (decode_image)
+    limit = file_rule.max_file_bytes(max_pixels)
+    try:
+        data = tf.constant(file_rule.read_file(name, limit))
+    except FileNotFoundError:
+        raise  # a missing file stays what it is (the caller's FileNotFoundError)
+    except OSError as e:  # not a regular file, too large: one rule for every entry point
+        raise UnreadableImageError(f"{where}: {e.strerror or e}") from None
     if not bool(is_known_format(data)):
         start = data.numpy()[:8]
         raise UnreadableImageError(f"{where}: not a {_FORMATS} image (found "

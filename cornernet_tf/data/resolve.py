@@ -166,8 +166,9 @@ def dataset_counts(data_config) -> DatasetCounts:
     with open(path, "r", encoding="utf-8") as f:
         try:
             data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise _dataset_error(f"{path}: not valid json: {e}") from None
+        except (json.JSONDecodeError, RecursionError) as e:
+            from cornernet_tf.data.coco import json_problem  # pylint: disable=import-outside-toplevel
+            raise _dataset_error(f"{path}: not valid json: {json_problem(e)}") from None
     for key in ("images", "annotations", "categories"):
         if not isinstance(data, dict) or not isinstance(data.get(key), list):
             found = sorted(data) if isinstance(data, dict) else type(data).__name__

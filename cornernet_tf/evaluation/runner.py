@@ -35,6 +35,7 @@ from cornernet_tf.inference import preprocess
 from cornernet_tf.data import image_files, pipeline
 from cornernet_tf.data.coco import DatasetError, LabelMap
 from cornernet_tf.data.targets import encode_targets
+from cornernet_tf.config.schema import load_config
 from cornernet_tf.errors import UserError
 from cornernet_tf.evaluation import analysis
 from cornernet_tf.config.choices import ORACLES
@@ -138,13 +139,17 @@ def evaluate_export(model_path: str, cfg, output_dir: str, max_images: int = 0,
     Raises:
       FileNotFoundError: model_path is neither a SavedModel folder nor a .tflite file.
       DatasetError: the split has a category the export's labels.json does not name.
+      ExportMismatchError: the export has no labels.json and its config.yaml another class
+        count than the split.
       DatasetError: the split has no readable image; with data.strict, any dataset problem
         or unreadable image.
     """
     start = time.time()
+    exported_labels = _export_labels(model_path)
+    records, label_map, report = _val_records(cfg, max_images, split, exported_labels)
+    if exported_labels is None:
+        _check_export_class_count(model_path, label_map)  # before the (slow) load
     detector = ExportedDetector(model_path)
-    records, label_map, report = _val_records(cfg, max_images, split,
-                                              _export_labels(model_path))
     results, latencies, scored = [], [], set()
     for r in records:
         try:
@@ -305,6 +310,24 @@ def _export_labels(model_path: str):
     folder = model_path if os.path.isdir(model_path) else os.path.dirname(model_path)
     path = os.path.join(folder, "labels.json")
     return LabelMap.from_json(path) if os.path.isfile(path) else None
+
+
+class ExportMismatchError(UserError, ValueError):
+    """An export evaluated on a split with other classes (a user error: exit 2)."""
+
+
+def _check_export_class_count(model_path: str, label_map) -> None:
+    """An export without labels.json has the split's class count (its config.yaml's)."""
+    folder = model_path if os.path.isdir(model_path) else os.path.dirname(model_path)
+    hint = ("evaluate an export with the config (and dataset) it was trained with, or "
+            "export the model trained on this split")
+    config_path = os.path.join(folder, "config.yaml")
+    if os.path.isfile(config_path):
+        classes = load_config(config_path).model.num_classes
+        if classes and classes != len(label_map.category_ids):  # 0: from the dataset
+            raise ExportMismatchError(
+                f"{config_path}: the export has {classes} classes, the validation split "
+                f"{len(label_map.category_ids)}; {hint}")
 
 
 def _score(cfg, results: list, records: list, scored: set, report,

@@ -49,6 +49,7 @@ def write_exports(model, cfg, export_dir: str, label_map, detector, checkpoint: 
       "bytes", "parity"}}.
     """
     from cornernet_tf.export import saved_model, tflite
+    from cornernet_tf.training.checkpoints import os_error_text
 
     path = saved_model.export_saved_model(model, cfg, export_dir, label_map, detector=detector)
     result = dict(checkpoint=checkpoint, saved_model=path, tflite={})
@@ -66,8 +67,16 @@ def write_exports(model, cfg, export_dir: str, label_map, detector, checkpoint: 
     check = _tflite_inputs(parity_paths, cfg.model.input_size)
     for mode in tflite_modes:
         out = os.path.join(path, f"{cfg.export.name}_{mode}.tflite")
-        tflite.convert(model, cfg, mode, out, representative_images=lambda: _tflite_inputs(
-            calibration_paths, cfg.model.input_size), detector=detector)
+        try:
+            tflite.convert(model, cfg, mode, out, representative_images=lambda: _tflite_inputs(
+                calibration_paths, cfg.model.input_size), detector=detector)
+        except OSError as e:  # a full disk while writing the flatbuffer: no partial file
+            if os.path.lexists(out):
+                os.remove(out)
+            raise saved_model.ExportWriteError(
+                f"export: writing {out} failed: {os_error_text(e)}; the partial file was "
+                f"removed (the SavedModel {path} is complete)\nfree space and export again "
+                f"(a new version)") from e
         parity = tflite.check_parity(saved_model_fn, out, check, mode)
         result["tflite"][mode] = dict(path=out, bytes=os.path.getsize(out), parity=parity)
         if verbose and not parity["checked"]:

@@ -72,8 +72,8 @@ def list_images(paths: Sequence[str], skip: Sequence[str] = ()) -> list[str]:
             found += sorted(os.path.join(p, f) for f in os.listdir(p)
                             if f.lower().endswith(IMAGE_EXTENSIONS)
                             and os.path.realpath(os.path.join(p, f)) not in skip)
-        elif os.path.isfile(p):
-            found.append(p)
+        elif os.path.lexists(p):
+            found.append(p)  # read under files.read_file's rule (regular files only)
         else:
             raise FileNotFoundError(f"--images: {p!r} is neither a file nor a folder")
     if not found:
@@ -103,6 +103,7 @@ def predict(model_path: str, image_paths: Sequence[str], output_dir: str,
       PredictError: an output name collides (nothing written), or images could not be read
         (raised after the others were processed; `.written` and `.skipped` say what).
     """
+    _check_output_folder(output_dir)  # before anything is read or loaded
     earlier = _read_manifest(output_dir)
     paths = list_images(image_paths, skip=[os.path.join(output_dir, n) for n in earlier])
     plan = plan_outputs(paths, output_dir, heatmaps, earlier)  # before the model loads
@@ -133,6 +134,19 @@ def predict(model_path: str, image_paths: Sequence[str], output_dir: str,
             f"skipped: {listed}\nwrote {len(written)} files for the other "
             f"{len(paths) - len(skipped)} to {output_dir}", written, skipped)
     return written
+
+
+def _check_output_folder(output_dir: str) -> None:
+    """Refuses an `--output` that cannot be a folder: it, or the nearest part of its path
+    that exists, is a file (or a link to one)."""
+    path = os.path.abspath(output_dir)
+    while not os.path.lexists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        found = "" if path == os.path.abspath(output_dir) else f": {path}"
+        raise PredictError(f"predict: --output {output_dir}{found} exists and is not a folder; "
+                           f"predict writes its files into a folder: choose another --output "
+                           f"(nothing was loaded or written)")
 
 
 def plan_outputs(paths: Sequence[str], output_dir: str, heatmaps: bool,
@@ -187,7 +201,7 @@ def _read_manifest(output_dir: str) -> frozenset:
             names = json.load(f)["outputs"]
         if not all(isinstance(n, str) and n == os.path.basename(n) for n in names):
             raise ValueError("not a list of file names")
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
         raise PredictError(f"predict: {path} is not predict's list of earlier outputs "
                            f"({e}); choose another --output folder or move it") from None
     return frozenset(names)

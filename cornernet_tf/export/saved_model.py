@@ -27,6 +27,8 @@ from typing import Optional
 import keras
 import tensorflow as tf
 
+from cornernet_tf.errors import MachineError
+from cornernet_tf.training.checkpoints import os_error_text
 from cornernet_tf.inference.detector import build_detector
 from cornernet_tf.keys import (BR_HEATMAP, DETECTION_BOXES, DETECTION_CLASSES, DETECTION_SCORES,
                                NUM_DETECTIONS, TL_HEATMAP)
@@ -132,6 +134,10 @@ def write_archive(model: keras.Model, endpoints: dict, path: str) -> None:
     archive.write_out(path, verbose=False)
 
 
+class ExportWriteError(MachineError):
+    """Writing an export failed on the machine's side (a full disk); exit 1, not a traceback."""
+
+
 def export_saved_model(model: keras.Model, cfg, export_dir: str, label_map,
                        version: Optional[int] = None, detector=None) -> str:
     """Exports `model` with preprocessing and decode inside, for TF Serving.
@@ -149,6 +155,7 @@ def export_saved_model(model: keras.Model, cfg, export_dir: str, label_map,
 
     Raises:
       FileExistsError: `version` given and already exported.
+      ExportWriteError: a write failed (a full disk); nothing is left behind.
     """
     base = os.path.join(export_dir, cfg.export.name)
     version = next_version(base) if version is None else int(version)
@@ -160,15 +167,21 @@ def export_saved_model(model: keras.Model, cfg, export_dir: str, label_map,
     tmp = os.path.join(base, f".tmp-{version}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     fns = detector or build_detector(model, cfg)
-    write_archive(model, {"serving_default": (fns.serve_images, [IMAGES_SPEC]),
-                          "serving_bytes": (fns.serve_bytes, [BYTES_SPEC]),
-                          "serving_heatmaps": (fns.serve_heatmaps, [IMAGES_SPEC])}, tmp)
-    label_map.write(os.path.join(tmp, "labels.json"))
-    with open(os.path.join(tmp, "config.yaml"), "w", encoding="utf-8") as f:
-        f.write(cfg.to_yaml())
-    with open(os.path.join(tmp, "serving.json"), "w", encoding="utf-8") as f:
-        json.dump(serving_description(cfg), f, indent=2)
-    os.rename(tmp, final)
+    try:
+        write_archive(model, {"serving_default": (fns.serve_images, [IMAGES_SPEC]),
+                              "serving_bytes": (fns.serve_bytes, [BYTES_SPEC]),
+                              "serving_heatmaps": (fns.serve_heatmaps, [IMAGES_SPEC])}, tmp)
+        label_map.write(os.path.join(tmp, "labels.json"))
+        with open(os.path.join(tmp, "config.yaml"), "w", encoding="utf-8") as f:
+            f.write(cfg.to_yaml())
+        with open(os.path.join(tmp, "serving.json"), "w", encoding="utf-8") as f:
+            json.dump(serving_description(cfg), f, indent=2)
+        os.rename(tmp, final)
+    except (OSError, tf.errors.OpError) as e:  # a full disk: TensorFlow raises its own errors
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ExportWriteError(f"export: writing {final} failed: {os_error_text(e)}; the "
+                               f"partial folder was removed, no version was added\nfree space "
+                               f"under {export_dir} and run the same command again") from e
     return final
 
 

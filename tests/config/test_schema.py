@@ -238,10 +238,12 @@ def test_range_edges_are_accepted(override):
     assert node == pytest.approx((float(value),) * 2 if isinstance(node, tuple) else float(value))
 
 
-def test_max_image_pixels_default_matches_the_preprocessing_default():
-    # config.py imports no TensorFlow, so the number is written twice
-    from cornernet_tf.data import images as preprocess
-    assert Config().export.max_image_pixels == preprocess.DEFAULT_MAX_IMAGE_PIXELS == 50_000_000
+def test_max_image_pixels_default_is_the_image_readers_default():
+    # one number: the config's default is read_image's (50 MP, an 8660 x 5773 photograph)
+    import inspect
+    from cornernet_tf.data import images
+    default = inspect.signature(images.read_image).parameters["max_pixels"].default
+    assert Config().export.max_image_pixels == default == 50_000_000
 
 
 def _leaves(tree: dict, prefix: tuple = ()):

@@ -254,5 +254,5 @@ def test_convert_job_writes_a_run_folder_that_restores(tmp_path):
     for a, b in zip(restored.variables, reference.variables):
         np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
     # A second conversion into the same folder is refused.
-    with pytest.raises(ConversionError, match="already holds checkpoints"):
+    with pytest.raises(ConversionError, match=r"already holds a run \(checkpoints, config.yaml"):
         convert_weights(cfg, weights, str(model_dir), label_map=FIXTURE_LABELS)

@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from cornernet_tf.config import Config
 from cornernet_tf.export import predict as predict_lib
 from cornernet_tf.export import saved_model, tflite
 from tests.support.export_models import label_map, noise_image, tiny_config, tiny_model
@@ -214,7 +215,7 @@ def test_predict_applies_the_exports_pixel_limit(exports, tmp_path):
     shutil.copytree(path, limited)
     with open(limited / "serving.json") as f:
         info = json.load(f)
-    assert info["max_image_pixels"] == predict_lib.preprocess.DEFAULT_MAX_IMAGE_PIXELS
+    assert info["max_image_pixels"] == Config().export.max_image_pixels
     info["max_image_pixels"] = 40 * 56
     (limited / "serving.json").write_text(json.dumps(info))
     assert predict_lib.read_max_image_pixels(str(limited)) == 2240

@@ -150,3 +150,108 @@ def coco_dataset(folder: str, image_files: dict, annotations=None, categories=No
     with open(path, "w") as f:
         json.dump(data, f)
     return path
+
+
+def _lzw_one_colour(pixels: int, index: int = 0, min_code_size: int = 2) -> bytes:
+    """The GIF LZW code stream of `pixels` pixels of one palette index, in constant memory.
+
+    On a constant input the encoder emits the strings of length 1, 2, 3, ... (code k + eoi
+    - 1 for length k >= 2, which is the entry it added one step before), adding one entry
+    per code; when the table is full (4096 codes) it emits a clear code and starts again.
+    A code is written with as many bits as the decoder reads it with: max(min_code_size +
+    1, bit length of the highest code the decoder may see next), least significant first.
+    """
+    clear, eoi = 1 << min_code_size, (1 << min_code_size) + 1
+    out, acc, nbits = bytearray(), 0, 0
+
+    def emit(code: int, width: int) -> None:
+        nonlocal acc, nbits
+        acc |= code << nbits
+        nbits += width
+        while nbits >= 8:
+            out.append(acc & 0xFF)
+            acc >>= 8
+            nbits -= 8
+
+    remaining, width = pixels, min_code_size + 1
+    while remaining > 0:
+        emit(clear, width)
+        k = 1
+        while remaining > 0 and eoi + k <= 4095:
+            width = max(min_code_size + 1, (eoi + k - 1).bit_length())
+            length = min(k, remaining)
+            emit(index if length == 1 else eoi + length - 1, width)
+            remaining -= length
+            k += 1
+        width = min(12, max(min_code_size + 1, (eoi + k - 1).bit_length()))
+    emit(eoi, width)
+    if nbits:
+        out.append(acc & 0xFF)
+    return bytes(out)
+
+
+def _sub_blocks(data: bytes) -> bytes:
+    chunks = [data[i:i + 255] for i in range(0, len(data), 255)]
+    return b"".join(bytes([len(c)]) + c for c in chunks) + b"\x00"
+
+
+def gif_frame(width: int, height: int, index: int = 0) -> bytes:
+    """One GIF image block (descriptor at 0, 0 and data) of one palette colour."""
+    return (b"\x2c" + struct.pack("<HHHHB", 0, 0, width, height, 0) + b"\x02"
+            + _sub_blocks(_lzw_one_colour(width * height, index)))
+
+
+def gif_file(screen_width: int, screen_height: int, frames, extensions: bytes = b"") -> bytes:
+    """A GIF89a of the given frames (`gif_frame`) with a 4-colour palette; the header's
+    logical screen is screen_width x screen_height whatever the frames are."""
+    head = b"GIF89a" + struct.pack("<HHBBB", screen_width, screen_height, 0x81, 0, 0)
+    palette = bytes([200, 30, 30, 0, 0, 0, 255, 255, 255, 0, 90, 0])  # colours 0..3
+    return head + palette + extensions + b"".join(frames) + b";"
+
+
+def write_gif_cases(folder: str) -> dict:
+    """The animated-GIF cases: {case: file name}, each a few hundred KB at most.
+
+    "animated": 200 frames of 2000 x 2000 (the decoder used to decompress all: 800 MB);
+    "small_header_big_frame": a 1 x 1 logical screen over one 12000 x 12000 frame (144 MP);
+    "small_first_frame": a 20 x 20 first frame, then a 12000 x 12000 one (TensorFlow's
+    decoder sized its output by the largest frame); "truncated": the animated one cut in
+    its first frame; "many_extensions": 100 one-byte comments before the first image.
+    """
+    os.makedirs(folder, exist_ok=True)
+    big = gif_frame(2000, 2000)
+    cases = {
+        "animated": gif_file(2000, 2000, [big] * 200),
+        "small_header_big_frame": gif_file(1, 1, [gif_frame(12000, 12000)]),
+        "small_first_frame": gif_file(20, 20, [gif_frame(20, 20, 2), gif_frame(12000, 12000)]),
+        "truncated": gif_file(2000, 2000, [big])[:len(big) // 2],
+        "many_extensions": gif_file(20, 20, [gif_frame(20, 20)], b"\x21\xfe\x01a\x00" * 100),
+    }
+    files = {}
+    for case, data in cases.items():
+        files[case] = f"{case}.gif"
+        with open(os.path.join(folder, files[case]), "wb") as f:
+            f.write(data)
+    return files
+
+
+def write_special_files(folder: str, huge_bytes: int) -> dict:
+    """Files that are not regular image files, under image names: {case: file name}.
+
+    "dev_zero", "dev_urandom", "dev_null": links to the devices (endless or empty reads);
+    "fifo": a named pipe (an open for reading blocks until a writer comes); "huge": a
+    sparse file of `huge_bytes` (no disk space used) that starts like a PNG.
+    """
+    os.makedirs(folder, exist_ok=True)
+    files = {}
+    for case, target in (("dev_zero", "/dev/zero"), ("dev_urandom", "/dev/urandom"),
+                         ("dev_null", "/dev/null")):
+        files[case] = f"{case}.jpg"
+        os.symlink(target, os.path.join(folder, files[case]))
+    files["fifo"] = "pipe.jpg"
+    os.mkfifo(os.path.join(folder, files["fifo"]))
+    files["huge"] = "huge.png"
+    with open(os.path.join(folder, files["huge"]), "wb") as f:
+        f.write(png_header(64, 64))
+        f.truncate(huge_bytes)
+    return files

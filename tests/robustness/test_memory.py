@@ -7,32 +7,17 @@ figures are in docs/robustness.md): before the fix, a 49 MP PNG added 1.26 GB (t
 float32) and the 23000 x 23000 PNG 13.6 GB; now they add about 0.14 GB and nothing.
 """
 
-import json
 import os
-import subprocess
-import sys
 
 import pytest
 
 from cornernet_tf.export import saved_model
-from tests.robustness import corpus
+from tests.robustness import corpus, peak
 from tests.support.export_models import label_map, tiny_config, tiny_model
 
 WORKER = r'''
-import json, os, sys
+import json, sys
 import tensorflow as tf
-
-
-def peak_mb():
-    # VmHWM: the peak resident set of this process's own address space. Not ru_maxrss:
-    # Linux carries that over fork and exec, so a child of a large pytest process would
-    # report the parent's peak.
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024  # kB
-    raise RuntimeError("no VmHWM in /proc/self/status")
-
 
 model, path = sys.argv[1], sys.argv[2]
 fn = tf.saved_model.load(model).signatures["serving_bytes"]
@@ -62,13 +47,7 @@ def model_dir(tmp_path_factory):
 
 def serve_in_fresh_process(model_dir, image_path):
     path, warm = model_dir
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    out = subprocess.run([sys.executable, "-c", WORKER, path, image_path, warm], env=env,
-                         capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    print(f"\n{os.path.basename(image_path)}: {result}")
-    return result
+    return peak.run(WORKER, path, image_path, warm)
 
 
 @pytest.mark.parametrize("side", [4000, 7000])  # 16 MP; 49 MP, just under the 50 MP limit
@@ -90,3 +69,19 @@ def test_a_23000_square_png_is_refused_before_it_is_decoded(model_dir, tmp_path)
     assert "serving_bytes: image 0 of the batch: 23000 x 23000 = 529000000 pixels (from its " \
            "header) exceed the limit of 50000000 pixels" in result.get("error", ""), result
     assert result["after_mb"] - result["before_mb"] < 100 * MB, result
+
+
+@pytest.mark.parametrize("case, outcome", [
+    ("animated", "served"),  # 200 frames of 2000 x 2000: before, +777 MB (every frame)
+    ("small_header_big_frame", "12000 x 12000 = 144000000 pixels (from its header)"),
+    ("small_first_frame", "served"),  # before: decoded at 12000 x 12000, then refused
+])
+def test_gifs_decode_their_first_frame_only(model_dir, tmp_path, case, outcome):
+    files = corpus.write_gif_cases(str(tmp_path))
+    result = serve_in_fresh_process(model_dir, str(tmp_path / files[case]))
+    if outcome == "served":
+        assert result.get("num_detections") == [20], result
+    else:
+        assert outcome in result.get("error", ""), result
+    # the first frame alone: at most 2000 x 2000 x 3 (12 MB) and its 4 MB of palette indices
+    assert result["after_mb"] - result["before_mb"] < 60 * MB, result
