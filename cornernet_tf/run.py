@@ -82,7 +82,7 @@ def train(cfg: Config, model_dir: str, verbose: int = 1) -> dict:
 
     Returns:
       the dict of `training.loop.fit` ("checkpoint", "steps", "history",
-      "images_per_second", "model", "stopped_on_nan", "evaluations", "best").
+      "images_per_second", "model", "stopped_on_nan", "last_good", "evaluations", "best").
 
     Raises:
       ConfigError: batch size not divisible by the replicas, or num_classes not matching
@@ -95,12 +95,13 @@ def train(cfg: Config, model_dir: str, verbose: int = 1) -> dict:
       TrainingInterrupted: Ctrl-C or SIGTERM (after the save).
       WorkerLostError: a worker of a multi-worker run stopped answering.
     """
+    import tensorflow as tf
+
     from cornernet_tf.convert import init_source  # noqa: F401 - --init_from=<authors' file>
     from cornernet_tf.data import pipeline
     from cornernet_tf.data.pipeline import build_dataset
     from cornernet_tf.modeling.model import build_model
     from cornernet_tf.training import loop
-    import tensorflow as tf
     from cornernet_tf.training.callbacks import build_callbacks
     from cornernet_tf.training.checkpoints import CHECKPOINT_SUBDIR, write_run_files
     from cornernet_tf.training.run_folder import check_resume
