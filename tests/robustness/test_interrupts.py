@@ -14,7 +14,6 @@ import json
 import os
 import queue
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,7 @@ import tensorflow as tf
 from cornernet_tf.training import checkpoints as ckpt_lib
 from cornernet_tf.training import interrupts
 from cornernet_tf.data.synthetic import generate_shapes_dataset
+from tests.support.ports import free_ports
 from tests.support.training import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -190,16 +190,6 @@ def test_scratch_folders_of_dead_workers_are_removed_and_live_ones_kept(capsys):
         for folder in (stale, live, other):
             if os.path.isdir(folder):
                 os.rmdir(folder)
-
-
-def free_ports(n):
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 @pytest.mark.slow

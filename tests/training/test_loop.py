@@ -11,7 +11,6 @@ import math
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from cornernet_tf.training import loop as training
 from cornernet_tf.data.synthetic import generate_shapes_dataset
 from cornernet_tf.losses import cornernet_loss, pull_push_loss
 from cornernet_tf.modeling.model import build_model
+from tests.support.ports import free_ports
 from tests.support.training import fixed_batch, tiny_overrides
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -241,16 +241,6 @@ def test_resume_mid_interval_stops_exactly_at_train_steps(data_dir, tmp_path):
 # --------------------------------------------------------------------------------------
 # 4. MultiWorkerMirroredStrategy
 # --------------------------------------------------------------------------------------
-
-def free_ports(n):
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
 
 @pytest.mark.slow
 def test_multi_worker_two_processes_agree_and_only_the_chief_writes(data_dir, tmp_path):
