@@ -11,12 +11,14 @@ import os
 import sys
 from typing import Callable, NamedTuple
 
+# TensorFlow's C++ log level, read once when TensorFlow loads (console.py: what it misses)
+_USER_TF_LOG_LEVEL = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 
 from cornernet_tf import config as config_lib  # noqa: E402
-from cornernet_tf import errors  # noqa: E402
+from cornernet_tf import console, errors  # noqa: E402
 from cornernet_tf.resolve import resolve_dataset_dependent  # noqa: E402
 
 DEFAULT_CONFIG = "quickstart"  # a bundled config: works from any folder, installed or not
@@ -94,7 +96,8 @@ def _predict(cfg: config_lib.Config) -> None:
     if not FLAGS.model or not FLAGS.images:
         raise app.UsageError("--mode=predict needs --model=<SavedModel folder or .tflite> and "
                              "--images=<files or folders>")
-    written = predict(FLAGS.model, FLAGS.images, FLAGS.output, heatmaps=FLAGS.heatmaps)
+    written = predict(FLAGS.model, FLAGS.images, FLAGS.output, heatmaps=FLAGS.heatmaps,
+                      score_threshold=FLAGS.score_threshold)
     print(f"wrote {len(written)} files to {FLAGS.output}")
 
 
@@ -172,6 +175,10 @@ def _define_flags() -> None:
     flags.DEFINE_multi_string("images", [], "predict: image files or folders (repeatable).")
     flags.DEFINE_string("output", "predictions", "predict: output folder.")
     flags.DEFINE_bool("heatmaps", False, "predict: also write corner-heatmap overlays.")
+    flags.DEFINE_float("score_threshold", None, "predict: detections below are not drawn nor "
+                       "counted (all are in the JSON); default: the best-F1 threshold of the "
+                       "run's evaluation when the export carries one, else 0.3.",
+                       lower_bound=0.0, upper_bound=1.0)
     from cornernet_tf import benchmark  # plain module: nothing heavy at import
     flags.DEFINE_string("benchmarks", ",".join(benchmark.DEFAULT_BENCHMARKS),
                         "benchmark: comma-separated subset to run (also: hourglass104_train). "
@@ -182,7 +189,8 @@ def _define_flags() -> None:
     flags.DEFINE_string("weights", None, "convert: the authors' state dict file, e.g. "
                         "CornerNet_500000.pkl or CornerNet_Squeeze_500000.pkl.")
     flags.DEFINE_bool("verbose", False, "Show the traceback of errors in your input (a bad "
-                      "file or value); without it they print in one or two lines, exit 2.")
+                      "file or value; without it they print in one or two lines, exit 2) "
+                      "and TensorFlow's C++ log lines (cuInit, converter notes).")
     flags.DEFINE_bool("strict", False, "Dataset problems (bad boxes, missing files, images "
                       "the decoder cannot read: every image is decoded at loading) are errors, "
                       "in training and evaluation (same as --set data.strict=true).")
@@ -206,11 +214,17 @@ def _is_checkpoint_write_error(error: BaseException) -> bool:
 def _main(argv: list[str]) -> None:
     from absl import logging
     logging.set_verbosity(logging.WARNING)  # TF's Python INFO chatter; our summaries print
+    # TensorFlow's C++ noise (console.py) stays out of the console unless --verbose
+    console.set_quiet(not FLAGS.verbose)
+    if FLAGS.verbose and _USER_TF_LOG_LEVEL is None and "tensorflow" not in sys.modules:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     try:
         overrides = list(FLAGS.set) + (["data.strict=true"] if FLAGS.strict else [])
         cfg = config_lib.load_config(FLAGS.config, overrides)
+        if FLAGS.mode != "config":  # every other mode runs TensorFlow
+            console.import_tensorflow()
         MODES[FLAGS.mode].run(cfg)
     except Exception as e:  # noqa: BLE001 - sorted into the user's mistakes and ours
         if not FLAGS.verbose and _is_checkpoint_write_error(e):
@@ -226,9 +240,15 @@ def _main(argv: list[str]) -> None:
         sys.exit(errors.USER_ERROR_EXIT_CODE)
 
 
+def program_name() -> str:
+    """How the user started us: `python main.py`, or the console script's name (`cornernet`)."""
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "main.py"
+    return f"python {name}" if name.endswith(".py") else name
+
+
 def _usage() -> str:
     lines = ["cornernet-tf: CornerNet object detection (TensorFlow / Keras 3).", "",
-             "usage: python main.py --mode=MODE [--config=FILE] [--set key=value ...]", "",
+             f"usage: {program_name()} --mode=MODE [--config=FILE] [--set key=value ...]", "",
              "modes:"]
     lines += [f"  {name:<10} {m.help}" + ("  (default)" if name == DEFAULT_MODE else "")
               for name, m in MODES.items()]
@@ -244,7 +264,7 @@ def run() -> None:
     if main_module is not None:
         main_module.__doc__ = _usage()
     for name in ("mode", "config", "set", "model_dir", "checkpoint", "export_dir", "model",
-                 "images", "output", "heatmaps", "benchmarks", "benchmark_report", "weights",
+                 "images", "output", "heatmaps", "score_threshold", "benchmarks", "benchmark_report", "weights",
                  "strict", "verbose"):
         FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[name])
     if any(a in ("-h", "--help", "--helpshort", "-?") for a in sys.argv[1:]):

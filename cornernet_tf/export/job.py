@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Optional, Sequence
 
@@ -21,6 +22,25 @@ def _tflite_inputs(paths: Sequence[str], size) -> list[np.ndarray]:
     evaluation of .tflite files."""
     return [preprocess.tflite_input(preprocess.read_image(p).numpy(), size)[0][0]
             for p in paths]
+
+
+def run_best_f1(model_dir: str) -> Optional[dict]:
+    """The best-F1 operating point of the run's evaluation (`<model_dir>/eval/metrics.json`,
+    written by `--mode=evaluate` with evaluate.pictures), or None when there is none.
+
+    Returns:
+      {"threshold", "f1", "precision", "recall", "iou_threshold", "source"} or None.
+    """
+    path = os.path.join(model_dir, "eval", "metrics.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            best = json.load(f)["pictures"]["best_f1"]
+        threshold = float(best["threshold"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not 0.0 < threshold <= 1.0:  # 0.0: the evaluation had no detection
+        return None
+    return dict(best, threshold=threshold, source=path)
 
 
 def export_model(cfg, model_dir: str, export_dir: str = "export",
@@ -55,7 +75,8 @@ def export_model(cfg, model_dir: str, export_dir: str = "export",
         label_map = coco.LabelMap.from_json(labels_path)
     else:
         label_map = pipeline.load_split(cfg.data, "train", check_images="none")[1]
-    path = saved_model.export_saved_model(model, cfg, export_dir, label_map)
+    path = saved_model.export_saved_model(model, cfg, export_dir, label_map,
+                                          best_f1=run_best_f1(model_dir))
     result = dict(checkpoint=restored, saved_model=path, tflite={})
     if verbose:
         print(f"SavedModel (from {restored}) written to {path}", flush=True)

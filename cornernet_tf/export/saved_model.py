@@ -133,7 +133,8 @@ def write_archive(model: keras.Model, endpoints: dict, path: str) -> None:
 
 
 def export_saved_model(model: keras.Model, cfg, export_dir: str, label_map,
-                       version: Optional[int] = None) -> str:
+                       version: Optional[int] = None,
+                       best_f1: Optional[dict] = None) -> str:
     """Exports `model` with preprocessing and decode inside, for TF Serving.
 
     Args:
@@ -142,6 +143,9 @@ def export_saved_model(model: keras.Model, cfg, export_dir: str, label_map,
       export_dir: the models' root; the export goes to `<export_dir>/<cfg.export.name>/<v>/`.
       label_map: the dataset's LabelMap (written as labels.json).
       version: force a version number (must not exist yet); default: the next one.
+      best_f1: the run's evaluation's best-F1 operating point ({"threshold", "f1", ...,
+        "source": the metrics.json}), written to serving.json as predict's default score
+        threshold (`best_f1_score_threshold`).
 
     Returns:
       The version folder written.
@@ -166,9 +170,16 @@ def export_saved_model(model: keras.Model, cfg, export_dir: str, label_map,
     with open(os.path.join(tmp, "config.yaml"), "w", encoding="utf-8") as f:
         f.write(cfg.to_yaml())
     with open(os.path.join(tmp, "serving.json"), "w", encoding="utf-8") as f:
-        json.dump(serving_description(cfg), f, indent=2)
+        description = serving_description(cfg)
+        if best_f1 is not None:
+            description[BEST_F1_KEY] = best_f1
+        json.dump(description, f, indent=2)
     os.rename(tmp, final)
     return final
+
+
+# serving.json's key of the evaluation's best-F1 operating point (predict's default threshold)
+BEST_F1_KEY = "best_f1_score_threshold"
 
 
 def serving_description(cfg) -> dict:
