@@ -373,7 +373,8 @@ def _callbacks(cfg: config_lib.Config, model: CornerNet, model_dir: str, write_d
       None when train.eval_every is 0).
     """
     t = cfg.train
-    progress = ProgressDisplay(t.steps, t.batch_size, live=live)
+    progress = ProgressDisplay(t.steps, t.batch_size, live=live,
+                               log_every=min(t.log_every, t.steps))
     checkpoints = CheckpointCallback(manager, t.checkpoint_every, say=progress.message)
     checkpoints.last_saved = latest
     log_dir = os.path.join(write_dir, "logs")
