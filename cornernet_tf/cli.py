@@ -97,7 +97,8 @@ def _predict(cfg: config_lib.Config) -> None:
         raise app.UsageError("--mode=predict needs --model=<SavedModel folder or .tflite> and "
                              "--images=<files or folders>")
     written = predict(FLAGS.model, FLAGS.images, FLAGS.output, heatmaps=FLAGS.heatmaps,
-                      score_threshold=FLAGS.score_threshold)
+                      score_threshold=FLAGS.score_threshold, tile=FLAGS.tile,
+                      tile_overlap=FLAGS.tile_overlap)
     print(f"wrote {len(written)} files to {FLAGS.output}")
 
 
@@ -179,6 +180,12 @@ def _define_flags() -> None:
                        "counted (all are in the JSON); default: the best-F1 threshold of the "
                        "run's evaluation when the export carries one, else 0.3.",
                        lower_bound=0.0, upper_bound=1.0)
+    flags.DEFINE_bool("tile", False, "predict: images larger than the network input are also "
+                      "seen in overlapping tiles of its size at their own scale (small objects "
+                      "in large photos), merged with the graph's soft-NMS.")
+    flags.DEFINE_float("tile_overlap", 0.25, "predict --tile: fraction of a tile shared with "
+                       "its neighbour (objects up to this fraction of a tile lie whole in one).",
+                       lower_bound=0.0, upper_bound=0.9)
     from cornernet_tf import benchmark  # plain module: nothing heavy at import
     flags.DEFINE_string("benchmarks", ",".join(benchmark.DEFAULT_BENCHMARKS),
                         "benchmark: comma-separated subset to run (also: hourglass104_train). "
@@ -264,7 +271,8 @@ def run() -> None:
     if main_module is not None:
         main_module.__doc__ = _usage()
     for name in ("mode", "config", "set", "model_dir", "checkpoint", "export_dir", "model",
-                 "images", "output", "heatmaps", "score_threshold", "benchmarks", "benchmark_report", "weights",
+                 "images", "output", "heatmaps", "score_threshold", "tile", "tile_overlap",
+                 "benchmarks", "benchmark_report", "weights",
                  "strict", "verbose"):
         FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[name])
     if any(a in ("-h", "--help", "--helpshort", "-?") for a in sys.argv[1:]):

@@ -33,6 +33,7 @@ from cornernet_tf.data.coco import LabelMap
 from cornernet_tf.data.image_files import decoder_message
 from cornernet_tf.errors import UserError
 from cornernet_tf.export.tflite import TFLiteDetector
+from cornernet_tf.export.tiling import detect_tiled, tile_grid
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 MANIFEST = ".cornernet-predict-outputs"  # json: the outputs predict wrote into a folder
@@ -174,9 +175,29 @@ def default_score_threshold(model_path: str) -> tuple[float, str]:
     return FALLBACK_SCORE_THRESHOLD, "the default: the export carries no evaluation"
 
 
+def read_tiling_params(model_path: str) -> tuple[tuple[int, int], dict]:
+    """The tile size (the network input) and the merge's soft-NMS parameters of an export,
+    from its serving.json (`tiling.detect_tiled`).
+
+    Raises:
+      FileNotFoundError: the export has no serving.json (exports of this project have one).
+    """
+    folder = model_path if os.path.isdir(model_path) else os.path.dirname(model_path)
+    path = os.path.join(folder, "serving.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--tile needs the export's serving.json (network input size, "
+                                f"decode parameters); not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        serving = json.load(f)
+    decode = serving["decode"]
+    return tuple(serving["network_input_size"]), dict(
+        max_detections=serving["max_detections"], soft_nms_sigma=decode["soft_nms_sigma"],
+        score_threshold=decode["soft_nms_score_floor"])
+
+
 def predict(model_path: str, image_paths: Sequence[str], output_dir: str,
             heatmaps: bool = False, score_threshold: Optional[float] = None,
-            verbose: bool = True) -> list[str]:
+            verbose: bool = True, tile: bool = False, tile_overlap: float = 0.25) -> list[str]:
     """Runs an export on images and writes annotated PNGs and detection JSONs.
 
     Args:
@@ -188,6 +209,9 @@ def predict(model_path: str, image_paths: Sequence[str], output_dir: str,
       score_threshold: detections below are not drawn nor counted in the line per image
         (all are in the JSON, with the threshold); None: `default_score_threshold`.
       verbose: print the threshold and a line per image (detections per class, files).
+      tile: images larger than the network input are also seen in overlapping tiles of
+        its size at their own scale, merged by soft-NMS (`tiling.detect_tiled`).
+      tile_overlap: fraction of a tile shared with its neighbour.
 
     Returns:
       The files written.
@@ -209,6 +233,7 @@ def predict(model_path: str, image_paths: Sequence[str], output_dir: str,
                          f"detections only")
     names = read_class_names(model_path)
     max_pixels = read_max_image_pixels(model_path)
+    tiling = read_tiling_params(model_path) + (tile_overlap,) if tile else None
     if score_threshold is None:
         score_threshold, source = default_score_threshold(model_path)
     else:
@@ -228,7 +253,7 @@ def predict(model_path: str, image_paths: Sequence[str], output_dir: str,
             skipped.append((path, reason))
             continue
         files, line = _predict_one(detector, image, path, outputs, names, model_path,
-                                   heatmaps, score_threshold)
+                                   heatmaps, score_threshold, tiling)
         written += files
         if verbose:
             print(f"predict: {path}: {line} -> {files[0]}", flush=True)
@@ -317,18 +342,29 @@ def _open_new(path: str, mode: str):
 
 
 def _predict_one(detector, image: np.ndarray, path: str, outputs: tuple, names: list,
-                 model_path: str, heatmaps: bool,
-                 score_threshold: float) -> tuple[list[str], str]:
+                 model_path: str, heatmaps: bool, score_threshold: float,
+                 tiling: Optional[tuple] = None) -> tuple[list[str], str]:
     """Detects on one image and writes its planned outputs.
+
+    Args:
+      tiling: (tile size, merge parameters, overlap) for tiled inference, or None.
 
     Returns:
       (the files written, a summary such as "3 detections >= 0.42 (cat 2, dog 1)").
     """
     h, w = image.shape[:2]
-    out = detector(image)
-    boxes, scores, classes, num = preprocess.contract_to_pixels(out, [[h, w]])
-    n = int(num[0])
-    xyxy, scores, classes = boxes[0, :n], scores[0, :n], classes[0, :n]
+    tiles = ""
+    if tiling is not None:
+        size, params, overlap = tiling
+        xyxy, scores, classes = detect_tiled(detector, image, size, params, overlap)
+        count = len(tile_grid(h, w, size, overlap))
+        tiles = f" ({count} tiles + the whole image)" if count > 1 else ""
+    else:
+        boxes, scores, classes, num = preprocess.contract_to_pixels(detector(image), [[h, w]])
+        n = int(num[0])
+        xyxy, scores, classes = boxes[0, :n], scores[0, :n], classes[0, :n]
+    n = len(scores)
+    normalized = xyxy[:, [1, 0, 3, 2]] / np.array([h, w, h, w], np.float64)
     png, js = outputs[:2]
     with _open_new(png, "wb") as f:
         visualize.save_png(visualize.draw_detections(image, xyxy, classes, scores, names,
@@ -336,8 +372,7 @@ def _predict_one(detector, image: np.ndarray, path: str, outputs: tuple, names: 
     detections = [dict(label_id=int(c) + 1, name=_class_name(names, c),
                        score=float(s), box_xyxy=[float(v) for v in b],
                        box_normalized_yxyx=[float(v) for v in nb])
-                  for c, s, b, nb in zip(classes, scores, xyxy,
-                                         out[keys.DETECTION_BOXES][0, :n])]
+                  for c, s, b, nb in zip(classes, scores, xyxy, normalized)]
     with _open_new(js, "w") as f:
         json.dump(dict(image=path, width=w, height=h, model=model_path,
                        score_threshold=score_threshold, detections=detections), f, indent=1)
@@ -348,7 +383,7 @@ def _predict_one(detector, image: np.ndarray, path: str, outputs: tuple, names: 
                                if s >= score_threshold)
     per_class = ", ".join(f"{name} {count}" for name, count in sorted(kept.items()))
     line = (f"{sum(kept.values())} detections >= {score_threshold:.3g}"
-            + (f" ({per_class})" if per_class else "") + f" of {n}")
+            + (f" ({per_class})" if per_class else "") + f" of {n}{tiles}")
     return written, line
 
 
