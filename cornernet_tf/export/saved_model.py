@@ -27,7 +27,7 @@ from typing import Optional
 import keras
 import tensorflow as tf
 
-from cornernet_tf.export.serving import build_detection_functions
+from cornernet_tf.export.serving import build_detection_functions, decode_kwargs_from_config
 from cornernet_tf.keys import (BR_HEATMAP, DETECTION_BOXES, DETECTION_CLASSES, DETECTION_SCORES,
                                NUM_DETECTIONS, TL_HEATMAP)
 
@@ -185,6 +185,7 @@ BEST_F1_KEY = "best_f1_score_threshold"
 def serving_description(cfg) -> dict:
     """What the exported graph does, for humans and clients (written as serving.json)."""
     d = cfg.decode
+    decoded = decode_kwargs_from_config(d)  # k, max_detections as the graph has them
     return {
         "signatures": {
             "serving_default": {"inputs": {"images": "uint8 [B, H, W, 3] RGB"}},
@@ -202,10 +203,10 @@ def serving_description(cfg) -> dict:
         "max_image_pixels": cfg.export.max_image_pixels,
         "tflite_input": f"uint8 [1, {cfg.model.input_size[0]}, {cfg.model.input_size[1]}, 3] "
                         "RGB, fitted by the caller as serving_default fits (export/README.md)",
-        "max_detections": d.max_detections,
+        "max_detections": decoded["max_detections"],
         "network_input_size": list(cfg.model.input_size),
         "preprocessing": "resize keeping aspect ratio, zero-pad bottom/right to the input size",
-        "decode": {"k": d.k, "ae_threshold": d.ae_threshold, "nms_kernel": d.nms_kernel,
+        "decode": {"k": decoded["k"], "ae_threshold": d.ae_threshold, "nms_kernel": d.nms_kernel,
                    "num_pairs": d.num_pairs, "soft_nms_sigma": d.soft_nms_sigma,
                    "soft_nms_score_floor": d.score_threshold},
         "score_threshold": cfg.export.score_threshold,

@@ -23,7 +23,10 @@ Choices (written down because the issue left them open):
   prediction finds among the large ones.
 - Detections coming out of the export are already soft-NMS'ed per tile; the merge decays
   the overlaps between tiles (a second decay of what one tile suppressed, as
-  `merge_detections` documents), keeps `max_detections` and applies the score floor.
+  `merge_detections` documents) and applies the score floor. It keeps up to the export's
+  `max_detections` per window (a large image holds more objects than one network input),
+  at most `config.MAX_OBJECTS_CAP` (1024) unless the export's own number is larger
+  (`merged_max_detections`).
 """
 
 from __future__ import annotations
@@ -77,6 +80,13 @@ def tile_grid(height: int, width: int, tile: Sequence[int],
             for y in starts(height, th) for x in starts(width, tw)]
 
 
+def merged_max_detections(max_detections: int, windows: int) -> int:
+    """Detections a tiled image keeps: the export's per window, at most the cap (module
+    docstring); never fewer than the export's own."""
+    from cornernet_tf.config import MAX_OBJECTS_CAP
+    return max(min(max_detections * windows, MAX_OBJECTS_CAP), max_detections)
+
+
 def _inner_edge_cut(boxes: np.ndarray, window: tuple, height: int, width: int) -> np.ndarray:
     """[N] bool: the box (image pixels) touches an edge of the tile that is inside the image."""
     y0, x0, y1, x1 = window
@@ -102,8 +112,9 @@ def detect_tiled(detector: Callable[[np.ndarray], dict], image: np.ndarray,
         (`predict.ExportedDetector`: a SavedModel or a .tflite file).
       image: [H, W, 3] uint8 RGB.
       tile: the tile size (h, w): the export's network input size.
-      decode_params: `max_detections`, `soft_nms_sigma`, `score_threshold` (the soft-NMS
-        floor) of the merge: the export's (serving.json's) values.
+      decode_params: `max_detections` (per window: `merged_max_detections`),
+        `soft_nms_sigma`, `score_threshold` (the soft-NMS floor): the export's
+        (serving.json's) values.
       overlap: fraction of a tile shared with its neighbour.
 
     Returns:
@@ -116,8 +127,9 @@ def detect_tiled(detector: Callable[[np.ndarray], dict], image: np.ndarray,
 
     height, width = image.shape[:2]
     windows = tile_grid(height, width, tile, overlap)
+    windows = [(0, 0, height, width)] + (windows if len(windows) > 1 else [])
     sets = []
-    for window in [(0, 0, height, width)] + (windows if len(windows) > 1 else []):
+    for window in windows:
         y0, x0, y1, x1 = window
         crop = image[y0:y1, x0:x1]
         boxes, scores, classes, num = preprocess.contract_to_pixels(
@@ -131,7 +143,8 @@ def detect_tiled(detector: Callable[[np.ndarray], dict], image: np.ndarray,
         sets.append({BOXES: tf.constant(boxes[None], tf.float32),
                      SCORES: tf.constant(np.asarray(scores, np.float32)[None]),
                      CLASSES: tf.constant(np.asarray(classes, np.int32)[None])})
-    merged = merge_detections(sets, max_detections=int(decode_params["max_detections"]),
+    keep = merged_max_detections(int(decode_params["max_detections"]), len(windows))
+    merged = merge_detections(sets, max_detections=keep,
                               soft_nms_sigma=float(decode_params["soft_nms_sigma"]),
                               score_threshold=float(decode_params["score_threshold"]))
     n = int(merged[NUM_DETECTIONS][0])
