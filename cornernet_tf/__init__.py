@@ -2,7 +2,7 @@
 
 Importing the package has no side effects beyond quieting TensorFlow's C++ logging
 (when the user has not chosen a level). Heavy modules (TensorFlow) are imported by the
-submodules that need them, so `cornernet_tf.config` loads without TensorFlow.
+submodules that need them, so `cornernet_tf.config.schema` loads without TensorFlow.
 """
 
 import os as _os

@@ -17,11 +17,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 
-from cornernet_tf import config as config_lib  # noqa: E402
+from cornernet_tf.config import schema as config_lib  # noqa: E402
 from cornernet_tf import console, errors  # noqa: E402
-from cornernet_tf.resolve import resolve_dataset_dependent  # noqa: E402
+from cornernet_tf.data.resolve import resolve_dataset_dependent  # noqa: E402
 
 DEFAULT_CONFIG = "quickstart"  # a bundled config: works from any folder, installed or not
+# Measured figures land under runs/ (git-ignored) unless the tracked page is asked for.
+DEFAULT_BENCHMARK_REPORT = os.path.join("runs", "benchmarks.md")
 
 
 class Mode(NamedTuple):
@@ -34,7 +36,7 @@ def _show_config(cfg: config_lib.Config) -> None:
 
 
 def _train(cfg: config_lib.Config) -> None:
-    from cornernet_tf import training
+    from cornernet_tf.training import loop as training
     model_dir = resolve_model_dir(FLAGS.config, FLAGS.model_dir)
     result = training.train(cfg, model_dir)
     if result["stopped_on_nan"]:
@@ -45,8 +47,8 @@ def _train(cfg: config_lib.Config) -> None:
 
 
 def _restored_model(cfg: config_lib.Config, model_dir: str):
-    from cornernet_tf.model import build_model
-    from cornernet_tf.training import restore_weights
+    from cornernet_tf.modeling.model import build_model
+    from cornernet_tf.training.checkpoints import restore_weights
     model = build_model(cfg.model)
     path = restore_weights(model, model_dir, FLAGS.checkpoint)
     print(f"restored {path}")
@@ -54,7 +56,7 @@ def _restored_model(cfg: config_lib.Config, model_dir: str):
 
 
 def _evaluate(cfg: config_lib.Config) -> None:
-    from cornernet_tf import eval_runner
+    from cornernet_tf.evaluation import runner as eval_runner
     model_dir = resolve_model_dir(FLAGS.config, FLAGS.model_dir)
     cfg = resolve_dataset_dependent(cfg, run_dir=model_dir)
     if FLAGS.model:
@@ -103,15 +105,20 @@ def _predict(cfg: config_lib.Config) -> None:
 
 
 def _benchmark(cfg: config_lib.Config) -> None:
-    from cornernet_tf import benchmark
-    names = [n for n in FLAGS.benchmarks.split(",") if n]
+    try:
+        from benchmarks import benchmark
+    except ImportError:
+        raise errors.UserError("--mode=benchmark runs the benchmarks/ folder of a source "
+                               "checkout (python main.py --mode=benchmark from the repository "
+                               "root); it is not part of the installed package") from None
+    names = [n for n in FLAGS.benchmarks.split(",") if n] or list(benchmark.DEFAULT_BENCHMARKS)
     uses_quickstart = {"quickstart", "first_step", "deploy", "scaling", "quickstart_profile"}
     cfg = resolve_dataset_dependent(cfg) if uses_quickstart & set(names) else cfg
     sections = benchmark.run_benchmarks(names, quickstart_config=cfg)
     command = "python main.py --mode=benchmark" + (
-        f" --benchmarks={FLAGS.benchmarks}"
-        if FLAGS.benchmarks != ",".join(benchmark.DEFAULT_BENCHMARKS)
-        else "")
+        f" --benchmarks={FLAGS.benchmarks}" if FLAGS.benchmarks else "")
+    if FLAGS.benchmark_report != DEFAULT_BENCHMARK_REPORT:
+        command += f" --benchmark_report={FLAGS.benchmark_report}"
     path = benchmark.write_report(sections, FLAGS.benchmark_report, command)
     print(f"wrote {path}")
 
@@ -186,13 +193,14 @@ def _define_flags() -> None:
     flags.DEFINE_float("tile_overlap", 0.25, "predict --tile: fraction of a tile shared with "
                        "its neighbour (objects up to this fraction of a tile lie whole in one).",
                        lower_bound=0.0, upper_bound=0.9)
-    from cornernet_tf import benchmark  # plain module: nothing heavy at import
-    flags.DEFINE_string("benchmarks", ",".join(benchmark.DEFAULT_BENCHMARKS),
-                        "benchmark: comma-separated subset to run (also: hourglass104_train). "
+    flags.DEFINE_string("benchmarks", "",
+                        "benchmark: comma-separated subset to run (default: every default "
+                        "benchmark of benchmarks/benchmark.py; also: hourglass104_train). "
                         "The side by side with the authors' code is `python -m "
-                        "cornernet_tf.side_by_side` (docs/benchmarks.md).")
-    flags.DEFINE_string("benchmark_report", os.path.join("docs", "benchmarks.md"),
-                        "benchmark: the report file (sections of the run benchmarks replaced).")
+                        "benchmarks.side_by_side` (docs/benchmarks.md).")
+    flags.DEFINE_string("benchmark_report", DEFAULT_BENCHMARK_REPORT,
+                        "benchmark: the report file (sections of the run benchmarks replaced); "
+                        "--benchmark_report=docs/benchmarks.md updates the tracked page.")
     flags.DEFINE_string("weights", None, "convert: the authors' state dict file, e.g. "
                         "CornerNet_500000.pkl or CornerNet_Squeeze_500000.pkl.")
     flags.DEFINE_bool("verbose", False, "Show the traceback of errors in your input (a bad "
@@ -211,13 +219,6 @@ def resolve_model_dir(config_path: str, model_dir: str | None) -> str:
     return os.path.join("runs", stem)
 
 
-def _is_checkpoint_write_error(error: BaseException) -> bool:
-    """Whether training stopped on a failed checkpoint write (callbacks.CheckpointWriteError;
-    looked up only if training was imported, so the CLI stays TensorFlow-free until then)."""
-    callbacks = sys.modules.get("cornernet_tf.callbacks")
-    return callbacks is not None and isinstance(error, callbacks.CheckpointWriteError)
-
-
 def _main(argv: list[str]) -> None:
     from absl import logging
     logging.set_verbosity(logging.WARNING)  # TF's Python INFO chatter; our summaries print
@@ -234,7 +235,7 @@ def _main(argv: list[str]) -> None:
             console.import_tensorflow()
         MODES[FLAGS.mode].run(cfg)
     except Exception as e:  # noqa: BLE001 - sorted into the user's mistakes and ours
-        if not FLAGS.verbose and _is_checkpoint_write_error(e):
+        if not FLAGS.verbose and isinstance(e, errors.MachineError):
             # Neither the user's input (exit 2) nor a bug (traceback): the run failed on
             # the machine's disk, and the same command resumes once there is room.
             sys.stderr.write(f"error: {e}\n")

@@ -17,8 +17,8 @@ import os
 import time
 from typing import Optional
 
-from cornernet_tf import config as config_lib
-from cornernet_tf.resolve import resolve_dataset_dependent
+from cornernet_tf.config import schema as config_lib
+from cornernet_tf.data.resolve import resolve_dataset_dependent
 
 SUMMARY_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
@@ -43,11 +43,12 @@ def run_demo(cfg: config_lib.Config, model_dir: str, export_dir: str = "export",
     if cfg.demo.ablation == "corner_pooling":
         return run_ablation(cfg, model_dir)
     from cornernet_tf.data import pipeline
-    from cornernet_tf.eval_runner import run_evaluation
+    from cornernet_tf.evaluation.runner import run_evaluation
     from cornernet_tf.export.job import export_model
     from cornernet_tf.export.predict import predict
-    from cornernet_tf.model import build_model
-    from cornernet_tf.training import restore_weights, train
+    from cornernet_tf.modeling.model import build_model
+    from cornernet_tf.training.checkpoints import restore_weights
+    from cornernet_tf.training.loop import train
 
     stages = _Stages()
     start = time.time()
@@ -132,10 +133,11 @@ def format_summary(s: dict) -> str:
 
 def run_ablation(cfg: config_lib.Config, model_dir: str) -> dict:
     """Trains with and without corner pooling; prints the two AP tables side by side."""
-    from cornernet_tf.eval_runner import run_evaluation
-    from cornernet_tf.evaluation import METRIC_NAMES
-    from cornernet_tf.model import build_model
-    from cornernet_tf.training import restore_weights, train
+    from cornernet_tf.evaluation.runner import run_evaluation
+    from cornernet_tf.evaluation.metrics import METRIC_NAMES
+    from cornernet_tf.modeling.model import build_model
+    from cornernet_tf.training.checkpoints import restore_weights
+    from cornernet_tf.training.loop import train
 
     cfg = resolve_dataset_dependent(cfg)
     results = {}

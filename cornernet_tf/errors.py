@@ -1,4 +1,4 @@
-"""The one exception type that means "the user's input is wrong", and how the CLI reports it.
+"""The exception types the command line reports without a traceback, and how it reports them.
 
 A `UserError` is about something the user gave: a file (missing, unreadable, not what it
 claims to be), a value (a config key, a flag), or a combination (num_classes vs the
@@ -23,6 +23,14 @@ _USER_OS_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, Per
 
 class UserError(Exception):
     """An error in the user's input; the message names the item, the expectation and the finding."""
+
+
+class MachineError(RuntimeError):
+    """The run failed on the machine, not on the user's input: a full disk, a file size limit.
+
+    The command line prints its message (which says what was kept and how to resume) in a
+    few lines and exits with code 1, without a traceback; `--verbose` adds it.
+    """
 
 
 def is_user_error(error: BaseException) -> bool:

@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from cornernet_tf import boxes as box_lib
+from cornernet_tf.compat import tflite_ops_details
 
 PAD = [-1.0, -1.0, -1.0, -1.0]
 # Two images, three rows each (xyxy pixels): real boxes, one degenerate box, padding.
@@ -184,7 +185,7 @@ def test_tflite_builtins_under_ai_edge_litert(tmp_path):
     converter = tf.lite.TFLiteConverter.from_saved_model(str(tmp_path))
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     interpreter = Interpreter(model_content=converter.convert())
-    ops = {op["op_name"] for op in interpreter._get_ops_details()}
+    ops = {op["op_name"] for op in tflite_ops_details(interpreter)}
     assert not [op for op in ops if op.startswith("Flex")], ops
     out = interpreter.get_signature_runner()(boxes=XYXY, height=SIZES[0], width=SIZES[1])
     for key, value in eager.items():

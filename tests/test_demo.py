@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from cornernet_tf.config import load_config
+from cornernet_tf.config.schema import load_config
 from cornernet_tf.demo import run_demo
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

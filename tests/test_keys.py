@@ -10,12 +10,12 @@ import pytest
 import tensorflow as tf
 
 from cornernet_tf import keys
-from cornernet_tf.config import load_config
+from cornernet_tf.config.schema import load_config
 from cornernet_tf.data.targets import encode_targets
-from cornernet_tf.decode import decode
-from cornernet_tf.export.serving import build_detection_functions
+from cornernet_tf.inference.decode import decode
+from cornernet_tf.inference.detector import build_detection_functions
 from cornernet_tf.losses import compute_normalizers, cornernet_loss
-from cornernet_tf.model import build_model
+from cornernet_tf.modeling.model import build_model
 
 NUM_CLASSES = 3
 TINY = ["model.backbone=hourglass52", f"model.num_classes={NUM_CLASSES}", "model.input_size=32",

@@ -16,7 +16,7 @@ import shlex
 
 import pytest
 
-from cornernet_tf.config import load_config
+from cornernet_tf.config.schema import load_config
 from tests.support.cli import run_cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

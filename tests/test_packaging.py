@@ -8,7 +8,7 @@ import sysconfig
 
 import pytest
 
-from cornernet_tf import config as config_lib
+from cornernet_tf.config import schema as config_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -54,7 +54,7 @@ def load_converted_model(cfg, weights: str):
     Raises:
       ConversionError: the file is unreadable, for another architecture, or does not fit.
     """
-    from cornernet_tf.model import build_model
+    from cornernet_tf.modeling.model import build_model
 
     backbone = cfg.model.backbone
     if backbone not in ARCHITECTURES:
@@ -110,12 +110,12 @@ def convert_weights(cfg, weights: str, model_dir: str, label_map=None,
       ConversionError: as `load_converted_model`, or model_dir already holds checkpoints,
         or no label map fits model.num_classes.
     """
-    from cornernet_tf import training
+    from cornernet_tf.training import checkpoints as ckpt_lib
     from cornernet_tf.convert.coco_labels import coco_label_map
-    from cornernet_tf.resolve import resolve_dataset_dependent
+    from cornernet_tf.data.resolve import resolve_dataset_dependent
 
     cfg = resolve_dataset_dependent(cfg)
-    checkpoints = os.path.join(model_dir, training.CHECKPOINT_SUBDIR)
+    checkpoints = os.path.join(model_dir, ckpt_lib.CHECKPOINT_SUBDIR)
     if os.path.isdir(checkpoints) and os.listdir(checkpoints):
         raise ConversionError(f"--model_dir {model_dir} already holds checkpoints "
                               f"({checkpoints}); convert into a new folder")
@@ -127,9 +127,9 @@ def convert_weights(cfg, weights: str, model_dir: str, label_map=None,
     model, info = load_converted_model(cfg, weights)
 
     # Everything checked: write.
-    manager = training.checkpoint_manager(model, model_dir)
+    manager = ckpt_lib.checkpoint_manager(model, model_dir)
     path = manager.save(checkpoint_number=CHECKPOINT_STEP)
-    training.write_run_files(cfg, model_dir, label_map)
+    ckpt_lib.write_run_files(cfg, model_dir, label_map)
     with open(os.path.join(model_dir, "converted_from.json"), "w", encoding="utf-8") as f:
         json.dump(dict(source=os.path.basename(weights), sha256=_sha256(weights),
                        architecture=info["architecture"], tensors=info["tensors"],

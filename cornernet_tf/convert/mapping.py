@@ -27,9 +27,9 @@ from typing import Iterator, Mapping
 
 import numpy as np
 
-from cornernet_tf.backbones.hourglass import (ConvBN, FireModule, HourglassBackbone,
-                                              HourglassModule, ResidualBlock)
-from cornernet_tf.layers.heads import CornerHeads, CornerModule
+from cornernet_tf.modeling.backbones.hourglass import (ConvBN, FireModule, HourglassBackbone,
+                                                       HourglassModule, ResidualBlock)
+from cornernet_tf.modeling.layers.heads import CornerHeads, CornerModule
 
 # Kinds of tensor layout conversion.
 CONV = "conv"  # [O, I, kh, kw] -> [kh, kw, I, O]
@@ -158,7 +158,7 @@ def variable_map(model) -> "collections.OrderedDict[str, tuple]":
     """Every variable of a built CornerNet under the authors' name.
 
     Args:
-      model: a built `cornernet_tf.model.CornerNet` (hourglass or squeeze backbone).
+      model: a built `cornernet_tf.modeling.model.CornerNet` (hourglass or squeeze backbone).
 
     Returns:
       OrderedDict: CornerNet-Lite tensor name -> (keras variable, layout kind).

@@ -38,7 +38,7 @@ from typing import Optional, Sequence
 import tensorflow as tf
 
 from cornernet_tf import boxes as box_lib
-from cornernet_tf.preprocess import SizeLike, size_pair
+from cornernet_tf.data.images import SizeLike, size_pair
 
 # PCA of COCO pixel colours on [0, 1] images, from the reference (db/coco.py). The
 # reference image is BGR (cv2) and applies `image += eig_vec @ (eig_val * alpha)`, so the

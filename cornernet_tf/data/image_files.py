@@ -91,7 +91,7 @@ def decode_problem(path: str) -> Optional[str]:
     """None when `preprocess.read_image(path)` succeeds, else the decoder's message."""
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     from cornernet_tf.errors import UserError  # pylint: disable=import-outside-toplevel
-    from cornernet_tf.preprocess import read_image  # pylint: disable=import-outside-toplevel
+    from cornernet_tf.data.images import read_image  # pylint: disable=import-outside-toplevel
     try:
         read_image(path)
     except (tf.errors.OpError, UserError, ValueError) as e:
@@ -112,7 +112,7 @@ def decode_problems(paths: Sequence[str]) -> dict:
       {index: message} for each file that fails; {} when all decode.
     """
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    from cornernet_tf.preprocess import read_image  # pylint: disable=import-outside-toplevel
+    from cornernet_tf.data.images import read_image  # pylint: disable=import-outside-toplevel
     if not paths:
         return {}
     ds = tf.data.Dataset.from_tensor_slices(

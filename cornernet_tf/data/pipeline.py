@@ -43,11 +43,11 @@ import tensorflow as tf
 from cornernet_tf.data import coco, image_files
 from cornernet_tf import boxes as box_lib
 from cornernet_tf.data.augment import train_augment
-from cornernet_tf.data.choices import DATASETS
+from cornernet_tf.config.choices import DATASETS
 from cornernet_tf.data.synthetic import ensure_synthetic
 from cornernet_tf.data.targets import encode_targets
 from cornernet_tf.keys import LOSS_TARGET_KEYS
-from cornernet_tf.preprocess import fit_to_input, read_image
+from cornernet_tf.data.images import fit_to_input, read_image
 
 SPLITS = ("train", "val")
 

@@ -31,7 +31,7 @@ from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
 
-from cornernet_tf.config import ConfigError
+from cornernet_tf.config.schema import ConfigError
 
 CLASS_NAMES = ("rectangle", "ellipse", "triangle", "cross")
 GENERATOR_VERSION = 1

@@ -33,7 +33,7 @@ import tensorflow as tf
 
 from cornernet_tf.keys import (BR_HEATMAP, BR_INDEX, BR_OFFSET, MASK, NUM_OBJECTS, TL_HEATMAP,
                                TL_INDEX, TL_OFFSET)
-from cornernet_tf.preprocess import size_pair
+from cornernet_tf.data.images import size_pair
 
 # The reference zeroes Gaussian values below eps * max. For a (2R+1)^2 kernel with
 # sigma = (2R+1)/6 the smallest value is exp(-36 R^2 / (2 (2R+1)^2)) >= exp(-9), so the

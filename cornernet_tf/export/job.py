@@ -13,14 +13,15 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from cornernet_tf import preprocess
+from cornernet_tf.data import images as image_lib
+from cornernet_tf.inference import preprocess
 
 
 def _tflite_inputs(paths: Sequence[str], size) -> list[np.ndarray]:
     """Images as a TFLite file receives them: uint8 [h, w, 3] fitted by
     `preprocess.tflite_input` (aspect kept, zero-padded), the host side of predict and
     evaluation of .tflite files."""
-    return [preprocess.tflite_input(preprocess.read_image(p).numpy(), size)[0][0]
+    return [preprocess.tflite_input(image_lib.read_image(p).numpy(), size)[0][0]
             for p in paths]
 
 
@@ -63,9 +64,9 @@ def export_model(cfg, model_dir: str, export_dir: str = "export",
     """
     from cornernet_tf.data import coco, pipeline
     from cornernet_tf.export import saved_model, tflite
-    from cornernet_tf.model import build_model
-    from cornernet_tf.resolve import resolve_dataset_dependent
-    from cornernet_tf.training import restore_weights
+    from cornernet_tf.modeling.model import build_model
+    from cornernet_tf.data.resolve import resolve_dataset_dependent
+    from cornernet_tf.training.checkpoints import restore_weights
 
     cfg = resolve_dataset_dependent(cfg, run_dir=model_dir)
     model = build_model(cfg.model)

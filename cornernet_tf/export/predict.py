@@ -28,12 +28,15 @@ from typing import Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from cornernet_tf import keys, preprocess, visualize
-from cornernet_tf.data.coco import LabelMap
+from cornernet_tf import keys
+from cornernet_tf.data import images as image_lib
+from cornernet_tf.inference import preprocess
+from cornernet_tf.evaluation import visualize
 from cornernet_tf.data.image_files import decoder_message
 from cornernet_tf.errors import UserError
-from cornernet_tf.export.tflite import TFLiteDetector
-from cornernet_tf.export.tiling import detect_tiled, tile_grid
+from cornernet_tf.inference.exported import (ExportedDetector, read_class_names,
+                                             read_max_image_pixels)
+from cornernet_tf.inference.tiling import detect_tiled, tile_grid
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 MANIFEST = ".cornernet-predict-outputs"  # json: the outputs predict wrote into a folder
@@ -78,72 +81,6 @@ def list_images(paths: Sequence[str], skip: Sequence[str] = ()) -> list[str]:
     if not found:
         raise FileNotFoundError(f"--images: no {'/'.join(IMAGE_EXTENSIONS)} files in {list(paths)}")
     return found
-
-
-def read_class_names(model_path: str) -> list[str]:
-    """Class names (index = 0-based class = label id - 1) from labels.json beside the model.
-
-    Returns [] when there is no labels.json (detections are then named by their label id).
-    """
-    folder = model_path if os.path.isdir(model_path) else os.path.dirname(model_path)
-    path = os.path.join(folder, "labels.json")
-    return list(LabelMap.from_json(path).names) if os.path.isfile(path) else []
-
-
-def read_max_image_pixels(model_path: str) -> int:
-    """The pixel limit the export was made with (`serving.json` beside the model), so that
-    predict refuses what the served model refuses; the default limit without the file.
-    """
-    folder = model_path if os.path.isdir(model_path) else os.path.dirname(model_path)
-    path = os.path.join(folder, "serving.json")
-    if os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            value = json.load(f).get("max_image_pixels")
-        if isinstance(value, int) and value > 0:
-            return value
-    return preprocess.DEFAULT_MAX_IMAGE_PIXELS
-
-
-class ExportedDetector:
-    """A SavedModel or .tflite export behind one call: uint8 [H, W, 3] -> contract outputs.
-
-    Both formats return `detection_boxes` normalised to the image given. A SavedModel
-    fits the image inside its graph; for a .tflite file the image is fitted on the host by
-    the same function (`preprocess.tflite_input`) and the boxes mapped back by
-    `preprocess.tflite_boxes_to_original`.
-
-    Raises:
-      FileNotFoundError: model_path is neither a SavedModel folder nor a .tflite file.
-    """
-
-    def __init__(self, model_path: str):
-        self.path = model_path
-        self.is_tflite = model_path.endswith(".tflite")
-        self.format = "tflite" if self.is_tflite else "saved_model"
-        if self.is_tflite:
-            if not os.path.isfile(model_path):
-                raise FileNotFoundError(f"--model: {model_path!r} does not exist")
-            self.tflite = TFLiteDetector(model_path)
-        else:
-            if not os.path.isfile(os.path.join(model_path, "saved_model.pb")):
-                raise FileNotFoundError(f"--model: {model_path!r} is not a SavedModel folder "
-                                        f"(no saved_model.pb) nor a .tflite file")
-            self.loaded = tf.saved_model.load(model_path)
-
-    def __call__(self, image: np.ndarray) -> dict:
-        """[H, W, 3] uint8 RGB -> the contract's numpy outputs, batch 1."""
-        if self.is_tflite:
-            inputs, transform = preprocess.tflite_input(image, self.tflite.input_size)
-            return preprocess.tflite_boxes_to_original(self.tflite(inputs), transform,
-                                                       self.tflite.input_size, *image.shape[:2])
-        out = self.loaded.signatures["serving_default"](images=tf.constant(image[None]))
-        return {k: v.numpy() for k, v in out.items()}
-
-    def heatmaps(self, image: np.ndarray) -> Optional[dict]:
-        if self.is_tflite or "serving_heatmaps" not in self.loaded.signatures:
-            return None
-        out = self.loaded.signatures["serving_heatmaps"](images=tf.constant(image[None]))
-        return {k: v.numpy() for k, v in out.items()}
 
 
 # Predict's score threshold when the export carries no evaluation's best-F1 threshold.
@@ -246,7 +183,7 @@ def predict(model_path: str, image_paths: Sequence[str], output_dir: str,
     written, skipped = [], []
     for path, outputs in zip(paths, plan):
         try:
-            image = preprocess.read_image(path, max_pixels).numpy()
+            image = image_lib.read_image(path, max_pixels).numpy()
         except (tf.errors.OpError, UserError, ValueError) as e:
             reason = decoder_message(e)
             sys.stderr.write(f"predict: skipped {path}: cannot read it: {reason}\n")

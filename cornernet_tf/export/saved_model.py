@@ -27,7 +27,7 @@ from typing import Optional
 import keras
 import tensorflow as tf
 
-from cornernet_tf.export.serving import build_detection_functions, decode_kwargs_from_config
+from cornernet_tf.inference.detector import build_detection_functions, decode_kwargs_from_config
 from cornernet_tf.keys import (BR_HEATMAP, DETECTION_BOXES, DETECTION_CLASSES, DETECTION_SCORES,
                                NUM_DETECTIONS, TL_HEATMAP)
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import threading
 import warnings
 from typing import Callable, Iterable, Optional
 
@@ -28,11 +27,13 @@ from ai_edge_litert.interpreter import Interpreter
 
 from cornernet_tf import boxes as box_lib
 from cornernet_tf import console
-from cornernet_tf.export.choices import TFLITE_MODES
+from cornernet_tf.config.choices import TFLITE_MODES
 from cornernet_tf.export.saved_model import write_archive
-from cornernet_tf.export.serving import DECODE_SCOPE, build_detection_functions
-from cornernet_tf.keys import (DETECTION_BOXES, DETECTION_CLASSES, DETECTION_OUTPUT_KEYS,
-                               DETECTION_SCORES, NUM_DETECTIONS)
+from cornernet_tf.inference.detector import DECODE_SCOPE, build_detection_functions
+from cornernet_tf.compat import tflite_ops_details
+from cornernet_tf.inference.exported import TFLiteDetector
+from cornernet_tf.keys import (DETECTION_BOXES, DETECTION_CLASSES, DETECTION_SCORES,
+                               NUM_DETECTIONS)
 
 # Parity tolerances per mode: (max |score difference| and min IoU of a matched detection,
 # max fraction of compared detections outside either). `check_parity` compares reference
@@ -155,7 +156,7 @@ def _quantize_network(converter, dataset) -> bytes:
     calibrated = Interpreter(model_content=debugger.calibrated_model)
     names = {t["index"]: t["name"] for t in calibrated.get_tensor_details()}
     outputs = {d["index"] for d in calibrated.get_output_details()}
-    denylisted = sorted({names[i] for op in ops_details(calibrated) for i in op["outputs"]
+    denylisted = sorted({names[i] for op in tflite_ops_details(calibrated) for i in op["outputs"]
                          if DECODE_SCOPE in names[i] or i in outputs})
     if not denylisted:
         raise TFLiteExportError(f"int8: no op named under {DECODE_SCOPE!r} in the converted "
@@ -165,110 +166,6 @@ def _quantize_network(converter, dataset) -> bytes:
         debugger.options = tf.lite.experimental.QuantizationDebugOptions(
             denylisted_ops=_FLOAT_OP_TYPES, denylisted_nodes=denylisted)
     return debugger.get_nondebug_quantized_model()
-
-
-def ops_details(interpreter: Interpreter) -> list[dict]:
-    """Every op (node) of a loaded TFLite model, in execution order.
-
-    ai_edge_litert's Interpreter has no public call for this (the public ones list tensors,
-    inputs, outputs and signatures), so this wraps its private `_get_ops_details`: the one
-    place the package calls it. `tests/export/test_tflite.py` checks the wrapper on a known
-    model, so a change of the private API fails that test instead of an export.
-
-    Args:
-      interpreter: an `ai_edge_litert.interpreter.Interpreter`.
-
-    Returns:
-      One dict per op with at least "op_name" (str, e.g. "CONV_2D"; Flex ops show as
-      "Flex..." / "DELEGATE"), "inputs" and "outputs" (tensor indices).
-
-    Raises:
-      RuntimeError: the private API is gone or returns something else.
-    """
-    get = getattr(interpreter, "_get_ops_details", None)
-    if get is None:
-        raise RuntimeError("ai_edge_litert Interpreter._get_ops_details is gone; "
-                           "cornernet_tf.export.tflite.ops_details needs another way to list ops")
-    details = list(get())
-    for op in details:
-        if not {"op_name", "inputs", "outputs"} <= set(op):
-            raise RuntimeError(f"ai_edge_litert Interpreter._get_ops_details changed: expected "
-                               f"op_name, inputs, outputs per op, found {sorted(op)}")
-    return details
-
-
-def op_names(path: str) -> list[str]:
-    """The distinct op names of a .tflite file (Flex ops show as 'Flex...' / 'DELEGATE')."""
-    return sorted({op["op_name"] for op in ops_details(Interpreter(model_path=path))})
-
-
-class TFLiteDetector:
-    """Runs an exported .tflite with ai_edge_litert; call with uint8 [1, h, w, 3].
-
-    Thread-safe: one call (set the input, invoke, read the outputs) runs under a lock. A
-    TFLite interpreter keeps its input, intermediate and output tensors in one arena, so
-    two threads interleaving on it read each other's results (measured before the lock: 8
-    threads sharing one detector got 44 of 200 answers wrong, silently). A lock, not an
-    interpreter per thread: memory stays that of one interpreter whatever the number of
-    threads, and the interpreter already uses `num_threads` cores inside one call. For
-    calls in parallel, make one TFLiteDetector per worker.
-
-    Args:
-      path: the .tflite file.
-      num_threads: the interpreter's threads (None: its default).
-    """
-
-    def __init__(self, path: str, num_threads: Optional[int] = None):
-        self.path = path
-        self.interpreter = Interpreter(model_path=path, num_threads=num_threads)
-        self.runner = self.interpreter.get_signature_runner("serving_default")
-        details = self.runner.get_input_details()["images"]
-        shape = details["shape"]
-        self.input_size = (int(shape[1]), int(shape[2]))
-        self.input_dtype = np.dtype(details["dtype"])
-        self._lock = threading.Lock()
-
-    def expected(self) -> str:
-        """The input this model takes, as the error messages state it."""
-        return (f"{self.input_dtype.name} [1, {self.input_size[0]}, {self.input_size[1]}, 3] "
-                f"(one RGB image fitted to the network input by preprocess.tflite_input)")
-
-    def check_input(self, images) -> np.ndarray:
-        """The images as the interpreter takes them, or a ValueError saying what differs.
-
-        Raises:
-          ValueError: not an array of the model's dtype and shape [1, h, w, 3]; the message
-            gives the expected and the found dtype and shape.
-        """
-        images = np.asarray(images)
-        problems = []
-        if images.dtype != self.input_dtype:
-            problems.append(f"dtype {images.dtype} (expected {self.input_dtype.name})")
-        if images.ndim != 4:
-            problems.append(f"rank {images.ndim} (expected 4: batch, height, width, channels)")
-        else:
-            if images.shape[0] != 1:
-                problems.append(f"batch {images.shape[0]} (expected 1)")
-            if images.shape[1:3] != self.input_size:
-                problems.append(f"height x width {images.shape[1]} x {images.shape[2]} "
-                                f"(expected {self.input_size[0]} x {self.input_size[1]})")
-            if images.shape[3] != 3:
-                problems.append(f"{images.shape[3]} channels (expected 3, RGB)")
-        if problems:
-            raise ValueError(f"TFLite model {self.path!r} expects {self.expected()}; found "
-                             f"{images.dtype} {list(images.shape)}: {'; '.join(problems)}")
-        return images
-
-    def __call__(self, images: np.ndarray) -> dict:
-        """uint8 [1, h, w, 3] -> the contract's outputs (numpy, batch 1).
-
-        Raises:
-          ValueError: the input's dtype or shape differs from the model's (`check_input`).
-        """
-        images = self.check_input(images)
-        with self._lock:  # set_tensor + invoke + get_tensor as one step
-            out = self.runner(images=images)
-            return {k: np.array(out[k], copy=True) for k in DETECTION_OUTPUT_KEYS}
 
 
 def compare_detections(reference: dict, other: dict, min_score: float = 0.1) -> dict:

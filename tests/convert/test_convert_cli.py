@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from cornernet_tf.config import load_config
+from cornernet_tf.config.schema import load_config
 from cornernet_tf.convert.job import ConversionError, convert_weights
 from tests.convert.test_parity import DATA, FIXTURE_LABELS, REPO, fixture_config
 

@@ -42,12 +42,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cornernet_tf.config import load_config
+from cornernet_tf.config.schema import load_config
 from cornernet_tf.convert import mapping
 from cornernet_tf.convert.job import ConversionError, convert_weights, load_converted_model
 from cornernet_tf.convert.torch_reader import read_state_dict
 from cornernet_tf.data.coco import LabelMap
-from cornernet_tf.decode import decode, decode_pairs
+from cornernet_tf.inference.decode import decode, decode_pairs
 from cornernet_tf.keys import (BR_EMBEDDING, BR_HEATMAP, BR_OFFSET, TL_EMBEDDING, TL_HEATMAP,
                                TL_OFFSET)
 
@@ -232,8 +232,8 @@ def test_converted_squeeze_exports_with_the_same_detections(tmp_path):
 
 @pytest.mark.slow  # builds and checkpoints a second model
 def test_convert_job_writes_a_run_folder_that_restores(tmp_path):
-    from cornernet_tf.model import build_model
-    from cornernet_tf.training import restore_weights
+    from cornernet_tf.modeling.model import build_model
+    from cornernet_tf.training.checkpoints import restore_weights
     cfg = fixture_config("squeeze")
     model_dir = tmp_path / "run"
     weights = os.path.join(DATA, "squeeze.pth")

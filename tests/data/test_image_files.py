@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from cornernet_tf.data import image_files
-from cornernet_tf.preprocess import decode_image
+from cornernet_tf.data.images import decode_image
 
 TAKEN = ("JPEG", "PNG", "GIF", "BMP", "WEBP")
 REFUSED = ("TIFF", "PPM", "ICO", "TGA")

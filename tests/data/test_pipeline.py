@@ -9,10 +9,10 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from cornernet_tf.config import load_config
+from cornernet_tf.config.schema import load_config
 from cornernet_tf.data import coco, pipeline
 from cornernet_tf.keys import LOSS_TARGET_KEYS
-from cornernet_tf.preprocess import read_image
+from cornernet_tf.data.images import read_image
 
 NUM_CLASSES, MAX_OBJECTS = 3, 4
 

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 
-from cornernet_tf.config import ConfigError, load_config
+from cornernet_tf.config.schema import ConfigError, load_config
 from cornernet_tf.data import synthetic
 
 

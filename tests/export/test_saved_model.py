@@ -17,8 +17,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from cornernet_tf.config import load_config
-from cornernet_tf.decode import decode
+from cornernet_tf.config.schema import load_config
+from cornernet_tf.inference.decode import decode
 from cornernet_tf.export import saved_model
 from tests.support.export_models import N, label_map, noise_image, tiny_config, tiny_model
 

@@ -6,9 +6,17 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from ai_edge_litert.interpreter import Interpreter
+
+from cornernet_tf.compat import tflite_ops_details
 from cornernet_tf.export import tflite
-from cornernet_tf.export.serving import DECODE_SCOPE, build_detection_functions
+from cornernet_tf.inference.detector import DECODE_SCOPE, build_detection_functions
 from tests.support.export_models import N, noise_image, tiny_config, tiny_model
+
+
+def op_names(path: str) -> list:
+    """The distinct op names of a .tflite file (Flex ops show as 'Flex...' / 'DELEGATE')."""
+    return sorted({op["op_name"] for op in tflite_ops_details(Interpreter(model_path=path))})
 
 CHECK_IMAGES = [noise_image(64, 64, seed=s) for s in range(30, 34)]
 
@@ -28,7 +36,7 @@ def tiny(tmp_path_factory):
 
 
 def check_builtins_and_contract(path, reference):
-    ops = tflite.op_names(path)
+    ops = op_names(path)
     assert not [op for op in ops if op.startswith("Flex") or op == "DELEGATE"], ops
     assert "NON_MAX_SUPPRESSION_V5" in ops and "TOPK_V2" in ops  # decode is inside
     detector = tflite.TFLiteDetector(path)  # ai_edge_litert
@@ -78,7 +86,7 @@ def test_dynamic_int8(tiny):
     fp32_bytes = sum(int(np.prod(w.shape)) * 4 for w in model.weights)  # 328 kB
     # int8 weights: 173 kB with the decode graph (the fp32 file is 399 kB)
     assert os.path.getsize(path) < 0.6 * fp32_bytes
-    ops = tflite.op_names(path)
+    ops = op_names(path)
     assert "QUANTIZE" not in ops  # hybrid kernels: float activations, int8 weights
     # Parity against the documented per-detection tolerance (TOLERANCES["dynamic_int8"]:
     # score within 0.1, matched IoU >= 0.7). The typical detection is far inside it (the
@@ -106,7 +114,7 @@ def tensor_types(path):
     interpreter = Interpreter(model_path=path)
     tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
     return {tensors[i]["name"]: (op["op_name"], np.dtype(tensors[i]["dtype"]))
-            for op in tflite.ops_details(interpreter) for i in op["outputs"]}
+            for op in tflite_ops_details(interpreter) for i in op["outputs"]}
 
 
 @pytest.mark.slow

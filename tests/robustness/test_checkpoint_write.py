@@ -22,10 +22,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cornernet_tf import training
-from cornernet_tf.callbacks import CheckpointCallback, CheckpointWriteError, write_checkpoint
+from cornernet_tf.training import checkpoints as ckpt_lib
+from cornernet_tf.training.callbacks import CheckpointCallback
+from cornernet_tf.training.checkpoints import CheckpointWriteError, write_checkpoint
 from cornernet_tf.data.synthetic import generate_shapes_dataset
-from cornernet_tf.model import build_model
+from cornernet_tf.modeling.model import build_model
 from tests.support.training import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -103,8 +104,8 @@ def test_keras_takes_an_out_of_range_error_from_a_callback_for_the_end_of_data()
 ])
 def test_a_failed_save_stops_fit_and_keeps_the_previous_checkpoint(tmp_path, error, reason):
     model = small_model()
-    manager = training.checkpoint_manager(model, str(tmp_path), model.optimizer)
-    folder = os.path.join(str(tmp_path), training.CHECKPOINT_SUBDIR)
+    manager = ckpt_lib.checkpoint_manager(model, str(tmp_path), model.optimizer)
+    folder = os.path.join(str(tmp_path), ckpt_lib.CHECKPOINT_SUBDIR)
     calls = fail_after(manager.checkpoint, 1, error)
     weights = RecordWeights()
     checkpoints = CheckpointCallback(manager, every=2, say=lambda text: None)
@@ -127,7 +128,7 @@ def test_a_failed_save_stops_fit_and_keeps_the_previous_checkpoint(tmp_path, err
     assert sorted(os.listdir(folder)) == ["checkpoint", "ckpt-2.data-00000-of-00001",
                                           "ckpt-2.index"]
     fresh = small_model()
-    assert training.restore_weights(fresh, str(tmp_path)) == os.path.join(folder, "ckpt-2")
+    assert ckpt_lib.restore_weights(fresh, str(tmp_path)) == os.path.join(folder, "ckpt-2")
     for restored, expected in zip(fresh.weights, weights.at[2]):
         np.testing.assert_array_equal(restored.numpy(), expected)
     assert checkpoints.save() is None  # nothing more is attempted (the _fit clean-up path)
@@ -135,7 +136,7 @@ def test_a_failed_save_stops_fit_and_keeps_the_previous_checkpoint(tmp_path, err
 
 def test_a_failed_first_save_says_there_is_no_earlier_checkpoint(tmp_path):
     model = small_model()
-    manager = training.checkpoint_manager(model, str(tmp_path), model.optimizer)
+    manager = ckpt_lib.checkpoint_manager(model, str(tmp_path), model.optimizer)
     fail_after(manager.checkpoint, 0, OSError(errno.EFBIG, "File too large"))
     with pytest.raises(CheckpointWriteError, match=r"\(EFBIG\); training stopped\.\n"
                                                    r"there is no earlier checkpoint: free"):
@@ -162,7 +163,7 @@ def test_a_real_file_size_limit_stops_training_with_a_two_line_error(data_dir, t
     proc = subprocess.run([sys.executable, WORKER, "file_size_limit", str(config_path),
                            model_dir], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=600)
-    folder = os.path.join(model_dir, training.CHECKPOINT_SUBDIR)
+    folder = os.path.join(model_dir, ckpt_lib.CHECKPOINT_SUBDIR)
     # Exit 1 (the run failed; not a mistake in the input, which is 2), no traceback, the
     # message in two lines naming the checkpoint and the OS error.
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-3000:]
@@ -185,19 +186,19 @@ def test_a_real_file_size_limit_stops_training_with_a_two_line_error(data_dir, t
                   if k.startswith("optimizer/") and "iterations" in k]
     assert [int(reader.get_tensor(k)) for k in iterations] == [2]
     model = build_model(cfg.model)
-    assert training.restore_weights(model, model_dir) == os.path.join(folder, "ckpt-2")
+    assert ckpt_lib.restore_weights(model, model_dir) == os.path.join(folder, "ckpt-2")
 
 
 def test_a_failed_best_write_stops_and_keeps_the_previous_best(data_dir, tmp_path,
                                                                monkeypatch):
-    from cornernet_tf import eval_runner
-    from cornernet_tf.callbacks import ValidationCallback
+    from cornernet_tf.evaluation import runner as eval_runner
+    from cornernet_tf.training.callbacks import ValidationCallback
     aps = iter([0.2, 0.4])
     monkeypatch.setattr(eval_runner, "run_evaluation", lambda *a, **k: {
         "AP": next(aps), "AP50": 0.5, "AP75": 0.1, "images": 4, "per_class_AP": {}})
     model = small_model()
     best_dir = str(tmp_path / "checkpoints" / "best")
-    manager = tf.train.CheckpointManager(training.training_checkpoint(model), best_dir,
+    manager = tf.train.CheckpointManager(ckpt_lib.training_checkpoint(model), best_dir,
                                          max_to_keep=1)
     fail_after(manager.checkpoint, 1, OSError(errno.ENOSPC, "No space left on device"))
     cb = ValidationCallback(tiny_config(data_dir), 2, 4, 0, str(tmp_path / "validation"),

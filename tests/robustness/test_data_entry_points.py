@@ -18,13 +18,13 @@ import pytest
 import tensorflow as tf
 
 from cornernet_tf import errors
-from cornernet_tf.config import load_config
+from cornernet_tf.config.schema import load_config
 from cornernet_tf.data import coco, image_files, pipeline
 from cornernet_tf.data.coco import LabelMap
-from cornernet_tf.eval_runner import evaluate_export, run_evaluation
+from cornernet_tf.evaluation.runner import evaluate_export, run_evaluation
 from cornernet_tf.export import predict as predict_lib
 from cornernet_tf.export import saved_model
-from cornernet_tf.preprocess import decode_image
+from cornernet_tf.data.images import decode_image
 from tests.robustness import corpus
 from tests.support.export_models import tiny_config, tiny_model
 
@@ -142,7 +142,7 @@ def test_training_where_nothing_decodes_is_an_error_at_start(tmp_path, cases):
 def test_training_data_where_loading_drops_everything_gives_the_counts(tmp_path):
     # train's own path (training._training_data) passes the loader's report on, so the
     # error says why every entry went (as evaluate does)
-    from cornernet_tf import training
+    from cornernet_tf.training import loop as training
     folder = str(tmp_path)
     files = {case: name for case, name in corpus.write_images(folder).items()
              if case in HEADER_FINDS}

@@ -4,9 +4,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from cornernet_tf.config import load_config
+from cornernet_tf.config.schema import load_config
 from cornernet_tf.data.coco import LabelMap
-from cornernet_tf.model import build_model
+from cornernet_tf.modeling.model import build_model
 
 N = 20  # decode.max_detections of the tiny config
 

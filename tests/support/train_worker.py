@@ -29,8 +29,8 @@ from tests.support.training import fixed_batch, tiny_config  # noqa: E402
 
 def _one_step(cfg, strategy, initial, images, targets, local_normalizers=False):
     import tensorflow as tf
-    from cornernet_tf import training
-    from cornernet_tf.model import build_model
+    from cornernet_tf.training import loop as training
+    from cornernet_tf.modeling.model import build_model
     with strategy.scope():
         model = build_model(cfg.model)
         model.set_weights(initial)
@@ -60,8 +60,8 @@ def replica(data_dir: str, out: str) -> None:
         cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
     import keras
     import numpy as np
-    from cornernet_tf import training
-    from cornernet_tf.model import build_model
+    from cornernet_tf.training import loop as training
+    from cornernet_tf.modeling.model import build_model
 
     cfg = tiny_config(data_dir, ["model.sync_batchnorm=true", "train.strategy=mirrored"])
     images, targets = fixed_batch(cfg)
@@ -95,7 +95,7 @@ def worker(index: int, ports: str, data_dir: str, model_dir: str, out: str,
         "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports.split(",")]},
         "task": {"type": "worker", "index": index}})
     import numpy as np
-    from cornernet_tf import training
+    from cornernet_tf.training import loop as training
     cfg = tiny_config(data_dir, ["train.strategy=multi_worker", f"train.steps={steps}",
                                  "model.sync_batchnorm=true",
                                  "train.log_every=2", "train.checkpoint_every=2"])
@@ -116,7 +116,7 @@ def file_size_limit(config_path: str, model_dir: str) -> None:
     import resource
     import signal
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    from cornernet_tf import callbacks
+    from cornernet_tf.training import callbacks
     original = callbacks.CheckpointCallback.save
 
     def save_then_limit(self):

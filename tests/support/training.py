@@ -28,7 +28,7 @@ def tiny_overrides(data_dir: str) -> list[str]:
 
 
 def tiny_config(data_dir: str, extra=()):
-    from cornernet_tf import config as config_lib
+    from cornernet_tf.config import schema as config_lib
     return config_lib.load_config(None, overrides=tiny_overrides(data_dir) + list(extra))
 
 

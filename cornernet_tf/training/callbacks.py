@@ -1,0 +1,319 @@
+"""Keras callbacks of the training loop: checkpoints, NaN guard, validation, heatmap images.
+
+`training.train` wires them (with `progress.ProgressDisplay`, the progress display); they
+are plain `keras.callbacks.Callback`s and can be used with any `fit` of a CornerNet.
+
+A checkpoint that cannot be written (a full disk, a file size limit) stops training with a
+`CheckpointWriteError`. TensorFlow reports some of these failures ("File too large") as a
+`tf.errors.OutOfRangeError`, which Keras' `fit` takes for the end of the data: left alone,
+the run would go on (or stop) without a word and a rerun would start from an older step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+import math
+import os
+import time
+from typing import Callable, Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from cornernet_tf.evaluation import visualize
+from cornernet_tf.keys import BR_HEATMAP, TL_HEATMAP, TOTAL_LOSS
+from cornernet_tf.training.checkpoints import (BEST_RECORD, CheckpointWriteError, os_error_text,
+                                               read_best_record, write_checkpoint)
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def weights_are_finite(model: keras.Model) -> bool:
+    """True when no model weight (trainable or BN statistic) holds a NaN or an inf."""
+    flags = [tf.reduce_all(tf.math.is_finite(tf.convert_to_tensor(w))) for w in model.weights
+             if w.dtype in ("float16", "bfloat16", "float32", "float64")]
+    return bool(tf.reduce_all(tf.stack(flags)).numpy()) if flags else True
+
+
+class StopAtStep(keras.callbacks.Callback):
+    """Stops `fit` when the optimizer step reaches `total_steps` (exact, even mid-epoch)."""
+
+    def __init__(self, total_steps: int):
+        super().__init__()
+        self.total_steps = total_steps
+
+    def on_train_batch_end(self, batch, logs=None):
+        if int(self.model.optimizer.iterations.numpy()) >= self.total_steps:
+            self.model.stop_training = True
+
+
+class CheckpointCallback(keras.callbacks.Callback):
+    """Saves model + optimizer every `every` steps, at the end, and when fit is interrupted.
+
+    It also owns the run's NaN state: once `stop_on_nan` has been called (by `NaNGuard` on a
+    non-finite loss, or by `save` on non-finite weights) nothing more is saved, so the newest
+    checkpoint stays the last good one.
+
+    Attributes:
+      last_saved: the newest checkpoint path written (or found at start), or None.
+      stopped_on_nan: True once training was stopped on a NaN/inf (read by `training.train`).
+    """
+
+    def __init__(self, manager: tf.train.CheckpointManager, every: int,
+                 say: Callable[[str], None] = None):
+        super().__init__()
+        self.manager = manager
+        self.every = every
+        self.say = say or _say
+        self.last_saved: Optional[str] = manager.latest_checkpoint
+        self.stopped_on_nan = False
+        self.write_failed = False
+
+    def save(self) -> Optional[str]:
+        """Writes a checkpoint of the current step unless the weights are not finite.
+
+        Returns:
+          The checkpoint written (or already there for this step), or None when the
+          weights hold a NaN/inf (the last good checkpoint is then left as the newest) or
+          an earlier write failed.
+
+        Raises:
+          CheckpointWriteError: the write failed; `fit` stops, no later save is attempted.
+        """
+        if self.stopped_on_nan or self.write_failed:
+            return None
+        if not weights_are_finite(self.model):
+            self.stop_on_nan("a model weight is NaN/inf")
+            return None
+        step = int(self.model.optimizer.iterations.numpy())
+        if self.manager.latest_checkpoint and \
+                self.manager.latest_checkpoint.endswith(f"-{step}"):
+            return self.manager.latest_checkpoint
+        try:
+            self.last_saved = write_checkpoint(self.manager, step)
+        except CheckpointWriteError:
+            self.write_failed = True
+            self.model.stop_training = True
+            raise
+        return self.last_saved
+
+    def stop_on_nan(self, what: str) -> None:
+        """Stops `fit` (no more checkpoints) and says at which step and what to resume from."""
+        if self.stopped_on_nan:
+            return
+        self.stopped_on_nan = True
+        self.model.stop_training = True
+        step = int(self.model.optimizer.iterations.numpy())
+        msg = (f"{what} at step {step}; training stopped. Last good checkpoint: "
+               f"{self.last_saved or 'none yet'}. Lower train.learning_rate or add "
+               f"train.warmup_steps, then resume.")
+        logging.error(msg)
+        self.say(f"error: {msg}")
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get(TOTAL_LOSS)
+        if loss is not None and not np.isfinite(float(loss)):
+            return  # NaNGuard stops the run; never checkpoint a step with a bad loss
+        if int(self.model.optimizer.iterations.numpy()) % self.every == 0:
+            self.save()
+
+    def on_train_end(self, logs=None):
+        if not self.stopped_on_nan:
+            self.save()
+
+
+class NaNGuard(keras.callbacks.Callback):
+    """Stops on a NaN/inf loss, naming the step and the last good checkpoint.
+
+    Args:
+      checkpoints: the run's CheckpointCallback; it records the stop and saves no more.
+    """
+
+    def __init__(self, checkpoints: CheckpointCallback):
+        super().__init__()
+        self.checkpoints = checkpoints
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get(TOTAL_LOSS)
+        if loss is not None and not np.isfinite(float(loss)):
+            self.checkpoints.stop_on_nan(f"{TOTAL_LOSS} is {float(loss)}")
+
+
+class ValidationCallback(keras.callbacks.Callback):
+    """COCO evaluation of the validation split during `fit`; the best weights kept as `best`.
+
+    At every multiple of `every` optimizer steps it runs `eval_runner.run_evaluation`
+    (the code behind `--mode=evaluate`, with the config's flip test and scales, without the
+    pictures) on the first `max_images` validation images (0: all). It prints AP, AP50 and
+    the per-class AP, writes them to TensorBoard (`<log_dir>/validation`, tags `AP`, `AP50`,
+    `AP75`, `AP_per_class/<name>`, at the optimizer step) and appends them to
+    `<output_dir>/history.jsonl`. When the AP beats every earlier one (of this run and of
+    the runs it resumes), the model's variables (no optimizer) are written to `best_manager`'s
+    folder, `<model_dir>/checkpoints/best/` (one checkpoint, the older one deleted), with
+    `best.json` beside it (step, AP, AP50, per-class AP). Training never resumes from it.
+
+    Args:
+      cfg: the resolved Config (data.val_*, decode, evaluate).
+      every: train.eval_every (> 0).
+      total_steps: train.steps (for the ETA of the evaluations still to come).
+      max_images: evaluate.max_images.
+      output_dir: run_evaluation's folder (detections.json and metrics.json of the newest
+        evaluation) and history.jsonl.
+      best_manager: a CheckpointManager (max_to_keep=1) over the model variables.
+      best_record: the best.json to start from (the chief's, on a resumed run); None: none.
+      log_dir: the run's TensorBoard folder.
+      checkpoints: the run's CheckpointCallback: nothing is evaluated after a NaN stop.
+      say: prints a message (the progress display's, so a live line stays below it).
+
+    Attributes:
+      evaluations: one dict per evaluation: step, AP, AP50, AP75, per_class_AP, seconds,
+        images, best (whether it became the best).
+      best: {"step", "AP", "AP50", "per_class_AP", "checkpoint"} or None.
+    """
+
+    TAGS = ("AP", "AP50", "AP75")
+
+    def __init__(self, cfg, every: int, total_steps: int, max_images: int, output_dir: str,
+                 best_manager: tf.train.CheckpointManager, best_record: Optional[str],
+                 log_dir: str, checkpoints: Optional[CheckpointCallback] = None,
+                 say: Callable[[str], None] = None):
+        super().__init__()
+        # Pictures (PR curves, gallery) are for --mode=evaluate; here they would cost time.
+        self.cfg = dataclasses.replace(cfg, evaluate=dataclasses.replace(
+            cfg.evaluate, pictures=False, oracle="none"))
+        self.every = every
+        self.total_steps = total_steps
+        self.max_images = max_images
+        self.output_dir = output_dir
+        self.best_manager = best_manager
+        self.best_record = best_record
+        self.log_dir = log_dir
+        self.checkpoints = checkpoints
+        self.say = say or _say
+        self.evaluations: list[dict] = []
+        self.best: Optional[dict] = None
+        self.seconds = 0.0  # spent in evaluations so far (the progress display's ETA)
+        self._writer = None
+        self._last_step = -1
+        self._printed = ""
+
+    def on_train_begin(self, logs=None):
+        self.best = read_best_record(self.best_record)
+        self._writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "validation"))
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = int(self.model.optimizer.iterations.numpy())
+        if self.checkpoints is not None and (self.checkpoints.stopped_on_nan
+                                             or self.checkpoints.write_failed):
+            return
+        if step == self._last_step or step % self.every:
+            return
+        self._last_step = step
+        self.evaluate(step)
+
+    def remaining_seconds(self, step: int) -> float:
+        """The evaluations after `step` times the mean time of those done (0: none yet)."""
+        if not self.evaluations:
+            return 0.0
+        count = self.total_steps // self.every - step // self.every
+        return count * self.seconds / len(self.evaluations)
+
+    def evaluate(self, step: int) -> dict:
+        """Runs one evaluation of the current weights at `step`; returns its entry."""
+        from cornernet_tf.evaluation import runner as eval_runner  # heavy (export, pycocotools); only when used
+        start = time.perf_counter()
+        # What the evaluation prints (the split's loading report) goes through `say`, so a
+        # live progress line stays intact; the same report as last time is not repeated.
+        printed = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(printed):
+                metrics = eval_runner.run_evaluation(self.model, self.cfg, self.output_dir,
+                                                     max_images=self.max_images,
+                                                     verbose=False)
+        finally:
+            if printed.getvalue().strip() and printed.getvalue() != self._printed:
+                self.say(printed.getvalue().rstrip("\n"))
+            self._printed = printed.getvalue()
+        entry = dict(step=step, **{k: float(metrics[k]) for k in self.TAGS},
+                     per_class_AP={k: float(v) for k, v in
+                                   metrics.get("per_class_AP", {}).items()},
+                     images=int(metrics.get("images", -1)),
+                     seconds=time.perf_counter() - start)
+        ap = entry["AP"]
+        entry["best"] = math.isfinite(ap) and (self.best is None or ap > self.best["AP"])
+        if entry["best"]:
+            path = write_checkpoint(self.best_manager, step)
+            self.best = dict(step=step, AP=ap, AP50=entry["AP50"],
+                             per_class_AP=entry["per_class_AP"], checkpoint=path)
+            self._write_best_record(path)
+        self.evaluations.append(entry)
+        self.seconds += time.perf_counter() - start
+        self._log(entry)
+        return entry
+
+    def _write_best_record(self, path: str) -> None:
+        record = dict(self.best, checkpoint=os.path.basename(path))
+        target = os.path.join(self.best_manager.directory, BEST_RECORD)
+        try:
+            with open(target + ".tmp", "w", encoding="utf-8") as f:
+                json.dump(record, f, indent=1)
+            os.replace(target + ".tmp", target)
+        except OSError as e:
+            raise CheckpointWriteError(target, self.best["step"], os_error_text(e),
+                                       path) from e
+
+    def _log(self, entry: dict) -> None:
+        step = entry["step"]
+        with self._writer.as_default():
+            for key in self.TAGS:
+                tf.summary.scalar(key, entry[key], step=step)
+            for name, value in entry["per_class_AP"].items():
+                if math.isfinite(value):
+                    tf.summary.scalar(f"AP_per_class/{name}", value, step=step)
+        self._writer.flush()
+        os.makedirs(self.output_dir, exist_ok=True)
+        with open(os.path.join(self.output_dir, "history.jsonl"), "a", encoding="utf-8") as f:
+            f.write(json.dumps(entry) + "\n")
+        best = self.best
+        best_text = (f"best AP {best['AP']:.3f} (step {best['step']}"
+                     + (f", saved as {best['checkpoint']})" if entry["best"] else ")")
+                     if best else "no best yet")
+        per_class = ", ".join(f"{k} {v:.3f}" if v >= 0 else f"{k} n/a (no ground truth)"
+                              for k, v in entry["per_class_AP"].items())
+        self.say(f"validation at step {step} on {entry['images']} images "
+                 f"({entry['seconds']:.1f} s): AP {entry['AP']:.3f}  AP50 "
+                 f"{entry['AP50']:.3f}  AP75 {entry['AP75']:.3f}; {best_text}\n"
+                 f"  per-class AP: {per_class or '-'}")
+
+
+class HeatmapImages(keras.callbacks.Callback):
+    """Writes a few training images with their predicted corner heatmaps to TensorBoard."""
+
+    def __init__(self, images: tf.Tensor, log_dir: str, every_epochs: int = 1):
+        super().__init__()
+        self.images = images  # [n, h, w, 3] float32 0..255
+        self.every_epochs = every_epochs
+        self.writer = tf.summary.create_file_writer(os.path.join(log_dir, "images"))
+
+    def on_epoch_end(self, epoch, logs=None):
+        if (epoch + 1) % self.every_epochs:
+            return
+        outputs = self.model(self.images, training=False)[-1]
+        pictures = []
+        for i in range(int(self.images.shape[0])):
+            image = np.clip(self.images[i].numpy(), 0, 255).astype(np.uint8)
+            for key in (TL_HEATMAP, BR_HEATMAP):
+                heat = tf.sigmoid(outputs[key][i]).numpy()
+                pictures.append(visualize.heatmap_overlay(image, heat))
+        step = int(self.model.optimizer.iterations.numpy())
+        with self.writer.as_default():
+            tf.summary.image("heatmaps (tl, br)", np.stack(pictures), step=step,
+                             max_outputs=len(pictures))
+        self.writer.flush()
