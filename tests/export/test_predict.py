@@ -214,7 +214,7 @@ def test_predict_applies_the_exports_pixel_limit(exports, tmp_path):
     shutil.copytree(path, limited)
     with open(limited / "serving.json") as f:
         info = json.load(f)
-    assert info["max_image_pixels"] == predict_lib.preprocess.DEFAULT_MAX_IMAGE_PIXELS
+    assert info["max_image_pixels"] == predict_lib.image_lib.DEFAULT_MAX_IMAGE_PIXELS
     info["max_image_pixels"] = 40 * 56
     (limited / "serving.json").write_text(json.dumps(info))
     assert predict_lib.read_max_image_pixels(str(limited)) == 2240
