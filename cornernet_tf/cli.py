@@ -12,13 +12,14 @@ import os
 import sys
 from typing import Callable, NamedTuple, Optional
 
+# TensorFlow's C++ log level, read once when TensorFlow loads (console.py: what it misses)
+_USER_TF_LOG_LEVEL = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 
 from cornernet_tf.config import schema as config_lib  # noqa: E402
-from cornernet_tf import errors  # noqa: E402
-from cornernet_tf import demo, run  # noqa: E402  (TensorFlow: inside their functions)
+from cornernet_tf import console, demo, errors, run  # noqa: E402  (TensorFlow: inside their functions)
 
 DEFAULT_CONFIG = "quickstart"  # a bundled config: works from any folder, installed or not
 # Measured figures land under runs/ (git-ignored) unless the tracked page is asked for.
@@ -70,7 +71,8 @@ def _predict_arguments(cfg: config_lib.Config) -> dict:
         raise app.UsageError("--mode=predict needs --model=<SavedModel folder or .tflite> and "
                              "--images=<files or folders>")
     return dict(model_path=FLAGS.model, image_paths=FLAGS.images, output_dir=FLAGS.output,
-                heatmaps=FLAGS.heatmaps)
+                heatmaps=FLAGS.heatmaps, score_threshold=FLAGS.score_threshold,
+                tile=FLAGS.tile, tile_overlap=FLAGS.tile_overlap)
 
 
 def _report_predictions(written: list, arguments: dict) -> None:
@@ -182,6 +184,16 @@ def _define_flags() -> None:
     flags.DEFINE_string("output", "predictions", "predict: output folder; convert_data: folder "
                         "of the COCO json files; inspect_data: the look's folder.")
     flags.DEFINE_bool("heatmaps", False, "predict: also write corner-heatmap overlays.")
+    flags.DEFINE_float("score_threshold", None, "predict: detections below are not drawn nor "
+                       "counted (all are in the JSON); default: the best-F1 threshold of the "
+                       "run's evaluation when the export carries one, else 0.3.",
+                       lower_bound=0.0, upper_bound=1.0)
+    flags.DEFINE_bool("tile", False, "predict: images larger than the network input are also "
+                      "seen in overlapping tiles of its size at their own scale (small objects "
+                      "in large photos), merged with the graph's soft-NMS.")
+    flags.DEFINE_float("tile_overlap", 0.25, "predict --tile: fraction of a tile shared with "
+                       "its neighbour (objects up to this fraction of a tile lie whole in one).",
+                       lower_bound=0.0, upper_bound=0.9)
     flags.DEFINE_string("benchmarks", "",
                         "benchmark: comma-separated subset to run (default: every default "
                         "benchmark of benchmarks/benchmark.py; also: hourglass104_train). "
@@ -197,7 +209,8 @@ def _define_flags() -> None:
                         "PATH:best), a checkpoint, or an authors' .pkl/.pth (same as --set "
                         "train.init_from=PATH; ignored when --model_dir holds checkpoints).")
     flags.DEFINE_bool("verbose", False, "Show the traceback of errors in your input (a bad "
-                      "file or value); without it they print in one or two lines, exit 2.")
+                      "file or value; without it they print in one or two lines, exit 2) "
+                      "and TensorFlow's C++ log lines (cuInit, converter notes).")
     flags.DEFINE_bool("strict", False, "Dataset problems (bad boxes, missing files, images "
                       "the decoder cannot read: every image is decoded at loading) are errors, "
                       "in training and evaluation (same as --set data.strict=true).")
@@ -245,6 +258,10 @@ def resolve_model_dir(config_path: str, model_dir: str | None) -> str:
 def _main(argv: list[str]) -> None:
     from absl import logging
     logging.set_verbosity(logging.WARNING)  # TF's Python INFO chatter; our summaries print
+    # TensorFlow's C++ noise (console.py) stays out of the console unless --verbose
+    console.set_quiet(not FLAGS.verbose)
+    if FLAGS.verbose and _USER_TF_LOG_LEVEL is None and "tensorflow" not in sys.modules:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     try:
@@ -258,6 +275,8 @@ def _main(argv: list[str]) -> None:
         if path != FLAGS.config:
             print(f"config: {path} (the run's own; --config overrides it)", flush=True)
         cfg = config_lib.load_config(path, overrides)
+        if FLAGS.mode != "config":  # every other mode runs TensorFlow
+            console.import_tensorflow()
         mode = MODES[FLAGS.mode]
         arguments = mode.arguments(cfg)
         result = mode.run(**arguments)
@@ -288,9 +307,15 @@ def _main(argv: list[str]) -> None:
         sys.exit(errors.USER_ERROR_EXIT_CODE)
 
 
+def program_name() -> str:
+    """How the user started us: `python main.py`, or the console script's name (`cornernet`)."""
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "main.py"
+    return f"python {name}" if name.endswith(".py") else name
+
+
 def _usage() -> str:
     lines = ["cornernet-tf: CornerNet object detection (TensorFlow / Keras 3).", "",
-             "usage: python main.py --mode=MODE [--config=FILE] [--set key=value ...]", "",
+             f"usage: {program_name()} --mode=MODE [--config=FILE] [--set key=value ...]", "",
              "modes:"]
     lines += [f"  {name:<10} {m.help}" + ("  (default)" if name == DEFAULT_MODE else "")
               for name, m in MODES.items()]
@@ -310,8 +335,8 @@ def run() -> None:
     if main_module is not None:
         main_module.__doc__ = _usage()
     for name in ("mode", "config", "set", "model_dir", "checkpoint", "export_dir", "model",
-                 "images", "output", "heatmaps", "benchmarks", "benchmark_report", "weights",
-                 "init_from", "strict", "verbose"):
+                 "images", "output", "heatmaps", "score_threshold", "tile", "tile_overlap",
+                 "benchmarks", "benchmark_report", "weights", "init_from", "strict", "verbose"):
         FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[name])
     if any(a in ("-h", "--help", "--helpshort", "-?") for a in sys.argv[1:]):
         # absl exits 1 after --help; a help request is not an error.

@@ -233,7 +233,7 @@ def export(cfg: Config, model_dir: str, export_dir: str = "export",
     """
     from cornernet_tf.data import pipeline
     from cornernet_tf.data.coco import LabelMap
-    from cornernet_tf.export.job import write_exports
+    from cornernet_tf.export.job import run_best_f1, write_exports
     from cornernet_tf.inference.detector import build_detector
     from cornernet_tf.modeling.model import build_model
     from cornernet_tf.training.checkpoints import restore_weights
@@ -258,14 +258,18 @@ def export(cfg: Config, model_dir: str, export_dir: str = "export",
         val_paths = [r.path for r in val_records[:parity_images]]
         calibration_paths = [r.path for r in train_records[:cfg.export.representative_images]]
     return write_exports(model, cfg, export_dir, label_map, build_detector(model, cfg),
-                         restored, tflite_modes, val_paths, calibration_paths, verbose)
+                         restored, tflite_modes, val_paths, calibration_paths, verbose,
+                         best_f1=run_best_f1(model_dir))
 
 
 def predict(model_path: str, image_paths: Sequence[str], output_dir: str,
-            heatmaps: bool = False) -> list[str]:
-    """Runs an exported model on image files; the files written (`export.predict`)."""
+            heatmaps: bool = False, score_threshold: Optional[float] = None,
+            tile: bool = False, tile_overlap: float = 0.25) -> list[str]:
+    """Runs an exported model on image files; the files written (`export.predict`, whose
+    arguments these are)."""
     from cornernet_tf.export.predict import predict as run_predict
-    return run_predict(model_path, image_paths, output_dir, heatmaps=heatmaps)
+    return run_predict(model_path, image_paths, output_dir, heatmaps=heatmaps,
+                       score_threshold=score_threshold, tile=tile, tile_overlap=tile_overlap)
 
 
 def convert(cfg: Config, weights: str, model_dir: str, label_map=None,

@@ -22,6 +22,18 @@ def test_help_lists_every_mode():
     assert out.returncode == 0, out.stderr
     for name, mode in MODES.items():
         assert f"  {name} " in out.stdout and mode.help in out.stdout
+    assert "usage: python main.py --mode=MODE" in out.stdout
+
+
+def test_help_of_the_console_script_names_it(tmp_path):
+    """Run as the `cornernet` script (setup.cfg's entry point): its name, not main.py."""
+    script = tmp_path / "cornernet"
+    script.write_text("import sys\nfrom cornernet_tf.cli import run\nsys.exit(run())\n")
+    env = dict(os.environ, PYTHONPATH=REPO)
+    out = subprocess.run([sys.executable, str(script), "--help"], capture_output=True,
+                         text=True, timeout=120, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "usage: cornernet --mode=MODE" in out.stdout and "main.py" not in out.stdout
 
 
 def test_bad_set_exits_non_zero_with_message():
@@ -48,6 +60,8 @@ def _user_error_lines(out):
     assert out.returncode == 2, (out.returncode, out.stderr[-3000:])
     assert "Traceback" not in out.stderr
     lines = [line for line in out.stderr.splitlines() if line.strip()]
+    # nothing before it: TensorFlow's C++ lines at import (oneDNN, cuInit) are filtered
+    assert lines[0].startswith("error: "), lines[:5]
     error_lines = lines[lines.index(next(l for l in lines if l.startswith("error: "))):]
     assert len(error_lines) <= 3, error_lines  # message (1-2 lines) + "--verbose" hint
     return "\n".join(error_lines)
@@ -83,3 +97,5 @@ def test_verbose_keeps_the_traceback(tmp_path):
     bad.write_text("[]")
     out = _run(*_coco_args(bad, tmp_path), "--verbose")
     assert out.returncode != 0 and "Traceback" in out.stderr and "DatasetError" in out.stderr
+    # and TensorFlow's own C++ lines, which the same command without --verbose filters
+    assert "absl::InitializeLog" in out.stderr

@@ -16,7 +16,7 @@ PACKAGE = os.path.join(REPO, "cornernet_tf")
 
 # Lowest first. A module's stage is its first dotted component under cornernet_tf.
 STAGES = (
-    ("__init__", "errors", "keys", "boxes", "compat"),
+    ("__init__", "errors", "keys", "boxes", "compat", "console"),
     ("config",),
     ("data",),
     ("losses",),

@@ -41,9 +41,20 @@ class ConfigError(UserError, ValueError):
     """A configuration key, value or combination is invalid; the message says which and why."""
 
 
-# `model.num_classes` and `data.max_objects` at this value follow the dataset: each mode
-# replaces it once, from the train split's annotations (`resolve.resolve_dataset_dependent`).
+# `model.num_classes`, `data.max_objects`, `decode.k` and `decode.max_detections` at this
+# value follow the dataset: each mode replaces it once, from the train split's annotations
+# (`resolve.resolve_dataset_dependent`).
 FROM_DATASET = 0
+
+# The most ground-truth objects per image that get an embedding/offset slot, and the most
+# corners and detections decode keeps, when those keys follow the dataset. The memory of
+# one slot (data/resolve.py's docstring has the arithmetic): 28 bytes of targets per image, and
+# the push loss's [B, M, M] pairs, about 32 * M^2 bytes per image and stack with the
+# gradients (32 MiB per image at M = 1024). The reference's limit was 128.
+MAX_OBJECTS_CAP = 1024
+# decode.k and decode.max_detections following the dataset are at least this (the
+# reference's K and COCO's maxDets).
+DEFAULT_DECODE_K = 100
 
 
 # --------------------------------------------------------------------------------------
@@ -112,8 +123,9 @@ class DataConfig:
     train_images: str = ""
     val_annotations: str = ""
     val_images: str = ""
-    # ground-truth objects kept per image (more are counted, reported); 0: the train split's
-    # busiest image, at most 128 (resolve.MAX_OBJECTS_CAP, the reference's limit)
+    # objects per image with an embedding/offset slot; objects beyond it still train the
+    # corner heatmaps (never as background) and are reported; 0: the train split's busiest
+    # image, at most 1024 (MAX_OBJECTS_CAP)
     max_objects: int = FROM_DATASET
     strict: bool = False  # dataset problems (bad boxes, missing or undecodable images) are errors
     shuffle_buffer: int = 1000
@@ -161,11 +173,13 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class DecodeConfig:
-    k: int = 100  # top-k corners per corner type
+    # top-k corners per corner type; 0: the train split's busiest image, at least 100 and
+    # at most 1024 (DEFAULT_DECODE_K, MAX_OBJECTS_CAP)
+    k: int = FROM_DATASET
     ae_threshold: float = 0.5  # max |e_tl - e_br| of a pair
     nms_kernel: int = 3  # max-pool NMS kernel on heatmaps
     num_pairs: int = 1000  # pairs kept before soft-NMS
-    max_detections: int = 100  # detections per image after soft-NMS
+    max_detections: int = FROM_DATASET  # detections per image after soft-NMS; 0: as decode.k
     soft_nms_sigma: float = 0.5  # reference convention: weight exp(-IoU^2 / sigma)
     score_threshold: float = 0.001  # soft-NMS score floor
 
@@ -560,7 +574,7 @@ RANGES: dict[str, Range] = {
     "data.augment.color_jitter": Range(0, 1, high_open=True),
     "data.augment.lighting_std": _NON_NEGATIVE,
     "data.max_objects": Range(1, special=FROM_DATASET,
-                              special_meaning="the train split's busiest image, at most 128"),
+                              special_meaning="the train split's busiest image, at most 1024"),
     "data.shuffle_buffer": _AT_LEAST_1, "data.seed": _SEED,
     "loss.focal_alpha": _NON_NEGATIVE, "loss.focal_beta": _NON_NEGATIVE,
     "loss.pull_weight": _NON_NEGATIVE, "loss.push_weight": _NON_NEGATIVE,
@@ -572,9 +586,12 @@ RANGES: dict[str, Range] = {
     "train.warmup_steps": _NON_NEGATIVE, "train.checkpoint_every": _AT_LEAST_1,
     "train.log_every": _AT_LEAST_1, "train.eval_every": _NON_NEGATIVE, "train.seed": _SEED,
     "train.freeze_steps": _NON_NEGATIVE,
-    "decode.k": _AT_LEAST_1, "decode.ae_threshold": _NON_NEGATIVE,
+    "decode.k": Range(1, special=FROM_DATASET, special_meaning=(
+        "the train split's busiest image, from 100 to 1024")),
+    "decode.ae_threshold": _NON_NEGATIVE,
     "decode.nms_kernel": _AT_LEAST_1, "decode.num_pairs": _AT_LEAST_1,
-    "decode.max_detections": _AT_LEAST_1, "decode.soft_nms_sigma": _POSITIVE,
+    "decode.max_detections": Range(1, special=FROM_DATASET, special_meaning=(
+        "the train split's busiest image, from 100 to 1024")), "decode.soft_nms_sigma": _POSITIVE,
     "decode.score_threshold": _FRACTION,
     "evaluate.scales": _POSITIVE, "evaluate.max_images": _NON_NEGATIVE,
     "evaluate.picture_score_threshold": Range(0, 1, special=-1.0, special_meaning=(
@@ -671,10 +688,10 @@ def _validate_train(t: TrainConfig) -> None:
 def _validate_decode(k: DecodeConfig) -> None:
     if k.nms_kernel % 2 != 1:
         raise ConfigError(f"config key 'decode.nms_kernel': must be odd, found {k.nms_kernel}")
-    if k.num_pairs > k.k * k.k:
+    if k.k != FROM_DATASET and k.num_pairs > k.k * k.k:
         raise ConfigError(f"config key 'decode.num_pairs': {k.num_pairs} exceeds the "
                           f"k x k = {k.k * k.k} candidate pairs of decode.k={k.k}")
-    if k.max_detections > k.num_pairs:
+    if k.max_detections > k.num_pairs:  # 0 (follow the dataset) passes: resolve checks it
         raise ConfigError(f"config key 'decode.max_detections': {k.max_detections} exceeds "
                           f"decode.num_pairs ({k.num_pairs})")
 

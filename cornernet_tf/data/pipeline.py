@@ -25,11 +25,12 @@ Unreadable images (there is one decoder, `preprocess.decode_image`):
    Evaluation (one pass) is counted by `eval_runner.py`, which lists what it could not
    read.
 
-Images with more than `data.max_objects` objects keep the first `max_objects` (annotation
-order); how many images and objects this cut is logged once per split at loading time.
+Images with more than `data.max_objects` objects give the first `max_objects` (annotation
+order) an embedding/offset slot; every object, slot or not, is drawn into the corner
+heatmaps (`targets.encode_targets`), so none is trained as background. How many images and
+objects have no slot is printed once per split at loading time.
 Ignore regions (`ImageRecord.ignore_boxes`, e.g. VOC "difficult" objects) follow the
-augmentation like objects (at most `max_objects` per image) and take no heatmap loss
-(`encode_targets(ignore_boxes=...)`).
+augmentation like objects and take no heatmap loss (`encode_targets(ignore_boxes=...)`).
 """
 
 from __future__ import annotations
@@ -42,7 +43,6 @@ from typing import Optional
 
 import numpy as np
 import tensorflow as tf
-from absl import logging
 
 from cornernet_tf.data import coco, image_files, sources, synthetic
 from cornernet_tf import boxes as box_lib
@@ -119,7 +119,7 @@ def model_classes(data_config) -> Optional[coco.LabelMap]:
 
 def load_split(data_config, split: str, check_images: Optional[str] = None,
                ground_truth: bool = False, label_map: Optional[coco.LabelMap] = None):
-    """Loads and validates a split's records and reports objects beyond max_objects.
+    """Loads and validates a split's records and prints objects beyond max_objects.
 
     Args:
       data_config: DataConfig (paths, format, strict, max_objects).
@@ -148,11 +148,12 @@ def load_split(data_config, split: str, check_images: Optional[str] = None,
     over = counts > data_config.max_objects
     if over.any():
         worst = records[int(np.argmax(counts))]
-        logging.warning("%s: %d images have more than data.max_objects=%d objects; %d objects "
-                        "beyond the limit are not used (most: %d in image id %s)", annotations,
-                        int(over.sum()), data_config.max_objects,
-                        int((counts[over] - data_config.max_objects).sum()), int(counts.max()),
-                        worst.image_id)
+        print(f"{annotations}: {int(over.sum())} of {len(records)} images have more than "
+              f"data.max_objects={data_config.max_objects} objects (most: {int(counts.max())} "
+              f"in image id {worst.image_id}); their "
+              f"{int((counts[over] - data_config.max_objects).sum())} of {int(counts.sum())} "
+              f"objects beyond it train the corner heatmaps but not the embeddings and offsets",
+              flush=True)
     return records, label_map, report
 
 
@@ -188,16 +189,16 @@ def require_decodable(records: list, split: str, source: str,
             f"decoded by preprocess.decode_image; first: " + "; ".join(failures))
 
 
-def _record_slices(records: list, max_objects: int) -> dict:
-    """Per-image tensors for `from_tensor_slices`; boxes/classes ragged, cut to max_objects."""
+def _record_slices(records: list) -> dict:
+    """Per-image tensors for `from_tensor_slices`; boxes/classes ragged, every object."""
     for r in records:
         if not isinstance(r.image_id, (int, np.integer)):
             raise ValueError(f"image ids must be integers (COCO); found {r.image_id!r} for "
                              f"{r.path}")
-    boxes = [r.boxes[:max_objects] for r in records]
+    boxes = [r.boxes for r in records]
     lengths = [len(b) for b in boxes]
     flat_boxes = np.concatenate(boxes, 0) if boxes else np.zeros((0, 4), np.float32)
-    flat_classes = (np.concatenate([r.classes[:max_objects] for r in records], 0)
+    flat_classes = (np.concatenate([r.classes for r in records], 0)
                     if records else np.zeros((0,), np.int32))
     ignore_lengths = [len(r.ignore_classes) for r in records]
     flat_ignore = (np.concatenate([r.ignore_boxes for r in records], 0).reshape(-1, 4)
@@ -267,8 +268,11 @@ def build_dataset(data_config, model_config, split: str, training: bool,
         records, _, report = load_split(data_config, split, check_images)
     source = getattr(data_config, f"{split}_annotations", split)
     require_decodable(records, split, source, report)
-    max_objects = data_config.max_objects
-    slices = _record_slices(records, max_objects)
+    slices = _record_slices(records)
+    # Rows every image's boxes (and ignore regions) are padded to in training: the busiest
+    # image's count.
+    busiest = max([len(r.classes) for r in records]
+                  + [len(r.ignore_classes) for r in records] + [1])
     deterministic = bool(data_config.deterministic)
     options = tf.data.Options()
     options.deterministic = deterministic
@@ -279,7 +283,7 @@ def build_dataset(data_config, model_config, split: str, training: bool,
         ds = ds.enumerate()  # element number: the stateless augmentation seed
         ds = ds.map(lambda i, e: (i, e["image"], e["boxes"], e["classes"],
                                   e["ignore_boxes"], e["ignore_classes"]))
-        ds = ds.map(_train_fn(data_config, model_config), num_parallel_calls=parallel,
+        ds = ds.map(_train_fn(data_config, model_config, busiest), num_parallel_calls=parallel,
                     deterministic=deterministic)
         if batch_size is not None:
             ds = ds.batch(batch_size, drop_remainder=True)
@@ -367,7 +371,7 @@ def _training_passes(slices: dict, data_config, source: str,
     return ds.filter(lambda e: e["index"] >= 0)
 
 
-def _train_fn(data_config, model_config):
+def _train_fn(data_config, model_config, busiest: int):
     aug = data_config.augment
     input_size = tuple(model_config.input_size)
     max_objects = data_config.max_objects
@@ -376,15 +380,15 @@ def _train_fn(data_config, model_config):
     num_classes = model_config.num_classes
 
     def fn(index, image, boxes, classes, ignore_boxes, ignore_classes):
-        # records were cut to max_objects (and the cut reported) when loaded
-        boxes, classes, _ = box_lib.pad_boxes(boxes, classes, max_objects)
+        # every object (fixed rows); encode_targets gives the first max_objects a slot
+        boxes, classes, _ = box_lib.pad_boxes(boxes, classes, busiest)
         # Ignore regions ride through the augmentation as objects of class C + c, so every
         # geometric op moves them with the image; they are split off again below.
         ignore_boxes, ignore_classes, _ = box_lib.pad_boxes(
             ignore_boxes, tf.where(ignore_classes >= 0, ignore_classes + num_classes, -1),
-            max_objects)
-        boxes = tf.concat([boxes, ignore_boxes], 0)  # [2M, 4]
-        classes = tf.concat([classes, ignore_classes], 0)  # [2M]
+            busiest)
+        boxes = tf.concat([boxes, ignore_boxes], 0)  # [2B, 4]
+        classes = tf.concat([classes, ignore_classes], 0)  # [2B]
         element_seed = (tf.stack([tf.constant(seed, tf.int64), index])
                         if data_config.deterministic else None)
         image, boxes, classes = train_augment(

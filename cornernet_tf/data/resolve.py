@@ -1,12 +1,15 @@
-"""Config keys that follow the dataset: `model.num_classes` and `data.max_objects`.
+"""Config keys that follow the dataset: `model.num_classes`, `data.max_objects`, `decode.k`
+and `decode.max_detections`.
 
-Both default to 0 (`config.FROM_DATASET`): "one class per category of the train split" and
-"room for the objects of its busiest image". Every mode that builds a model or encodes
-targets (train, evaluate, export, convert, demo, benchmark) starts with
+All default to 0 (`config.FROM_DATASET`): "one class per category of the train split",
+"room for the objects of its busiest image" and "as many corners and detections as that
+image has objects, at least 100". Every mode that builds a model or encodes targets (train,
+evaluate, export, convert, demo, benchmark) starts with
 
     cfg = resolve_dataset_dependent(cfg, run_dir=model_dir)
-    cfg.model.num_classes   # e.g. 3: the categories of data.train_annotations
-    cfg.data.max_objects    # e.g. 7: the most objects in one of its images (at most 128)
+    cfg.model.num_classes     # e.g. 3: the categories of data.train_annotations
+    cfg.data.max_objects      # e.g. 7: the most objects in one of its images (at most 1024)
+    cfg.decode.k              # e.g. 100: max(100, those objects), at most 1024
 
 The resolved config is the one written to `<model_dir>/config.yaml` and into exports, so a
 later evaluate or export reads the real numbers. Where they come from:
@@ -15,14 +18,24 @@ later evaluate or export reads the real numbers. Where they come from:
    converted model): the values its checkpoint was made with;
 2. otherwise the train split's annotation file (the synthetic dataset is generated first
    when that split uses it): its number of categories, and the number of non-crowd
-   annotations of its busiest image, capped at `MAX_OBJECTS_CAP`. Objects beyond the cap
-   are not used; the split's loader reports how many (`data/pipeline.load_split`).
+   annotations of its busiest image.
+
+The cap (`config.MAX_OBJECTS_CAP`, 1024) bounds memory. Per image and slot the targets are
+two int32 corner indices, two float32 (x, y) offsets and a float32 mask: 28 bytes, 28 KiB
+at 1024 slots. The push loss compares every pair of slots: [B, M, M] float32 tensors, about
+eight of them per stack between the forward pass and its gradients, so 32 * M^2 bytes per
+image and stack (0.5 MiB at M = 128, 32 MiB at M = 1024; 2 GiB for a batch of 32 of a
+two-stack model at the cap). Decode keeps [B, k, k] pair scores, the same order for k.
+Objects beyond `data.max_objects` are not erased: they still train the corner heatmaps as
+positives (never as background), only their embeddings and offsets are left out; the
+loader prints how many (`data/pipeline.load_split`).
 
 A value the user set is kept. A set `model.num_classes` that disagrees with the source is a
-`ConfigError` naming both numbers and the file (when both keys are set nothing is read
+`ConfigError` naming both numbers and the file (when all keys are set nothing is read
 here, and training compares `model.num_classes` with the categories when it loads the
-split). This module imports TensorFlow only to raise `coco.DatasetError` for a file that
-is not COCO json.
+split). A set `decode.k` or `decode.max_detections` below the busiest image's objects is
+kept and said in one line. This module imports TensorFlow only to raise
+`coco.DatasetError` for a file that is not COCO json.
 """
 
 from __future__ import annotations
@@ -35,10 +48,11 @@ from typing import Any, NamedTuple, Optional
 
 import yaml
 
-from cornernet_tf.config.schema import FROM_DATASET, Config, ConfigError
+from cornernet_tf.config.schema import (DEFAULT_DECODE_K, FROM_DATASET, MAX_OBJECTS_CAP, Config,
+                                        ConfigError)
 
-# The reference's limit on ground-truth objects per image (its `max_tag_len`).
-MAX_OBJECTS_CAP = 128
+__all__ = ["MAX_OBJECTS_CAP", "DatasetCounts", "resolve_dataset_dependent", "run_counts",
+           "dataset_counts"]
 
 
 class DatasetCounts(NamedTuple):
@@ -53,7 +67,7 @@ class DatasetCounts(NamedTuple):
 
 def resolve_dataset_dependent(cfg: Config, run_dir: Optional[str] = None,
                               verbose: bool = True) -> Config:
-    """The config with `model.num_classes` and `data.max_objects` at 0 replaced.
+    """The config with the dataset-dependent keys at 0 replaced (module docstring).
 
     Calling it again on its result reads nothing and returns it unchanged.
 
@@ -64,7 +78,7 @@ def resolve_dataset_dependent(cfg: Config, run_dir: Optional[str] = None,
       verbose: print one line saying what was resolved and from which file.
 
     Returns:
-      A Config whose two keys are positive.
+      A Config whose four keys are positive.
 
     Raises:
       ConfigError: a set model.num_classes disagrees with the source (both numbers and the
@@ -74,7 +88,9 @@ def resolve_dataset_dependent(cfg: Config, run_dir: Optional[str] = None,
     """
     counts = run_counts(run_dir) if run_dir else None
     if counts is None:
-        if cfg.model.num_classes != FROM_DATASET and cfg.data.max_objects != FROM_DATASET:
+        keys = (cfg.model.num_classes, cfg.data.max_objects, cfg.decode.k,
+                cfg.decode.max_detections)
+        if FROM_DATASET not in keys:
             return cfg
         counts = dataset_counts(cfg.data)
     if cfg.model.num_classes not in (FROM_DATASET, counts.num_classes):
@@ -93,9 +109,40 @@ def resolve_dataset_dependent(cfg: Config, run_dir: Optional[str] = None,
     if data.max_objects == FROM_DATASET:
         data = dataclasses.replace(data, max_objects=min(counts.max_objects, MAX_OBJECTS_CAP))
         said.append(f"data.max_objects={data.max_objects}" + _busiest(counts))
+    decode, decode_said = _resolve_decode(cfg.decode, counts, model)
+    said += decode_said
     if verbose and said:
         print(f"from {counts.source}: {', '.join(said)}", flush=True)
-    return dataclasses.replace(cfg, model=model, data=data)
+    if verbose and not counts.from_run:
+        for key, value in (("k", decode.k), ("max_detections", decode.max_detections)):
+            if value < min(counts.max_objects, MAX_OBJECTS_CAP):
+                print(f"note: decode.{key}={value} is below the {counts.max_objects} objects of "
+                      f"the busiest image (id {counts.busiest_image_id}) of {counts.source}; "
+                      f"set decode.{key}=0 to follow the data", flush=True)
+    return dataclasses.replace(cfg, model=model, data=data, decode=decode)
+
+
+def _resolve_decode(decode, counts: "DatasetCounts", model) -> tuple[Any, list]:
+    """decode.k / decode.max_detections at 0: max(100, busiest image), at most the cap.
+
+    k is also at most the heatmap cells (h * w * C, decode's own limit); max_detections at
+    most decode.num_pairs (there are no more candidates). The busiest image of a run's
+    config.yaml is its data.max_objects.
+    """
+    wanted = min(max(DEFAULT_DECODE_K, counts.max_objects), MAX_OBJECTS_CAP)
+    out_h, out_w = model.output_size
+    said = []
+    if decode.k == FROM_DATASET:
+        k = min(wanted, out_h * out_w * model.num_classes)
+        decode = dataclasses.replace(decode, k=k)
+        said.append(f"decode.k={k}")
+    if decode.max_detections == FROM_DATASET:
+        decode = dataclasses.replace(decode, max_detections=min(wanted, decode.num_pairs))
+        said.append(f"decode.max_detections={decode.max_detections}")
+    if decode.num_pairs > decode.k * decode.k:
+        raise ConfigError(f"config key 'decode.num_pairs': {decode.num_pairs} exceeds the k x k "
+                          f"= {decode.k * decode.k} candidate pairs of decode.k={decode.k}")
+    return decode, said
 
 
 def _busiest(counts: DatasetCounts) -> str:
@@ -103,7 +150,7 @@ def _busiest(counts: DatasetCounts) -> str:
         return ""
     if counts.max_objects > MAX_OBJECTS_CAP:
         return (f" (the cap; its busiest image, id {counts.busiest_image_id}, has "
-                f"{counts.max_objects} objects)")
+                f"{counts.max_objects} objects: those beyond train the heatmaps only)")
     return f" (objects in its busiest image, id {counts.busiest_image_id})"
 
 
@@ -155,9 +202,10 @@ def dataset_counts(data_config) -> DatasetCounts:
         ensure_synthetic(data_config)
     path = data_config.train_annotations
     if not path:
-        raise ConfigError("model.num_classes and data.max_objects at 0 follow the dataset, but "
+        raise ConfigError("model.num_classes, data.max_objects, decode.k and "
+                          "decode.max_detections at 0 follow the dataset, but "
                           "data.train_annotations is not set; set it (with "
-                          "data.train_images) or give both keys a value")
+                          "data.train_images) or give these keys a value")
     if data_config.format in ("voc", "yolo") or os.path.isdir(path):
         return _folder_counts(data_config)
     if not os.path.isfile(path):

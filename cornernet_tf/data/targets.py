@@ -11,6 +11,12 @@ Numerics follow SPEC.md (Ground truth), which restates the reference implementat
   `h, w` the box size in output cells rounded up, sigma `(2R + 1) / 6`, written into the
   class channel with an element-wise maximum (two same-class objects both keep their 1.0).
 
+Objects beyond the `max_objects` slots (the reference drops them, `max_tag_len`) are drawn
+into the heatmaps all the same: their corners are positives of the focal loss, never
+background. Only the slot targets (indices, offsets, mask: the embedding and offset losses)
+hold the first `max_objects`. The heatmaps are drawn in chunks of `_DRAW_CHUNK` objects, so
+the memory of drawing does not grow with the number of objects.
+
 `encode_targets` is pure TensorFlow with fixed output shapes, so it runs inside
 `tf.data.Dataset.map` and under `tf.function`. Per-box scalar arithmetic (ratios, floors,
 ceilings, radii) is done in float64 like the reference's NumPy code, so cells and radii
@@ -33,6 +39,9 @@ from cornernet_tf.data.images import size_pair
 # sigma = (2R+1)/6 the smallest value is exp(-36 R^2 / (2 (2R+1)^2)) >= exp(-9), so the
 # rule never fires; it is kept so the kernel is the reference's by construction.
 _GAUSSIAN_EPS = float(np.finfo(np.float32).eps)
+
+# Objects drawn at once: a [chunk, h, w] float32 block (4 MiB at a 128 x 128 grid).
+_DRAW_CHUNK = 64
 
 SizeLike = Union[int, Sequence[int]]
 
@@ -111,7 +120,7 @@ def encode_targets(boxes: tf.Tensor, classes: tf.Tensor, num_classes: int, input
       input_size: (height, width) of the network input, or one int for a square.
       output_size: (h, w) of the heads' grid, or one int for a square.
       max_objects: M, slots of the index/offset/mask targets; the first M valid objects
-        (in input order) are kept, the others are counted in `num_objects` only.
+        (in input order) get one, the others are in the heatmaps and `num_objects` only.
       ignore_boxes: optional [K, 4] float32 `[x1, y1, x2, y2]` input pixels of ignore
         regions (e.g. Pascal VOC "difficult" objects); K may be 0 and dynamic.
       ignore_classes: [K] int 0-based classes of `ignore_boxes` (-1: padding). In the
@@ -140,21 +149,22 @@ def encode_targets(boxes: tf.Tensor, classes: tf.Tensor, num_classes: int, input
     boxes, classes = _check_objects(boxes, classes)
 
     x1, y1, x2, y2, valid, num_objects = _clip_and_filter(boxes, classes, in_h, in_w,
-                                                          num_classes)
+                                                          num_classes)  # [N] each
     # The first M valid objects, in input order, in fixed slots.
-    (x1, y1, x2, y2, slot_class), mask = _compact_valid(
-        valid, max_objects, (x1, y1, x2, y2, classes))  # [M] each, mask [M] bool
+    slots, mask = _compact_valid(valid, max_objects, (x1, y1, x2, y2))  # [M] each, mask [M]
 
     ratio_x, ratio_y = out_w / in_w, out_h / in_h
-    radius = _corner_radius(x1, y1, x2, y2, ratio_x, ratio_y, mask)  # [M] float64
+    # Heatmaps: every valid object, with or without a slot.
+    radius = tf.cast(_corner_radius(x1, y1, x2, y2, ratio_x, ratio_y, valid), tf.float32)  # [N]
     outputs = {MASK: tf.cast(mask, tf.float32), NUM_OBJECTS: num_objects}
-    corners = (((TL_HEATMAP, TL_INDEX, TL_OFFSET), x1, y1),
-               ((BR_HEATMAP, BR_INDEX, BR_OFFSET), x2, y2))
-    for (heatmap_key, index_key, offset_key), x, y in corners:
-        cx, cy, outputs[index_key], outputs[offset_key] = _corner_cells(
-            x * ratio_x, y * ratio_y, out_w, mask)
-        outputs[heatmap_key] = _draw_heatmap(cx, cy, tf.cast(radius, tf.float32), slot_class,
-                                             mask, num_classes, out_h, out_w)
+    corners = (((TL_HEATMAP, TL_INDEX, TL_OFFSET), (x1, y1), slots[:2]),
+               ((BR_HEATMAP, BR_INDEX, BR_OFFSET), (x2, y2), slots[2:]))
+    for (heatmap_key, index_key, offset_key), (x, y), (slot_x, slot_y) in corners:
+        _, _, outputs[index_key], outputs[offset_key] = _corner_cells(
+            slot_x * ratio_x, slot_y * ratio_y, out_w, mask)
+        cx, cy, _, _ = _corner_cells(x * ratio_x, y * ratio_y, out_w, valid)
+        outputs[heatmap_key] = _draw_heatmap(cx, cy, radius, classes, valid, num_classes,
+                                             out_h, out_w)
     if ignore_boxes is not None:
         ignored = _ignore_cells(ignore_boxes, ignore_classes, in_h, in_w, num_classes,
                                 ratio_x, ratio_y, out_h, out_w)  # [h, w, C] bool
@@ -303,35 +313,58 @@ def _corner_cells(fx: tf.Tensor, fy: tf.Tensor, out_w: int, mask: tf.Tensor):
 
 def _draw_heatmap(cx: tf.Tensor, cy: tf.Tensor, radius: tf.Tensor, classes: tf.Tensor,
                   mask: tf.Tensor, num_classes: int, out_h: int, out_w: int) -> tf.Tensor:
-    """Max-combines one Gaussian per object into its class channel.
+    """Max-combines one Gaussian per object into its class channel, `_DRAW_CHUNK` at a time.
 
     Args:
-      cx, cy: [M] float32 corner cells (integral values) on the output grid.
-      radius: [M] float32 integral radii R >= 0.
-      classes: [M] int32 class of each slot.
-      mask: [M] bool, slots holding an object.
+      cx, cy: [N] float32 corner cells (integral values) on the output grid.
+      radius: [N] float32 integral radii R >= 0.
+      classes: [N] int32 class of each row.
+      mask: [N] bool, rows holding an object.
       num_classes: C.
       out_h, out_w: grid size.
 
     Returns:
       [out_h, out_w, C] float32 heatmap.
     """
-    sigma = (2.0 * radius + 1.0) / 6.0  # [M]
-    two_sigma2 = (2.0 * sigma * sigma)[:, None]  # [M, 1]
+    n = tf.shape(cx)[0]
+    chunks = (n + _DRAW_CHUNK - 1) // _DRAW_CHUNK
+    pad = chunks * _DRAW_CHUNK - n
+
+    def chunked(v: tf.Tensor) -> tf.Tensor:  # [N] -> [chunks, _DRAW_CHUNK], mask pads False
+        return tf.reshape(tf.pad(v, [[0, pad]]), [chunks, _DRAW_CHUNK])
+
+    cx, cy, radius, classes, mask = (chunked(v) for v in (cx, cy, radius, classes, mask))
+
+    def draw(i, heatmap):
+        per_class = _draw_chunk(cx[i], cy[i], radius[i], classes[i], mask[i], num_classes,
+                                out_h, out_w)
+        return i + 1, tf.maximum(heatmap, per_class)
+
+    # The background is 0; parallel_iterations=1 keeps one chunk's block alive at a time.
+    _, heatmap = tf.while_loop(lambda i, _: i < chunks, draw,
+                               (tf.constant(0), tf.zeros([num_classes, out_h, out_w])),
+                               parallel_iterations=1)
+    return tf.transpose(heatmap, [1, 2, 0])
+
+
+def _draw_chunk(cx, cy, radius, classes, mask, num_classes: int, out_h: int,
+                out_w: int) -> tf.Tensor:
+    """[C, h, w] max of the Gaussians of up to `_DRAW_CHUNK` objects ([K] arguments)."""
+    sigma = (2.0 * radius + 1.0) / 6.0  # [K]
+    two_sigma2 = (2.0 * sigma * sigma)[:, None]  # [K, 1]
     # The kernel is separable: exp(-(dx^2 + dy^2) / 2s^2) = gx(dx) * gy(dy), and the
     # (2R+1)^2 square is |dx| <= R and |dy| <= R; cells off the grid simply do not exist.
-    dx = tf.range(out_w, dtype=tf.float32)[None, :] - cx[:, None]  # [M, w]
-    dy = tf.range(out_h, dtype=tf.float32)[None, :] - cy[:, None]  # [M, h]
+    dx = tf.range(out_w, dtype=tf.float32)[None, :] - cx[:, None]  # [K, w]
+    dy = tf.range(out_h, dtype=tf.float32)[None, :] - cy[:, None]  # [K, h]
     gx = tf.where(tf.abs(dx) <= radius[:, None], tf.exp(-dx * dx / two_sigma2), 0.0)
     gy = tf.where(tf.abs(dy) <= radius[:, None], tf.exp(-dy * dy / two_sigma2), 0.0)
-    gaussians = gy[:, :, None] * gx[:, None, :]  # [M, h, w], peak exactly 1 at the corner
+    gaussians = gy[:, :, None] * gx[:, None, :]  # [K, h, w], peak exactly 1 at the corner
     gaussians = tf.where(gaussians < _GAUSSIAN_EPS, 0.0, gaussians)
-    # Empty slots go to an extra segment C that is dropped.
-    segments = tf.where(mask, classes, num_classes)  # [M]
+    # Empty rows go to an extra segment C that is dropped.
+    segments = tf.where(mask, classes, num_classes)  # [K]
     per_class = tf.math.unsorted_segment_max(gaussians, segments, num_classes + 1)
-    # Classes without objects come back as the lowest float; the background is 0.
-    per_class = tf.maximum(per_class[:num_classes], 0.0)  # [C, h, w]
-    return tf.transpose(per_class, [1, 2, 0])
+    # Classes without objects come back as the lowest float; the caller's max with 0 fixes.
+    return per_class[:num_classes]  # [C, h, w]
 
 
 def _check_overlap(min_overlap) -> float:

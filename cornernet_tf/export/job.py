@@ -10,8 +10,9 @@ images; this writes the files:
 
 from __future__ import annotations
 
+import json
 import os
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -27,9 +28,29 @@ def _tflite_inputs(paths: Sequence[str], size) -> list[np.ndarray]:
             for p in paths]
 
 
+def run_best_f1(model_dir: str) -> Optional[dict]:
+    """The best-F1 operating point of the run's evaluation (`<model_dir>/eval/metrics.json`,
+    written by `--mode=evaluate` with evaluate.pictures), or None when there is none.
+
+    Returns:
+      {"threshold", "f1", "precision", "recall", "iou_threshold", "source"} or None.
+    """
+    path = os.path.join(model_dir, "eval", "metrics.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            best = json.load(f)["pictures"]["best_f1"]
+        threshold = float(best["threshold"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not 0.0 < threshold <= 1.0:  # 0.0: the evaluation had no detection
+        return None
+    return dict(best, threshold=threshold, source=path)
+
+
 def write_exports(model, cfg, export_dir: str, label_map, detector, checkpoint: str,
                   tflite_modes: Sequence[str], parity_paths: Sequence[str],
-                  calibration_paths: Sequence[str], verbose: bool = True) -> dict:
+                  calibration_paths: Sequence[str], verbose: bool = True,
+                  best_f1: Optional[dict] = None) -> dict:
     """Writes the SavedModel and the TFLite files of a restored model, with parity checks.
 
     Args:
@@ -51,7 +72,8 @@ def write_exports(model, cfg, export_dir: str, label_map, detector, checkpoint: 
     from cornernet_tf.export import saved_model, tflite
     from cornernet_tf.training.checkpoints import os_error_text
 
-    path = saved_model.export_saved_model(model, cfg, export_dir, label_map, detector=detector)
+    path = saved_model.export_saved_model(model, cfg, export_dir, label_map, detector=detector,
+                                          best_f1=best_f1)
     result = dict(checkpoint=checkpoint, saved_model=path, tflite={})
     if verbose:
         print(f"SavedModel (from {checkpoint}) written to {path}", flush=True)

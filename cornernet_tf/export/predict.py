@@ -19,10 +19,11 @@ the command line).
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import sys
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -36,6 +37,7 @@ from cornernet_tf.data.image_files import decoder_message
 from cornernet_tf.errors import UserError
 from cornernet_tf.inference.exported import (ExportedDetector, read_class_names,
                                              read_max_image_pixels)
+from cornernet_tf.inference.tiling import detect_tiled, tile_grid
 
 MANIFEST = ".cornernet-predict-outputs"  # json: the outputs predict wrote into a folder
 
@@ -81,8 +83,58 @@ def list_images(paths: Sequence[str], skip: Sequence[str] = ()) -> list[str]:
     return found
 
 
+# Predict's score threshold when the export carries no evaluation's best-F1 threshold.
+FALLBACK_SCORE_THRESHOLD = 0.3
+
+
+def default_score_threshold(model_path: str) -> tuple[float, str]:
+    """Predict's score threshold without `--score_threshold`, and where it comes from.
+
+    The best-F1 threshold of the run's evaluation when the export carries one (serving.json's
+    `best_f1_score_threshold`, written by export from `<model_dir>/eval/metrics.json`),
+    else `FALLBACK_SCORE_THRESHOLD`.
+
+    Returns:
+      (threshold, a few words naming its source).
+    """
+    from cornernet_tf.export.saved_model import BEST_F1_KEY
+    folder = model_path if os.path.isdir(model_path) else os.path.dirname(model_path)
+    path = os.path.join(folder, "serving.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            best = json.load(f)[BEST_F1_KEY]
+        threshold = float(best["threshold"])
+        if 0.0 < threshold <= 1.0:
+            return threshold, (f"the best F1 ({float(best['f1']):.3f}) of the evaluation in "
+                               f"{best.get('source', 'the run')}")
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return FALLBACK_SCORE_THRESHOLD, "the default: the export carries no evaluation"
+
+
+def read_tiling_params(model_path: str) -> tuple[tuple[int, int], dict]:
+    """The tile size (the network input) and the merge's soft-NMS parameters of an export,
+    from its serving.json (`tiling.detect_tiled`).
+
+    Raises:
+      FileNotFoundError: the export has no serving.json (exports of this project have one).
+    """
+    folder = model_path if os.path.isdir(model_path) else os.path.dirname(model_path)
+    path = os.path.join(folder, "serving.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--tile needs the export's serving.json (network input size, "
+                                f"decode parameters); not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        serving = json.load(f)
+    decode = serving["decode"]
+    return tuple(serving["network_input_size"]), dict(
+        max_detections=serving["max_detections"], soft_nms_sigma=decode["soft_nms_sigma"],
+        score_threshold=decode["soft_nms_score_floor"])
+
+
 def predict(model_path: str, image_paths: Sequence[str], output_dir: str,
-            heatmaps: bool = False, min_score: float = 0.3) -> list[str]:
+            heatmaps: bool = False, score_threshold: Optional[float] = None,
+            verbose: bool = True, tile: bool = False, tile_overlap: float = 0.25) -> list[str]:
     """Runs an export on images and writes annotated PNGs and detection JSONs.
 
     Args:
@@ -91,7 +143,12 @@ def predict(model_path: str, image_paths: Sequence[str], output_dir: str,
       output_dir: created if missing; may hold the inputs (outputs never replace a file
         predict did not write, see the module docstring).
       heatmaps: also write corner-heatmap overlays (SavedModel only).
-      min_score: boxes below are not drawn (all are in the JSON).
+      score_threshold: detections below are not drawn nor counted in the line per image
+        (all are in the JSON, with the threshold); None: `default_score_threshold`.
+      verbose: print the threshold and a line per image (detections per class, files).
+      tile: images larger than the network input are also seen in overlapping tiles of
+        its size at their own scale, merged by soft-NMS (`tiling.detect_tiled`).
+      tile_overlap: fraction of a tile shared with its neighbour.
 
     Returns:
       The files written.
@@ -114,6 +171,14 @@ def predict(model_path: str, image_paths: Sequence[str], output_dir: str,
                          f"detections only")
     names = read_class_names(model_path)
     max_pixels = read_max_image_pixels(model_path)
+    tiling = read_tiling_params(model_path) + (tile_overlap,) if tile else None
+    if score_threshold is None:
+        score_threshold, source = default_score_threshold(model_path)
+    else:
+        source = "--score_threshold"
+    if verbose:
+        print(f"predict: {len(paths)} images, score threshold {score_threshold:.3g} ({source})",
+              flush=True)
     os.makedirs(output_dir, exist_ok=True)
     _write_manifest(output_dir, earlier | {os.path.basename(p) for ps in plan for p in ps})
     written, skipped = [], []
@@ -125,8 +190,11 @@ def predict(model_path: str, image_paths: Sequence[str], output_dir: str,
             sys.stderr.write(f"predict: skipped {path}: cannot read it: {reason}\n")
             skipped.append((path, reason))
             continue
-        written += _predict_one(detector, image, path, outputs, names, model_path, heatmaps,
-                                min_score)
+        files, line = _predict_one(detector, image, path, outputs, names, model_path,
+                                   heatmaps, score_threshold, tiling)
+        written += files
+        if verbose:
+            print(f"predict: {path}: {line} -> {files[0]}", flush=True)
     if skipped:
         listed = ", ".join(p for p, _ in skipped[:10]) + (" ..." if len(skipped) > 10 else "")
         raise PredictError(
@@ -225,30 +293,53 @@ def _open_new(path: str, mode: str):
 
 
 def _predict_one(detector, image: np.ndarray, path: str, outputs: tuple, names: list,
-                 model_path: str, heatmaps: bool, min_score: float) -> list[str]:
-    """Detects on one image and writes its planned outputs; returns them."""
+                 model_path: str, heatmaps: bool, score_threshold: float,
+                 tiling: Optional[tuple] = None) -> tuple[list[str], str]:
+    """Detects on one image and writes its planned outputs.
+
+    Args:
+      tiling: (tile size, merge parameters, overlap) for tiled inference, or None.
+
+    Returns:
+      (the files written, a summary such as "3 detections >= 0.42 (cat 2, dog 1)").
+    """
     h, w = image.shape[:2]
-    out = detector(image)
-    boxes, scores, classes, num = preprocess.contract_to_pixels(out, [[h, w]])
-    n = int(num[0])
-    xyxy, scores, classes = boxes[0, :n], scores[0, :n], classes[0, :n]
+    tiles = ""
+    if tiling is not None:
+        size, params, overlap = tiling
+        xyxy, scores, classes = detect_tiled(detector, image, size, params, overlap)
+        count = len(tile_grid(h, w, size, overlap))
+        tiles = f" ({count} tiles + the whole image)" if count > 1 else ""
+    else:
+        boxes, scores, classes, num = preprocess.contract_to_pixels(detector(image), [[h, w]])
+        n = int(num[0])
+        xyxy, scores, classes = boxes[0, :n], scores[0, :n], classes[0, :n]
+    n = len(scores)
+    normalized = xyxy[:, [1, 0, 3, 2]] / np.array([h, w, h, w], np.float64)
     png, js = outputs[:2]
     with _open_new(png, "wb") as f:
         visualize.save_png(visualize.draw_detections(image, xyxy, classes, scores, names,
-                                                     min_score=min_score), f)
-    detections = [dict(label_id=int(c) + 1,
-                       name=names[c] if 0 <= c < len(names) else str(int(c) + 1),
+                                                     min_score=score_threshold), f)
+    detections = [dict(label_id=int(c) + 1, name=_class_name(names, c),
                        score=float(s), box_xyxy=[float(v) for v in b],
                        box_normalized_yxyx=[float(v) for v in nb])
-                  for c, s, b, nb in zip(classes, scores, xyxy,
-                                         out[keys.DETECTION_BOXES][0, :n])]
+                  for c, s, b, nb in zip(classes, scores, xyxy, normalized)]
     with _open_new(js, "w") as f:
         json.dump(dict(image=path, width=w, height=h, model=model_path,
-                       detections=detections), f, indent=1)
+                       score_threshold=score_threshold, detections=detections), f, indent=1)
     written = [png, js]
     if heatmaps:
         written += _write_heatmaps(detector, image, outputs[2:])
-    return written
+    kept = collections.Counter(_class_name(names, c) for c, s in zip(classes, scores)
+                               if s >= score_threshold)
+    per_class = ", ".join(f"{name} {count}" for name, count in sorted(kept.items()))
+    line = (f"{sum(kept.values())} detections >= {score_threshold:.3g}"
+            + (f" ({per_class})" if per_class else "") + f" of {n}{tiles}")
+    return written, line
+
+
+def _class_name(names: list, c) -> str:
+    return names[c] if 0 <= c < len(names) else str(int(c) + 1)
 
 
 def _write_heatmaps(detector: ExportedDetector, image: np.ndarray,

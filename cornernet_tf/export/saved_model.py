@@ -29,7 +29,7 @@ import tensorflow as tf
 
 from cornernet_tf.errors import MachineError
 from cornernet_tf.training.checkpoints import os_error_text
-from cornernet_tf.inference.detector import build_detector
+from cornernet_tf.inference.detector import build_detector, decode_kwargs_from_config
 from cornernet_tf.keys import (BR_HEATMAP, DETECTION_BOXES, DETECTION_CLASSES, DETECTION_SCORES,
                                NUM_DETECTIONS, TL_HEATMAP)
 
@@ -139,7 +139,8 @@ class ExportWriteError(MachineError):
 
 
 def export_saved_model(model: keras.Model, cfg, export_dir: str, label_map,
-                       version: Optional[int] = None, detector=None) -> str:
+                       version: Optional[int] = None, detector=None,
+                       best_f1: Optional[dict] = None) -> str:
     """Exports `model` with preprocessing and decode inside, for TF Serving.
 
     Args:
@@ -149,6 +150,9 @@ def export_saved_model(model: keras.Model, cfg, export_dir: str, label_map,
       label_map: the dataset's LabelMap (written as labels.json).
       version: force a version number (must not exist yet); default: the next one.
       detector: `build_detector(model, cfg)` (None: built here).
+      best_f1: the run's evaluation's best-F1 operating point ({"threshold", "f1", ...,
+        "source": the metrics.json}), written to serving.json as predict's default score
+        threshold (`best_f1_score_threshold`).
 
     Returns:
       The version folder written.
@@ -175,7 +179,10 @@ def export_saved_model(model: keras.Model, cfg, export_dir: str, label_map,
         with open(os.path.join(tmp, "config.yaml"), "w", encoding="utf-8") as f:
             f.write(cfg.to_yaml())
         with open(os.path.join(tmp, "serving.json"), "w", encoding="utf-8") as f:
-            json.dump(serving_description(cfg), f, indent=2)
+            description = serving_description(cfg)
+            if best_f1 is not None:
+                description[BEST_F1_KEY] = best_f1
+            json.dump(description, f, indent=2)
         os.rename(tmp, final)
     except (OSError, tf.errors.OpError) as e:  # a full disk: TensorFlow raises its own errors
         shutil.rmtree(tmp, ignore_errors=True)
@@ -185,9 +192,14 @@ def export_saved_model(model: keras.Model, cfg, export_dir: str, label_map,
     return final
 
 
+# serving.json's key of the evaluation's best-F1 operating point (predict's default threshold)
+BEST_F1_KEY = "best_f1_score_threshold"
+
+
 def serving_description(cfg) -> dict:
     """What the exported graph does, for humans and clients (written as serving.json)."""
     d = cfg.decode
+    decoded = decode_kwargs_from_config(d)  # k, max_detections as the graph has them
     return {
         "signatures": {
             "serving_default": {"inputs": {"images": "uint8 [B, H, W, 3] RGB"}},
@@ -205,10 +217,10 @@ def serving_description(cfg) -> dict:
         "max_image_pixels": cfg.export.max_image_pixels,
         "tflite_input": f"uint8 [1, {cfg.model.input_size[0]}, {cfg.model.input_size[1]}, 3] "
                         "RGB, fitted by the caller as serving_default fits (export/README.md)",
-        "max_detections": d.max_detections,
+        "max_detections": decoded["max_detections"],
         "network_input_size": list(cfg.model.input_size),
         "preprocessing": "resize keeping aspect ratio, zero-pad bottom/right to the input size",
-        "decode": {"k": d.k, "ae_threshold": d.ae_threshold, "nms_kernel": d.nms_kernel,
+        "decode": {"k": decoded["k"], "ae_threshold": d.ae_threshold, "nms_kernel": d.nms_kernel,
                    "num_pairs": d.num_pairs, "soft_nms_sigma": d.soft_nms_sigma,
                    "soft_nms_score_floor": d.score_threshold},
         "score_threshold": cfg.export.score_threshold,

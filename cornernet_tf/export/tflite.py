@@ -26,6 +26,7 @@ import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
 from cornernet_tf import boxes as box_lib
+from cornernet_tf import console
 from cornernet_tf.config.choices import TFLITE_MODES
 from cornernet_tf.export.saved_model import write_archive
 from cornernet_tf.inference.detector import DECODE_SCOPE, build_detector
@@ -105,10 +106,11 @@ def convert(model, cfg, mode: str, output_path: str,
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
                                                    tf.lite.OpsSet.TFLITE_BUILTINS]
         try:
-            if mode == "int8":
-                flatbuffer = _quantize_network(converter, dataset)
-            else:
-                flatbuffer = converter.convert()
+            with console.native_stderr_filtered():  # the converter's "NodeDef mentions" lines
+                if mode == "int8":
+                    flatbuffer = _quantize_network(converter, dataset)
+                else:
+                    flatbuffer = converter.convert()
         except Exception as e:  # the converter raises ConverterError and friends
             raise TFLiteExportError(
                 f"TFLite conversion ({mode}) failed; the graph must use TFLite builtin ops only "

@@ -36,6 +36,7 @@ from typing import Mapping, NamedTuple, Sequence
 import tensorflow as tf
 
 from cornernet_tf import boxes as box_lib
+from cornernet_tf.config.schema import DEFAULT_DECODE_K
 from cornernet_tf.keys import (BOXES, BR_EMBEDDING, BR_HEATMAP, BR_OFFSET, CLASSES, HEAD_KEYS,
                                NUM_DETECTIONS, SCORES, TL_EMBEDDING, TL_HEATMAP, TL_OFFSET)
 
@@ -352,9 +353,13 @@ def _check_params(k: int, nms_kernel: int, num_pairs: int, cells: int) -> None:
 
 
 def decode_kwargs_from_config(decode_cfg) -> dict:
-    """The `decode` keyword arguments of a `cornernet_tf.config.schema.DecodeConfig`."""
-    return dict(k=decode_cfg.k, ae_threshold=decode_cfg.ae_threshold,
+    """The `decode` keyword arguments of a `cornernet_tf.config.schema.DecodeConfig`.
+
+    `k` and `max_detections` still at 0 (a config that `resolve.resolve_dataset_dependent`
+    did not see) are the reference's 100.
+    """
+    return dict(k=decode_cfg.k or DEFAULT_DECODE_K, ae_threshold=decode_cfg.ae_threshold,
                 nms_kernel=decode_cfg.nms_kernel, num_pairs=decode_cfg.num_pairs,
-                max_detections=decode_cfg.max_detections,
+                max_detections=decode_cfg.max_detections or DEFAULT_DECODE_K,
                 soft_nms_sigma=decode_cfg.soft_nms_sigma,
                 score_threshold=decode_cfg.score_threshold)

@@ -429,7 +429,8 @@ def build_callbacks(cfg, model: keras.Model, model_dir: str, write_dir: str,
     t = cfg.train
     validating = t.eval_every > 0 and val_split is not None
     clock = ValidationClock(t.eval_every, t.steps) if validating else None
-    progress = ProgressDisplay(t.steps, t.batch_size, live=live, validation=clock)
+    progress = ProgressDisplay(t.steps, t.batch_size, live=live, validation=clock,
+                               log_every=min(t.log_every, t.steps))
     checkpoints = CheckpointCallback(manager, t.checkpoint_every, say=progress.message,
                                      last_saved=latest)
     log_dir = os.path.join(write_dir, "logs")

@@ -6,7 +6,9 @@
   loss terms, images/s and the ETA. Messages (validation results, errors) print above it.
 - Otherwise (a log file, a pipe, CI), one plain line per `train.log_every` steps with every
   loss term by its full name, the learning rate, images/s and the ETA; no ANSI codes and no
-  carriage returns.
+  carriage returns. When `log_every` steps take long (a big model on a CPU), a line also
+  comes after every `LOG_SECONDS` (30 s) without one, marked "(so far)": the loss terms
+  are then the running means of the interval so far.
 
 The first step traces and compiles the training graph and fills the input pipeline; it can
 take a minute on a CPU while the others take a fraction of a second. The display says so
@@ -85,6 +87,8 @@ class ProgressDisplay(keras.callbacks.Callback):
       clock: seconds, monotonic (tests pass a fake one).
       validation: the run's `ValidationClock` (its `seconds` so far and
         `remaining_seconds(step)` go into the ETA), or None.
+      log_every: the steps of a logging interval; a step ending one prints its own line,
+        so no timed line is added there (0: not known).
 
     Attributes:
       history: one dict per logging interval: "step", the epoch logs (loss terms,
@@ -93,11 +97,13 @@ class ProgressDisplay(keras.callbacks.Callback):
     """
 
     REDRAW_SECONDS = 0.2  # the live line is redrawn at most this often (and at interval ends)
+    LOG_SECONDS = 30.0  # plain output: a line at least this often, whatever train.log_every
 
     def __init__(self, total_steps: int, batch_size: int, stream: Optional[TextIO] = None,
                  live: Optional[bool] = None, clock: Callable[[], float] = time.perf_counter,
-                 validation=None):
+                 validation=None, log_every: int = 0):
         super().__init__()
+        self.log_every = log_every
         self.validation = validation
         self.total_steps = total_steps
         self.batch_size = batch_size
@@ -113,6 +119,7 @@ class ProgressDisplay(keras.callbacks.Callback):
 
     def _reset(self) -> None:
         self._t_begin = self._t_batch = self._t_first_end = self._t_drawn = 0.0
+        self._t_line = 0.0  # when the last plain line was printed
         self._step_first_end = 0
         self._interval_seconds = 0.0  # time inside steps since the last interval end
         self._interval_steps = 0
@@ -122,6 +129,7 @@ class ProgressDisplay(keras.callbacks.Callback):
 
     def message(self, text: str) -> None:
         """Prints `text` on its own line(s); the live line, if any, is redrawn below it."""
+        self._t_line = self.clock()
         shown = self._shown
         if shown:
             self.stream.write("\r\x1b[K")
@@ -224,6 +232,10 @@ class ProgressDisplay(keras.callbacks.Callback):
                           or step >= self.total_steps):
             self._draw(self._live_line(step))
             self._t_drawn = now
+        elif (not self.live and self._interval_steps and step < self.total_steps
+              and not (self.log_every and step % self.log_every == 0)
+              and now - self._t_line >= self.LOG_SECONDS):
+            self._plain_line(step, self._batch_logs, "  (so far)")
 
     def on_epoch_end(self, epoch, logs=None):
         step = self._step()
@@ -238,11 +250,15 @@ class ProgressDisplay(keras.callbacks.Callback):
             self._draw(self._live_line(step))
             self._t_drawn = self.clock()
         else:
-            rate_text = f"{rate:.1f}" if math.isfinite(rate) else "--"
-            self.message(f"step {step}/{self.total_steps}  {self._terms(logs or {}, False)}  "
-                         f"lr {lr:.3g}  {rate_text} img/s  "
-                         f"ETA {format_duration(self._eta(step))}")
+            self._plain_line(step, logs or {})
         self._interval_seconds, self._interval_steps = 0.0, 0
+
+    def _plain_line(self, step: int, logs: dict, note: str = "") -> None:
+        rate = self._rate(self._interval_seconds, self._interval_steps)
+        rate_text = f"{rate:.1f}" if math.isfinite(rate) else "--"
+        self.message(f"step {step}/{self.total_steps}  {self._terms(logs, False)}  "
+                     f"lr {self._learning_rate():.3g}  {rate_text} img/s  "
+                     f"ETA {format_duration(self._eta(step))}{note}")
 
     def on_train_end(self, logs=None):
         self.close()

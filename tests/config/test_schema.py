@@ -42,7 +42,12 @@ def test_defaults_equal_spec():
     assert (cfg.loss.focal_alpha, cfg.loss.focal_beta, cfg.loss.offset_weight) == (2, 4, 1)
     d = cfg.decode
     assert (d.k, d.ae_threshold, d.nms_kernel, d.num_pairs, d.max_detections, d.soft_nms_sigma) \
-        == (100, 0.5, 3, 1000, 100, 0.5)
+        == (0, 0.5, 3, 1000, 0, 0.5)
+    # k and max_detections at 0 follow the busiest image (data/resolve.py), at least SPEC's 100,
+    # which is also what a config nothing resolved decodes with
+    from cornernet_tf.inference.decode import decode_kwargs_from_config
+    kwargs = decode_kwargs_from_config(d)
+    assert (kwargs["k"], kwargs["max_detections"]) == (100, 100)
 
 
 def test_squeeze_grid_is_stride_8():
@@ -89,7 +94,7 @@ def test_replace_returns_a_new_validated_config():
     (["model.input_size=[1, 2, 3]"], ["model.input_size", "expected 2 values"]),
     (["model.channels=[32, 32]", "model.blocks=[1, 1, 1]"], ["model.blocks", "same length"]),
     (["train.batch_size=0"], ["train.batch_size", "positive", "0"]),
-    (["decode.num_pairs=20000"], ["decode.num_pairs", "k x k"]),
+    (["decode.k=100", "decode.num_pairs=20000"], ["decode.num_pairs", "k x k"]),
     (["decode.nms_kernel=4"], ["decode.nms_kernel", "odd"]),
     (["steps=3"], ["steps", "valid keys"]),
     (["train.steps"], ["key=value"]),
@@ -165,7 +170,7 @@ OUT_OF_RANGE = [
     ("data.augment.color_jitter", "1", "expected 0 <= value < 1, found 1.0"),
     ("data.augment.lighting_std", "-0.1", NON_NEGATIVE + " -0.1"),
     ("data.max_objects", "-1", "expected a positive value (value >= 1), or 0 (the train "
-                               "split's busiest image, at most 128), found -1"),
+                               "split's busiest image, at most 1024), found -1"),
     ("data.shuffle_buffer", "0", POSITIVE_INT + " 0"),
     ("data.seed", "4294967296", SEED + " 4294967296"),
     ("loss.focal_alpha", "-2", NON_NEGATIVE + " -2.0"),
@@ -184,11 +189,13 @@ OUT_OF_RANGE = [
     ("train.eval_every", "-100", NON_NEGATIVE + " -100"),
     ("train.seed", "-3", SEED + " -3"),
     ("train.freeze_steps", "-1", NON_NEGATIVE + " -1"),
-    ("decode.k", "0", POSITIVE_INT + " 0"),
+    ("decode.k", "-1", "expected a positive value (value >= 1), or 0 (the train split's "
+                       "busiest image, from 100 to 1024), found -1"),
     ("decode.ae_threshold", "-1", NON_NEGATIVE + " -1.0"),
     ("decode.nms_kernel", "-3", POSITIVE_INT + " -3"),
     ("decode.num_pairs", "0", POSITIVE_INT + " 0"),
-    ("decode.max_detections", "0", POSITIVE_INT + " 0"),
+    ("decode.max_detections", "-1", "expected a positive value (value >= 1), or 0 (the train "
+                                    "split's busiest image, from 100 to 1024), found -1"),
     ("decode.soft_nms_sigma", "0", POSITIVE + " 0.0"),
     ("decode.score_threshold", "1.5", FRACTION + " 1.5"),
     ("evaluate.scales", "[1, -0.5]", POSITIVE + " -0.5 in [1.0, -0.5]"),

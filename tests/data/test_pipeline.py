@@ -2,7 +2,6 @@
 
 import io
 import json
-import logging
 import os
 
 import numpy as np
@@ -145,15 +144,37 @@ def test_undecodable_at_run_time_skipped(tmp_path):
     assert len(list(train.take(3))) == 3
 
 
-def test_objects_beyond_max_objects_reported(tmp_path, caplog):
+def test_objects_beyond_max_objects_are_printed_and_stay_in_the_heatmaps(tmp_path, capsys):
     cfg = _config(*_dataset(tmp_path, num_images=2, objects_per_image=6))
-    with caplog.at_level(logging.WARNING):
-        pipeline.load_split(cfg.data, "train")
-    text = caplog.text
-    assert "2 images have more than data.max_objects=4" in text and "4 objects beyond" in text
+    pipeline.load_split(cfg.data, "train")
+    out = capsys.readouterr().out
+    assert "2 of 2 images have more than data.max_objects=4 objects" in out
+    assert "4 of 12 objects beyond it" in out
     ds = pipeline.build_dataset(cfg.data, cfg.model, "train", training=True, batch_size=2)
     _, targets = next(iter(ds))
     assert targets["mask"].shape == (2, MAX_OBJECTS)
+
+
+def test_an_image_denser_than_max_objects_keeps_every_corner_positive(tmp_path):
+    """6 objects at distinct cells, 4 slots: 6 peaks of 1.0 per corner heatmap, 4 masks."""
+    image_dir = tmp_path / "images"
+    image_dir.mkdir()
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(image_dir / "1.png")
+    boxes = [[4 + 9 * j, 4 + 5 * j, 8, 8] for j in range(6)]  # [x, y, w, h], distinct cells
+    path = tmp_path / "instances.json"
+    path.write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "1.png", "width": 64, "height": 64}],
+        "annotations": [{"id": j + 1, "image_id": 1, "category_id": 7, "bbox": b, "iscrowd": 0}
+                        for j, b in enumerate(boxes)],
+        "categories": [{"id": 7, "name": "y"}]}))
+    cfg = _config(str(path), str(image_dir), ["model.num_classes=1", *NO_AUGMENT])
+    _, targets = next(iter(pipeline.build_dataset(cfg.data, cfg.model, "train", training=True,
+                                                  batch_size=1)))
+    assert targets["mask"].numpy().sum() == MAX_OBJECTS
+    for key, (dx, dy) in (("tl_heatmap", (0, 0)), ("br_heatmap", (8, 8))):
+        peaks = np.argwhere(targets[key].numpy()[0, :, :, 0] == 1.0)  # (row, column)
+        want = sorted(((y + dy) // 4, (x + dx) // 4) for x, y, _, _ in boxes)  # stride 4
+        assert sorted(map(tuple, peaks.tolist())) == want, key
 
 
 def _png_bytes(array, mode=None):

@@ -5,7 +5,6 @@ listed, and non-crowd annotations per image.
 """
 
 import json
-import logging
 import os
 
 import numpy as np
@@ -95,18 +94,42 @@ def test_user_max_objects_is_kept_and_both_set_reads_nothing(tmp_path):
     assert resolve_dataset_dependent(missing) is missing
 
 
-def test_busiest_image_above_the_cap_is_capped_and_reported(tmp_path, caplog, capsys):
+def test_busiest_image_above_the_cap_is_capped_and_reported_on_stdout(tmp_path, capsys):
     from cornernet_tf.data import pipeline
-    busiest = MAX_OBJECTS_CAP + 3  # 131 boxes in image 2
+    busiest = MAX_OBJECTS_CAP + 3  # 1027 boxes in image 2
     path, images = write_coco(str(tmp_path), [1, busiest], size=64)
-    cfg = resolve_dataset_dependent(load_config("quickstart", own_data(path, images)))
-    assert cfg.data.max_objects == MAX_OBJECTS_CAP == 128
-    assert f"the cap; its busiest image, id 2, has {busiest} objects" in capsys.readouterr().out
-    # the loader's existing report names the cut: 1 image, 3 objects beyond the limit
-    with caplog.at_level(logging.WARNING):
-        pipeline.load_split(cfg.data, "train", check_images="none")
-    assert "1 images have more than data.max_objects=128" in caplog.text
-    assert "3 objects beyond" in caplog.text
+    cfg = resolve_dataset_dependent(load_config(None, own_data(path, images)))
+    assert cfg.data.max_objects == MAX_OBJECTS_CAP == 1024
+    # decode follows the same image, bounded by the same cap
+    assert cfg.decode.k == 1024 and cfg.decode.max_detections == 1000  # <= num_pairs 1000
+    assert f"its busiest image, id 2, has {busiest} objects" in capsys.readouterr().out
+    # the loader prints the cut with its counts: 1 image, 3 of 1028 objects without a slot
+    pipeline.load_split(cfg.data, "train", check_images="none")
+    out = capsys.readouterr().out
+    assert "1 of 2 images have more than data.max_objects=1024 objects" in out
+    assert f"most: {busiest} in image id 2" in out and "3 of 1028 objects beyond it" in out
+
+
+@pytest.mark.parametrize("busiest, k", [(30, 100), (150, 150)])
+def test_decode_k_and_max_detections_follow_the_busiest_image(tmp_path, capsys, busiest, k):
+    """max(100, objects of the busiest image): 30 -> 100 (the floor), 150 -> 150."""
+    path, images = write_coco(str(tmp_path), [2, busiest])
+    cfg = resolve_dataset_dependent(load_config(None, own_data(path, images)))
+    assert (cfg.data.max_objects, cfg.decode.k, cfg.decode.max_detections) == (busiest, k, k)
+    assert f"decode.k={k}" in capsys.readouterr().out
+    # a set value is kept; one below the busiest image is said on stdout
+    kept = resolve_dataset_dependent(load_config("quickstart", own_data(path, images)))
+    assert (kept.decode.k, kept.decode.max_detections) == (50, 50)  # the quickstart's
+    out = capsys.readouterr().out
+    assert ("decode.max_detections=50 is below the" in out) == (busiest > 50)
+
+
+def test_decode_k_is_at_most_the_heatmap_cells(tmp_path):
+    # 1 class on the 16 x 16 grid of a 64 x 64 input: 256 cells, 300 objects -> k = 256
+    path, images = write_coco(str(tmp_path), [300], categories=(4,))
+    cfg = resolve_dataset_dependent(load_config("quickstart", own_data(path, images) + [
+        "model.input_size=[64, 64]", "decode.k=0", "decode.max_detections=0"]), verbose=False)
+    assert (cfg.decode.k, cfg.decode.max_detections) == (256, 300)
 
 
 def test_a_run_config_is_the_source_for_evaluate_and_export(tmp_path):

@@ -57,16 +57,17 @@ def _np_targets(boxes, classes, num_classes, input_hw, output_hw, max_objects):
             continue
         count += 1
         k = count - 1
-        if k >= max_objects:
-            continue
         radius = _np_radius(math.ceil((y2 - y1) * ry), math.ceil((x2 - x1) * rx))
         for name, x, y in (("tl", x1, y1), ("br", x2, y2)):
             fx, fy = x * rx, y * ry
             ix, iy = int(fx), int(fy)
+            # every object is drawn; only the first max_objects get a slot
             _np_draw(out[f"{name}_heatmap"][c], ix, iy, radius)
-            out[f"{name}_offset"][k] = (fx - ix, fy - iy)
-            out[f"{name}_index"][k] = iy * out_w + ix
-        out["mask"][k] = 1
+            if k < max_objects:
+                out[f"{name}_offset"][k] = (fx - ix, fy - iy)
+                out[f"{name}_index"][k] = iy * out_w + ix
+        if k < max_objects:
+            out["mask"][k] = 1
     out["tl_heatmap"] = out["tl_heatmap"].transpose(1, 2, 0)
     out["br_heatmap"] = out["br_heatmap"].transpose(1, 2, 0)
     out["num_objects"] = count
@@ -182,10 +183,23 @@ def test_more_boxes_than_max_objects():
     got = encode_targets(boxes, classes, 2, 64, 16, max_objects=4)
     assert got["mask"].numpy().sum() == 4
     assert int(got["num_objects"]) == 11
-    # The first four objects are kept: same targets as encoding only those four.
     _assert_matches(got, _np_targets(boxes, classes, 2, (64, 64), (16, 16), 4))
+    # The first four objects get the slots; all eleven corners are heatmap peaks (no object
+    # beyond the slots is trained as background).
     first_four = _np_targets(boxes[:4], classes[:4], 2, (64, 64), (16, 16), 4)
-    np.testing.assert_allclose(got["tl_heatmap"].numpy(), first_four["tl_heatmap"], atol=1e-6)
+    for key in ("tl_index", "br_index", "tl_offset", "br_offset", "mask"):
+        np.testing.assert_allclose(got[key].numpy(), first_four[key], atol=1e-6, err_msg=key)
+    ix, iy = (boxes[:, 0] * 16 / 64).astype(int), (boxes[:, 1] * 16 / 64).astype(int)
+    np.testing.assert_allclose(got["tl_heatmap"].numpy()[iy, ix, classes], 1.0)
+
+
+def test_many_objects_are_drawn_in_chunks_like_one_by_one():
+    """More objects than one drawing chunk (64): the heatmap of 150 objects on 3 slots."""
+    rng = np.random.default_rng(11)
+    boxes = _random_boxes(rng, 150, 96, 80)
+    classes = rng.integers(0, 3, 150).astype(np.int32)
+    got = encode_targets(boxes, classes, 3, (96, 80), (24, 20), max_objects=3)
+    _assert_matches(got, _np_targets(boxes, classes, 3, (96, 80), (24, 20), 3))
 
 
 def test_padding_and_degenerate_rows_are_ignored():

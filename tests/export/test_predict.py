@@ -230,3 +230,81 @@ def test_predict_applies_the_exports_pixel_limit(exports, tmp_path):
     assert "2296" in reason and "2240" in reason
     assert sorted(os.path.basename(p) for p in info.value.written) == ["fits.png.json",
                                                                        "fits.png.png"]
+
+
+def _copy_with_best_f1(path, tmp_path, best_f1):
+    """The export copied, its serving.json carrying `best_f1` as export writes it."""
+    import shutil
+    copy = str(tmp_path / "export_copy")
+    shutil.copytree(path, copy)
+    with open(os.path.join(copy, "serving.json")) as f:
+        serving = json.load(f)
+    if best_f1 is not None:
+        serving[saved_model.BEST_F1_KEY] = best_f1
+    with open(os.path.join(copy, "serving.json"), "w") as f:
+        json.dump(serving, f)
+    return copy
+
+
+def test_score_threshold_defaults_to_the_runs_best_f1_and_a_line_per_image(exports, tmp_path,
+                                                                            capsys):
+    path, _, images = exports
+    best = {"threshold": 0.07, "f1": 0.5, "precision": 0.5, "recall": 0.5,
+            "iou_threshold": 0.5, "source": "runs/x/eval/metrics.json"}
+    copy = _copy_with_best_f1(path, tmp_path, best)
+    out_dir = str(tmp_path / "out")
+    predict_lib.predict(copy, [images], out_dir)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == ("predict: 2 images, score threshold 0.07 (the best F1 (0.500) of the "
+                        "evaluation in runs/x/eval/metrics.json)")
+    for stem, line in zip(("square.jpg", "wide.png"), lines[1:]):
+        with open(os.path.join(out_dir, stem + ".json")) as f:
+            result = json.load(f)
+        scores = [d["score"] for d in result["detections"]]
+        assert result["score_threshold"] == 0.07
+        kept = sum(s >= 0.07 for s in scores)
+        assert line.startswith(f"predict: {os.path.join(images, stem)}: {kept} detections "
+                               f">= 0.07"), line
+        assert line.endswith(f" of {len(scores)} -> {os.path.join(out_dir, stem + '.png')}")
+    # no evaluation carried: 0.3; an explicit value wins
+    plain = _copy_with_best_f1(path, tmp_path / "plain", None)
+    assert predict_lib.default_score_threshold(plain)[0] == predict_lib.FALLBACK_SCORE_THRESHOLD
+    predict_lib.predict(plain, [images], str(tmp_path / "out2"), score_threshold=0.0)
+    assert "score threshold 0 (--score_threshold)" in capsys.readouterr().out
+
+
+def test_export_carries_the_best_f1_of_the_runs_evaluation(tmp_path):
+    from cornernet_tf.export.job import run_best_f1
+    run = tmp_path / "run"
+    assert run_best_f1(str(run)) is None  # no evaluation
+    (run / "eval").mkdir(parents=True)
+    metrics = run / "eval" / "metrics.json"
+    metrics.write_text(json.dumps({"AP": 0.1, "pictures": {"best_f1": {
+        "threshold": 0.42, "f1": 0.8, "precision": 0.9, "recall": 0.72, "iou_threshold": 0.5}}}))
+    best = run_best_f1(str(run))
+    assert best["threshold"] == 0.42 and best["f1"] == 0.8 and best["source"] == str(metrics)
+    metrics.write_text(json.dumps({"pictures": {"best_f1": {"threshold": 0.0, "f1": 0.0}}}))
+    assert run_best_f1(str(run)) is None  # an evaluation without detections: no threshold
+
+
+def test_tiled_predict_on_an_image_larger_than_the_input(exports, tmp_path, capsys):
+    path, _, _ = exports
+    folder = tmp_path / "large"
+    folder.mkdir()
+    Image.fromarray(noise_image(150, 200, seed=23)).save(folder / "large.png")
+    out_dir = str(tmp_path / "out")
+    predict_lib.predict(path, [str(folder)], out_dir, tile=True, score_threshold=0.0)
+    with open(os.path.join(path, "serving.json")) as f:
+        side = json.load(f)["network_input_size"]
+    # tiles of the input size, step 3/4 of it, the last ones at the border (closed form)
+    rows = len(range(0, 150 - side[0], int(side[0] * 0.75))) + 1
+    cols = len(range(0, 200 - side[1], int(side[1] * 0.75))) + 1
+    line = capsys.readouterr().out.splitlines()[1]
+    assert f"({rows * cols} tiles + the whole image)" in line, line
+    with open(os.path.join(out_dir, "large.png.json")) as f:
+        result = json.load(f)
+    for d in result["detections"]:
+        x1, y1, x2, y2 = d["box_xyxy"]
+        assert x1 < x2 and y1 < y2
+        np.testing.assert_allclose(d["box_normalized_yxyx"], [y1 / 150, x1 / 200, y2 / 150,
+                                                              x2 / 200], rtol=1e-6)

@@ -242,14 +242,13 @@ def test_resume_mid_interval_stops_exactly_at_train_steps(data_dir, tmp_path):
 # 4. MultiWorkerMirroredStrategy
 # --------------------------------------------------------------------------------------
 
-@pytest.mark.slow
-def test_multi_worker_two_processes_agree_and_only_the_chief_writes(data_dir, tmp_path):
+def _run_two_workers(data_dir, tmp_path, model_dir, steps, tag):
+    """Both workers of a 127.0.0.1 cluster (the README's TF_CONFIG, "Several machines");
+    (their result files, their console logs)."""
     ports = ",".join(str(p) for p in free_ports(2))
-    model_dir = str(tmp_path / "run")
-    steps = 4
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="-1")
     procs = [subprocess.Popen([sys.executable, HELPER, "worker", str(i), ports, data_dir,
-                               model_dir, str(tmp_path / f"w{i}.npz"), str(steps)],
+                               model_dir, str(tmp_path / f"{tag}{i}.npz"), str(steps)],
                               cwd=REPO, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for i in range(2)]
     logs = []
@@ -262,7 +261,14 @@ def test_multi_worker_two_processes_agree_and_only_the_chief_writes(data_dir, tm
                 p.kill()
     for i, p in enumerate(procs):
         assert p.returncode == 0, f"worker {i}:\n{logs[i][-3000:]}"
-    chief, other = (np.load(tmp_path / f"w{i}.npz") for i in range(2))
+    return [np.load(tmp_path / f"{tag}{i}.npz") for i in range(2)], logs
+
+
+@pytest.mark.slow
+def test_multi_worker_two_processes_agree_and_only_the_chief_writes(data_dir, tmp_path):
+    model_dir = str(tmp_path / "run")
+    steps = 4
+    (chief, other), logs = _run_two_workers(data_dir, tmp_path, model_dir, steps, "w")
     assert int(chief["steps"]) == int(other["steps"]) == steps
     weights = [k for k in chief.files if k.startswith("arr_")]
     assert weights and len(weights) == len([k for k in other.files if k.startswith("arr_")])
@@ -279,6 +285,13 @@ def test_multi_worker_two_processes_agree_and_only_the_chief_writes(data_dir, tm
     # A clean run ends without the coordination service calling a worker crashed.
     for i, log in enumerate(logs):
         assert "crashed" not in log and "Traceback" not in log, f"worker {i}:\n{log[-3000:]}"
+    # The same two workers launched again with train.steps=6 resume at step 4 from the
+    # chief's checkpoint in the shared model_dir (both read it) and agree again.
+    (chief, other), _ = _run_two_workers(data_dir, tmp_path, model_dir, 6, "r")
+    assert int(chief["steps"]) == int(other["steps"]) == 6
+    for k in weights:
+        np.testing.assert_allclose(chief[k], other[k], rtol=0, atol=1e-6, err_msg=k)
+    assert [checkpoint_step(p) for p in listed_checkpoints(model_dir)] == [2, 4, 6]
 
 
 # --------------------------------------------------------------------------------------

@@ -133,6 +133,26 @@ def test_plain_lines_exclude_the_first_step_from_rate_and_eta():
     assert display.history[0]["learning_rate"] == pytest.approx(1e-3)
 
 
+def test_plain_output_also_logs_every_30_seconds():
+    """log_every = 50 steps of 12 s each: a "(so far)" line at least every 30 s."""
+    out = io.StringIO()
+    display = ProgressDisplay(100, 4, stream=out, clock=FakeClock(), log_every=50)
+    drive(display, steps=100, log_every=50, first=40.0, each=12.0)
+    lines = out.getvalue().splitlines()
+    timed = [line for line in lines if line.endswith("(so far)")]
+    # the first step's message at t=40; then steps of 12 s: a line at every 3rd step
+    # (36 s >= 30 s since the last line): 4, 7, ..., 49; step 50 ends the interval with its
+    # own line, then 53, ..., 98; step 100 is the last interval's line
+    want = list(range(4, 50, 3)) + list(range(53, 100, 3))
+    assert [line.split()[1] for line in timed] == [f"{s}/100" for s in want]
+    regular = [line.split()[1] for line in lines if line.startswith("step ")
+               and not line.endswith("(so far)")]
+    assert regular == ["50/100", "100/100"]
+    for line in timed:
+        assert f"total_loss {LOGS['total_loss']:.4f}" in line and "0.3 img/s" in line, line
+    # a log_every interval shorter than 30 s adds nothing (the test above: 5 lines in all)
+
+
 def test_first_interval_of_only_the_first_step_has_no_rate():
     out = io.StringIO()
     display = ProgressDisplay(2, 4, stream=out, clock=FakeClock())
