@@ -177,7 +177,6 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
 
 
 @contextlib.contextmanager
-@contextlib.contextmanager
 def session(train_cfg: config_lib.TrainConfig, model_dir: str) -> Iterator[
         tuple[tf.distribute.Strategy, Optional[str]]]:
     """The distribution strategy, seed, dtype policy, run lock and signals of a training run.
