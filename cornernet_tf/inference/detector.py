@@ -211,7 +211,7 @@ class DetectionFunctions:
     # ----------------------------------------------------------------------------------
     def serve_images(self, images: tf.Tensor) -> dict:
         """`serving_default`: images uint8 [B, H, W, 3] -> detections."""
-        return self.detect(*self.preprocess_batch(images))
+        return _at_least_one(self.detect, *self.preprocess_batch(images))
 
     def serve_heatmaps(self, images: tf.Tensor) -> dict:
         """`serving_heatmaps`: uint8 [B, H, W, 3] -> corner heatmaps for pictures.
@@ -222,7 +222,7 @@ class DetectionFunctions:
           of that grid covered by the image (the rest is padding).
         """
         inputs, transforms, sizes = self.preprocess_batch(images)
-        heads = self.heads(inputs)
+        heads = _at_least_one(lambda x: self.heads(x), inputs)
         in_size = tf.constant([float(self.input_size[0]), float(self.input_size[1])])
         return {keys.TL_HEATMAP: tf.sigmoid(tf.cast(heads[keys.TL_HEATMAP], tf.float32)),
                 keys.BR_HEATMAP: tf.sigmoid(tf.cast(heads[keys.BR_HEATMAP], tf.float32)),
@@ -256,7 +256,7 @@ class DetectionFunctions:
             fn_output_signature=(tf.TensorSpec([in_h, in_w, 3], tf.float32),
                                  tf.TensorSpec([4], tf.float32),
                                  tf.TensorSpec([2], tf.float32)))
-        return self.detect(inputs, transforms, sizes)
+        return _at_least_one(self.detect, inputs, transforms, sizes)
 
     def serve_fixed(self, images: tf.Tensor) -> dict:
         """The TFLite entry: uint8 [1, in_h, in_w, 3], fitted on the host beforehand
@@ -268,6 +268,23 @@ class DetectionFunctions:
         sizes = tf.tile(tf.constant([[float(self.input_size[0]), float(self.input_size[1])]]),
                         [b, 1])
         return self.detect(inputs, transforms, sizes)
+
+
+def _at_least_one(fn, *batch: tf.Tensor) -> dict:
+    """`fn(*batch)` for a batch that may be empty: an empty batch (B = 0) runs on one
+    filler row (ones) and the outputs are cut back to B rows, so the signatures answer an
+    empty request with empty outputs. TensorFlow's oneDNN batch norm (on by default on CPUs
+    with AVX-512 VNNI/BF16 or AMX) fails on an empty batch. For B >= 1 nothing is added.
+
+    Args:
+      fn: maps tensors with a leading batch dimension to a dict of such tensors.
+      batch: [B, ...] tensors, B the same in each.
+    """
+    n = tf.shape(batch[0])[0]
+    fill = tf.maximum(1 - n, 0)
+    padded = [tf.concat([t, tf.ones(tf.concat([[fill], tf.shape(t)[1:]], 0), t.dtype)], 0)
+              for t in batch]
+    return {k: v[:n] for k, v in fn(*padded).items()}
 
 
 def build_detector(model, cfg, score_threshold: Optional[float] = None,
