@@ -106,10 +106,11 @@ def train(cfg: Config, model_dir: str, verbose: int = 1) -> dict:
     from cornernet_tf.training.checkpoints import CHECKPOINT_SUBDIR, write_run_files
     from cornernet_tf.training.run_folder import check_resume
 
-    cfg = resolve_dataset_dependent(cfg)
-    splits = Splits(cfg.data)
     t = cfg.train
+    # The session first: its lock and signal handling cover the loading of the data too.
     with loop.session(t, model_dir) as (strategy, scratch):
+        cfg = resolve_dataset_dependent(cfg)
+        splits = Splits(cfg.data)
         records, label_map, report = splits.get("train")
         loop.check_num_classes(cfg, label_map)
         dataset = build_dataset(cfg.data, cfg.model, "train", training=True,

@@ -207,6 +207,7 @@ class RunLock:
         self._flocked = True
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
+        self._created_folder = False
 
     def _record(self) -> dict:
         return dict(pid=os.getpid(), host=socket.gethostname(), heartbeat=time.time())
@@ -226,7 +227,11 @@ class RunLock:
           RunLockedError: a live training (this host) or a recent heartbeat (another host)
             holds it.
         """
-        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        folder = os.path.dirname(self.path) or "."
+        # A folder this lock creates is removed again by `release` if the run wrote
+        # nothing else into it (a run refused before its first write leaves no trace).
+        self._created_folder = not os.path.isdir(folder)
+        os.makedirs(folder, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         self._flocked = True
         try:
@@ -289,7 +294,8 @@ class RunLock:
                 pass
 
     def release(self) -> None:
-        """Stops the heartbeat, empties the file and lets go of it (idempotent)."""
+        """Stops the heartbeat, empties the file and lets go of it (idempotent). A folder
+        that `acquire` created and that holds nothing but the lock is removed."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
@@ -298,6 +304,11 @@ class RunLock:
                 os.ftruncate(self._fd, 0)
             except OSError:
                 pass
+            folder = os.path.dirname(self.path) or "."
+            if self._created_folder and os.listdir(folder) == [LOCK_FILE]:
+                # Removed while still held, so no other start can be waiting on this file.
+                os.remove(self.path)
+                os.rmdir(folder)
             if self._flocked:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)

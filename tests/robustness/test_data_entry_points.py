@@ -140,16 +140,17 @@ def test_training_where_nothing_decodes_is_an_error_at_start(tmp_path, cases):
 
 
 def test_training_data_where_loading_drops_everything_gives_the_counts(tmp_path):
-    # train's own path (training._training_data) passes the loader's report on, so the
-    # error says why every entry went (as evaluate does)
-    from cornernet_tf.training import loop as training
+    # train's own path (run.train: the split loaded once, its report handed to
+    # build_dataset) says why every entry went (as evaluate does)
+    from cornernet_tf import run as run_lib
     folder = str(tmp_path)
     files = {case: name for case, name in corpus.write_images(folder).items()
              if case in HEADER_FINDS}
     cfg = tiny_config(extra=_overrides(corpus.coco_dataset(folder, files), folder))
     with pytest.raises(coco.DatasetError, match=r"the 'train' split .* has no usable image: "
                        r"all 5 image entries were dropped \(unreadable_image=5\)"):
-        training._training_data(cfg)
+        run_lib.train(cfg, str(tmp_path / "run"), verbose=0)
+    assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
 @pytest.mark.slow  # a subprocess: TensorFlow's start-up
@@ -287,20 +288,19 @@ def test_predict_and_serving_treat_a_bad_crc_alike(tiny, tmp_path):
     assert predict_ok == serving_ok == {"IHDR": False, "IDAT": False, "tEXt": True}
 
 
-def test_5000_boxes_on_one_image(tmp_path, caplog):
-    # Training keeps the first data.max_objects and says how many it cut; evaluation's
-    # ground truth keeps all 5000 (a detector is scored on every object).
-    import logging
+def test_5000_boxes_on_one_image(tmp_path, capsys):
+    # Training gives the first data.max_objects a slot and says how many have none (they
+    # are still heatmap positives); evaluation's ground truth keeps all 5000.
     folder = str(tmp_path)
     files = {k: v for k, v in corpus.write_images(folder).items() if k == "ok_rgb"}
     boxes = [{"id": k, "image_id": 1, "category_id": 1, "bbox": [k % 50, k % 40, 10, 12],
               "area": 120.0, "iscrowd": 0} for k in range(1, 5001)]
     ann = corpus.coco_dataset(folder, files, annotations=boxes)
     cfg = tiny_config(extra=_overrides(ann, folder) + ["data.max_objects=128"])
-    with caplog.at_level(logging.WARNING):
-        records, _, report = pipeline.load_split(cfg.data, "val", ground_truth=True)
-    assert ("1 images have more than data.max_objects=128 objects; 4872 objects beyond the "
-            "limit are not used (most: 5000 in image id 1)") in caplog.text
+    records, _, report = pipeline.load_split(cfg.data, "val", ground_truth=True)
+    assert ("1 of 1 images have more than data.max_objects=128 objects (most: 5000 in image "
+            "id 1); their 4872 of 5000 objects beyond it train the corner heatmaps but not "
+            "the embeddings and offsets") in capsys.readouterr().out
     assert len(records[0].classes) == 5000 and len(report.ground_truth["annotations"]) == 5000
     ds = pipeline.build_dataset(cfg.data, cfg.model, "train", training=True, batch_size=1,
                                 records=records)

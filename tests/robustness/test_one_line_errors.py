@@ -124,12 +124,12 @@ def test_an_export_onto_a_full_disk_leaves_nothing(tmp_path, monkeypatch, error,
 
 
 def test_the_command_line_exits_1_on_a_machine_error(monkeypatch, capsys):
-    from cornernet_tf.export import job
+    from cornernet_tf import cli
 
     def export_model(*_, **__):
         raise saved_model.ExportWriteError("export: writing x failed: No space left on device "
                                            "(ENOSPC); ...\nfree space under export and run ...")
-    monkeypatch.setattr(job, "export_model", export_model)
+    monkeypatch.setitem(cli.MODES, "export", cli.MODES["export"]._replace(run=export_model))
     with pytest.raises(SystemExit) as info:
         run_cli("--mode=export")
     assert info.value.code == 1
