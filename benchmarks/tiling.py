@@ -108,7 +108,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from cornernet_tf.config import schema as config_lib
-    from cornernet_tf.training import loop as training
+    from cornernet_tf import run as run_lib
     from cornernet_tf.export.job import export_model
 
     data = os.path.join(args.workdir, "shapes")
@@ -129,7 +129,7 @@ def main() -> None:
         "decode.k=0", "decode.max_detections=0", "decode.num_pairs=1000"])
     model_dir = os.path.join(args.workdir, "run")
     start = time.perf_counter()
-    training.train(cfg, model_dir, verbose=0)
+    run_lib.train(cfg, model_dir, verbose=0)
     train_seconds = time.perf_counter() - start
     export = export_model(cfg, model_dir, os.path.join(args.workdir, "export"),
                          tflite_modes=[])["saved_model"]

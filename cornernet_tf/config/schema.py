@@ -8,11 +8,9 @@ only state what differs from these defaults.
     cfg.model.num_classes  # -> int
 
 This module imports no TensorFlow, so a bad config fails before any TF start-up cost.
-The allowed values of each string option come from the module that implements it, through
-a TensorFlow-free module of that module's package: `backbones/presets.py` (the backbone
-table), `layers/choices.py`, `data/choices.py`, `export/choices.py` and `choices.py`
-(training, evaluation, demo). Corner pooling, the data pipeline, evaluation resizing, TFLite
-conversion and training check their arguments against the same tuples.
+The allowed values of each string option are in `config/choices.py` and the backbones in
+`config/presets.py` (both TensorFlow-free). Corner pooling, the data pipeline, evaluation
+resizing, TFLite conversion and training check their arguments against the same tuples.
 """
 
 from __future__ import annotations
@@ -63,7 +61,7 @@ DEFAULT_DECODE_K = 100
 
 @dataclass(frozen=True)
 class ModelConfig:
-    backbone: str = "hourglass104"  # a row of backbones/presets.py: the defaults below and more
+    backbone: str = "hourglass104"  # a row of config/presets.py: the defaults below and more
     num_classes: int = FROM_DATASET  # 0: the train split's categories; COCO: 80
     input_size: tuple[int, int] = (511, 511)  # (height, width) of the network input, pixels
     stacks: Optional[int] = None  # hourglass modules (intermediate supervision on each)

@@ -1,6 +1,6 @@
 """Training augmentation, with boxes following every geometric op.
 
-(Test-time fitting to the network is `cornernet_tf/preprocess.py`.)
+(Test-time fitting to the network is `data/images.py`'s `fit_to_input`.)
 
 Training (`train_augment`) reproduces the reference sampler of CornerNet
 (princeton-vl/CornerNet `sample/coco.py` and `sample/utils.py`; SPEC.md, Training recipe):

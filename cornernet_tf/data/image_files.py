@@ -14,7 +14,7 @@ size (and `verify()` the file: PNG chunk CRCs). It costs ~0.2 ms per file; it ca
 damaged pixel data (a truncated JPEG), which only decoding finds (~1-4 ms per file on one
 core, measured in docs/robustness.md). What the header check lets through and the decoder
 refuses is dropped, counted and reported by the pipeline (`data/pipeline.py`) and by
-evaluation (`eval_runner.py`).
+evaluation (`evaluation/runner.py`).
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ Unreadable images (there is one decoder, `preprocess.decode_image`):
    image it prints how many of how many, with the first files and image ids; a pass in
    which nothing decoded (files changed on disk) or, with `data.strict`, any skip stops
    the run with an error. So nothing spins: a pass ends after one attempt per record.
-   Evaluation (one pass) is counted by `eval_runner.py`, which lists what it could not
+   Evaluation (one pass) is counted by `evaluation/runner.py`, which lists what it could not
    read.
 
 Images with more than `data.max_objects` objects give the first `max_objects` (annotation

@@ -6,7 +6,7 @@
 
 Detections become COCO result dicts (dataset category ids, [x, y, w, h] boxes) in
 `eval_runner.detections_to_coco`, through boxes.py. This module imports no TensorFlow; running a model
-(a checkpoint or an exported file) over the validation split is `eval_runner.py`.
+(a checkpoint or an exported file) over the validation split is `evaluation/runner.py`.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
     metrics = run_evaluation(model, cfg, "runs/quickstart/eval")            # checkpoint
     metrics = evaluate_export("export/quickstart/1", cfg, "runs/quickstart/eval/saved_model")
 
-Both measure the shipped path. A checkpoint is run through `export/serving.py`'s
+Both measure the shipped path. A checkpoint is run through `inference/detector.py`'s
 `DetectionFunctions.detect` (the function behind the exported signatures, here with the
 evaluation's flip test and scales) on inputs fitted by `image_lib.fit_to_input`, and its
 contract outputs are scored like an export's. `evaluate_export` runs the file itself, one

@@ -1,6 +1,6 @@
 """Keras callbacks of the training loop: checkpoints, NaN guard, validation, heatmap images.
 
-`training.train` wires them (with `progress.ProgressDisplay`, the progress display); they
+`training.callbacks.build_callbacks` makes them (for `run.train`) (with `progress.ProgressDisplay`, the progress display); they
 are plain `keras.callbacks.Callback`s and can be used with any `fit` of a CornerNet.
 
 A checkpoint that cannot be written (a full disk, a file size limit) stops training with a
@@ -81,7 +81,7 @@ class CheckpointCallback(keras.callbacks.Callback):
       last_saved: the newest checkpoint path written, or at start `last_saved` (the
         checkpoint the run resumed from) or the manager's newest; None when there is none.
       last_good: the newest checkpoint known good (the pinned copy once pinned), or None.
-      stopped_on_nan: True once training was stopped on a NaN/inf (read by `training.train`).
+      stopped_on_nan: True once training was stopped on a NaN/inf (read by `training.loop.fit`).
     """
 
     def __init__(self, manager: tf.train.CheckpointManager, every: int,

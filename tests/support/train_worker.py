@@ -8,7 +8,7 @@
 
     python tests/support/train_worker.py worker INDEX PORT0,PORT1 DATA_DIR MODEL_DIR OUT.npz
         One MultiWorkerMirroredStrategy worker (TF_CONFIG built here, sync BN) running
-        `training.train` on the tiny config; saves the final weights and the step.
+        `run.train` on the tiny config; saves the final weights and the step.
 
     python tests/support/train_worker.py cli_worker INDEX PORT0,PORT1 CONFIG.yaml MODEL_DIR
         One MultiWorkerMirroredStrategy worker running `main.py --mode=train` (the CLI's

@@ -1,6 +1,6 @@
 """Validation during training (train.eval_every): when it runs, what it logs, `best`.
 
-The training test runs `training.train` on the tiny config with `run_evaluation` replaced
+The training test runs `run.train` on the tiny config with `run_evaluation` replaced
 by a wrapper: the first call runs the real evaluation (so the wiring into `fit` is the real
 one), and every call returns a scripted AP, so which step is best is known in advance.
 The best-keeping rules across runs are tested on `ValidationCallback` alone with a small

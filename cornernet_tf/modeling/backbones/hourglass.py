@@ -12,7 +12,7 @@ Building blocks, each a plain Keras layer with explicit keyword arguments, on to
   feature map per stack.
 
 Which of these a backbone uses (block type, up-sampling, stem depth) and its default widths
-are in the table `backbones/presets.py`.
+are in the table `config/presets.py`.
 """
 
 from __future__ import annotations
