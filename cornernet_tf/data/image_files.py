@@ -22,27 +22,18 @@ from __future__ import annotations
 import re
 from typing import Optional, Sequence
 
-# (format, offset, bytes) signatures of the decoder's formats (TensorFlow's DecodeImage:
-# JPEG, JPEG XL, PNG, GIF, BMP, WebP; "One of JPEG, JPEG XL, PNG, GIF, BMP, WebP required").
-DECODER_SIGNATURES = (
-    ("JPEG", 0, b"\xff\xd8\xff"),
-    ("PNG", 0, b"\x89PNG\r\n\x1a\n"),
-    ("GIF", 0, b"GIF8"),
-    ("BMP", 0, b"BM"),
-    ("WEBP", 8, b"WEBP"),  # after b"RIFF" and a 4-byte size
-    ("JPEG XL", 0, b"\xff\x0a"),  # bare codestream
-    ("JPEG XL", 0, b"\x00\x00\x00\x0cJXL \r\n\x87\n"),  # ISO BMFF container
-)
-DECODER_FORMATS = "JPEG, PNG, GIF, BMP, WebP or JPEG XL"
+from cornernet_tf.data.image_formats import DECODER_FORMATS, DECODER_SIGNATURES, WEBP_CONTAINER
+
 # The file names taken as images when a folder is listed (predict, YOLO image folders).
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+
 
 def decoder_format(head: bytes) -> Optional[str]:
     """The format the decoder would read `head` (a file's first 16 bytes or more) as, or
     None when it refuses the file."""
     for name, offset, signature in DECODER_SIGNATURES:
         if head[offset:offset + len(signature)] == signature and (
-                name != "WEBP" or head.startswith(b"RIFF")):
+                name != "WEBP" or head.startswith(WEBP_CONTAINER)):
             return name
     return None
 

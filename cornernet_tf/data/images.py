@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from cornernet_tf.config.choices import EVAL_RESIZE_MODES
 from cornernet_tf.config.schema import ExportConfig
+from cornernet_tf.data.image_formats import DECODER_FORMATS, DECODER_SIGNATURES, WEBP_CONTAINER
 from cornernet_tf.data import gif as gif_lib
 from cornernet_tf.data import files as file_rule
 from cornernet_tf.errors import UserError
@@ -58,9 +59,10 @@ def size_pair(size: SizeLike, name: str, where: str) -> tuple[int, int]:
 # 8660 x 5773 photograph; one such image decodes to 150 MB of uint8.
 DEFAULT_MAX_IMAGE_PIXELS = ExportConfig().max_image_pixels
 
-_MAGIC = {"png": b"\x89PNG\r\n\x1a\n", "jpeg": b"\xff\xd8", "gif": b"GIF8", "bmp": b"BM",
-          "riff": b"RIFF", "webp": b"WEBP"}
-_FORMATS = "JPEG, PNG, GIF, BMP or WebP"
+# The signatures of the formats the package reads: the one table, image_formats.py.
+_MAGIC = dict({name.lower(): signature for name, _, signature in DECODER_SIGNATURES},
+              riff=WEBP_CONTAINER)
+_FORMATS = DECODER_FORMATS
 
 
 class UnreadableImageError(UserError, tf.errors.InvalidArgumentError):

@@ -39,7 +39,7 @@ def test_header_check_messages(tmp_path):
     empty = tmp_path / "empty.jpg"
     empty.write_bytes(b"")
     assert image_files.header_problem(str(empty)) == (
-        f"{empty} is not a JPEG, PNG, GIF, BMP, WebP or JPEG XL image (an empty file)")
+        f"{empty} is not a JPEG, PNG, GIF, BMP or WebP image (an empty file)")
     png = tmp_path / "x.png"
     png.write_bytes(_encoded("PNG"))
     assert image_files.header_problem(str(png), 6, 8) is None
@@ -64,3 +64,19 @@ def test_decode_problems_finds_what_the_header_check_cannot(tmp_path):
     assert "{{" not in problems[1] and "[Op:" not in problems[1]  # the decoder's words only
     assert image_files.first_decodable([str(cut), str(good)]) == (1, [problems[1]])
     assert image_files.first_decodable([str(cut)]) == (None, [problems[1]])
+
+
+@pytest.mark.parametrize("head", [
+    b"\xff\x0a\xfa\x7f\x01\x90\x08\x06\x01\x00\x48\x00\x4b\x00",  # JPEG XL bare codestream
+    b"\x00\x00\x00\x0cJXL \r\n\x87\n\x00\x00\x00\x14ftypjxl ",  # JPEG XL container
+    b"\xff\xd8\x00\x00\x00\x00\x00\x00",  # JPEG's SOI without the marker that follows it
+])
+def test_the_loader_and_the_graph_refuse_the_same_signatures(head, tmp_path):
+    # One table (data/image_formats.py): what the loader's header check refuses, the graph's
+    # decoder refuses too, with the same list of formats in both messages.
+    path = tmp_path / "x.img"
+    path.write_bytes(head + bytes(64))
+    assert image_files.decoder_format(head) is None
+    assert "is not a JPEG, PNG, GIF, BMP or WebP image" in image_files.header_problem(str(path))
+    with pytest.raises(Exception, match="not a JPEG, PNG, GIF, BMP or WebP image"):
+        decode_image(head + bytes(64))
