@@ -113,21 +113,23 @@ def check_private_apis() -> list[str]:
     if int(tf.__version__.split(".")[0]) != TENSORFLOW_MAJOR:
         problems.append(f"TensorFlow {tf.__version__}: the shims were written for "
                         f"{TENSORFLOW_MAJOR}.x")
-    build = getattr(keras.Model, "_maybe_symbolic_build", None)
-    if build is None:
-        problems.append("keras.Model._maybe_symbolic_build is gone")
-    elif list(inspect.signature(build).parameters) != ["self", "iterator", "data_batch"]:
-        problems.append(f"keras.Model._maybe_symbolic_build's parameters changed: "
-                        f"{list(inspect.signature(build).parameters)}")
+    problems += _signature_problems("keras.Model._maybe_symbolic_build",
+                                    getattr(keras.Model, "_maybe_symbolic_build", None),
+                                    ["self", "iterator", "data_batch"])
     if not hasattr(getattr(getattr(tf.compat, "v1", None), "nn", None), "fused_batch_norm"):
         problems.append("tf.compat.v1.nn.fused_batch_norm is gone")
     if not hasattr(Interpreter, "_get_ops_details"):
         problems.append("ai_edge_litert Interpreter._get_ops_details is gone")
     from tensorflow.python.eager import context
-    barrier = getattr(context.Context, "wait_at_barrier", None)
-    if barrier is None:
-        problems.append("tensorflow.python.eager.context.Context.wait_at_barrier is gone")
-    elif list(inspect.signature(barrier).parameters) != ["self", "barrier_id", "timeout_in_ms"]:
-        problems.append(f"Context.wait_at_barrier's parameters changed: "
-                        f"{list(inspect.signature(barrier).parameters)}")
+    problems += _signature_problems("tensorflow.python.eager.context.Context.wait_at_barrier",
+                                    getattr(context.Context, "wait_at_barrier", None),
+                                    ["self", "barrier_id", "timeout_in_ms"])
     return problems
+
+
+def _signature_problems(name: str, fn, parameters: list) -> list[str]:
+    """[] when the private `fn` exists with these parameter names, else what changed."""
+    if fn is None:
+        return [f"{name} is gone"]
+    found = list(inspect.signature(fn).parameters)
+    return [] if found == parameters else [f"{name}'s parameters changed: {found}"]
