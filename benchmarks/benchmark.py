@@ -181,9 +181,10 @@ def _median_ms(fn, repeats: int, warmup: int = 2) -> tuple[float, float]:
     return float(np.median(times)) * 1e3, float(np.min(times)) * 1e3
 
 
-def bench_decode(grid=(128, 128), num_classes: int = 80, k: int = 100, num_pairs: int = 1000,
-                 max_detections: int = 100, repeats: int = 20, seed: int = 0) -> dict:
-    """Decode time at batch 1 on random heads of the Hourglass output size (128x128x80)."""
+def bench_decode(grid=(128, 128), num_classes: int = 80, params=None, repeats: int = 20,
+                 seed: int = 0) -> dict:
+    """Decode time at batch 1 on random heads of the Hourglass output size (128x128x80);
+    `params` a DecodeConfig (None: the reference's, k = max_detections = 100)."""
     import tensorflow as tf
 
     from cornernet_tf.inference.decode import decode
@@ -196,9 +197,11 @@ def bench_decode(grid=(128, 128), num_classes: int = 80, k: int = 100, num_pairs
         "br_embedding": tf.constant(rng.normal(0, 1, (1, h, w, 1)), tf.float32),
         "tl_offset": tf.constant(rng.uniform(0, 1, (1, h, w, 2)), tf.float32),
         "br_offset": tf.constant(rng.uniform(0, 1, (1, h, w, 2)), tf.float32)}
-    fn = tf.function(lambda x: decode(x, k=k, num_pairs=num_pairs, max_detections=max_detections))
+    fn = tf.function(lambda x: decode(x, params))
     ms, min_ms = _median_ms(lambda: [v.numpy() for v in fn(heads).values()], repeats)
-    return dict(grid=grid, num_classes=num_classes, k=k, ms=ms, min_ms=min_ms)
+    from cornernet_tf.inference.decode import resolved_params
+    return dict(grid=grid, num_classes=num_classes, k=resolved_params(params).k, ms=ms,
+                min_ms=min_ms)
 
 
 def bench_forward(model_config, batch: int = 1, repeats: int = 3) -> dict:

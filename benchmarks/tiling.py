@@ -141,11 +141,11 @@ def main() -> None:
     # both mosaic rows are scored at the number of detections tiling may keep (COCOeval's
     # maxDets), so the untiled row is not penalised by a lower cap than it could fill
     big = args.grid * s
-    max_dets = merged_max_detections(params["max_detections"],
+    max_dets = merged_max_detections(params.max_detections,
                                      len(tile_grid(big, big, size, args.overlap)) + 1)
     rows = [("validation images (the model's scale)", score(
                 export, cfg.data.val_annotations, cfg.data.val_images, False, args.overlap,
-                params["max_detections"])),
+                params.max_detections)),
             ("mosaics, whole image fitted (default)", score(
                 export, mosaics, folder, False, args.overlap, max_dets)),
             (f"mosaics, --tile (overlap {args.overlap})", score(

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from cornernet_tf import keys
-from cornernet_tf.config.schema import load_config
+from cornernet_tf.config.schema import DecodeConfig, load_config
 from cornernet_tf.data.targets import encode_targets
 from cornernet_tf.inference.decode import decode
 from cornernet_tf.inference.detector import build_detector
@@ -84,7 +84,7 @@ def test_loss_reads_the_loss_target_keys_and_returns_the_loss_keys(model):
 
 def test_decode_and_serving_return_the_detection_keys(model, cfg):
     heads = model(np.zeros((1, 32, 32, 3), np.float32), training=False)[-1]
-    assert set(decode(heads, k=8, num_pairs=16, max_detections=5)) == {
+    assert set(decode(heads, DecodeConfig(k=8, num_pairs=16, max_detections=5))) == {
         keys.BOXES, keys.SCORES, keys.CLASSES, keys.NUM_DETECTIONS}
     served = build_detector(model, cfg).serve_images(
         tf.zeros((1, 20, 30, 3), tf.uint8))

@@ -34,6 +34,7 @@ from cornernet_tf.data.image_files import IMAGE_EXTENSIONS
 from cornernet_tf.inference import preprocess
 from cornernet_tf.evaluation import visualize
 from cornernet_tf.data.image_files import decoder_message
+from cornernet_tf.config.schema import DecodeConfig
 from cornernet_tf.errors import UserError
 from cornernet_tf.inference.exported import (ExportedDetector, read_class_names,
                                              read_max_image_pixels)
@@ -112,9 +113,9 @@ def default_score_threshold(model_path: str) -> tuple[float, str]:
     return FALLBACK_SCORE_THRESHOLD, "the default: the export carries no evaluation"
 
 
-def read_tiling_params(model_path: str) -> tuple[tuple[int, int], dict]:
-    """The tile size (the network input) and the merge's soft-NMS parameters of an export,
-    from its serving.json (`tiling.detect_tiled`).
+def read_tiling_params(model_path: str) -> tuple[tuple[int, int], DecodeConfig]:
+    """The tile size (the network input) and the decode parameters of an export, from its
+    serving.json (`tiling.detect_tiled` merges with its soft-NMS parameters).
 
     Raises:
       FileNotFoundError: the export has no serving.json (exports of this project have one).
@@ -127,9 +128,12 @@ def read_tiling_params(model_path: str) -> tuple[tuple[int, int], dict]:
     with open(path, encoding="utf-8") as f:
         serving = json.load(f)
     decode = serving["decode"]
-    return tuple(serving["network_input_size"]), dict(
-        max_detections=serving["max_detections"], soft_nms_sigma=decode["soft_nms_sigma"],
-        score_threshold=decode["soft_nms_score_floor"])
+    # the merge needs the last three; the others describe the graph where given
+    given = {key: decode[key] for key in ("k", "ae_threshold", "nms_kernel", "num_pairs")
+             if key in decode}
+    return tuple(serving["network_input_size"]), DecodeConfig(
+        **given, max_detections=serving["max_detections"],
+        soft_nms_sigma=decode["soft_nms_sigma"], score_threshold=decode["soft_nms_score_floor"])
 
 
 def predict(model_path: str, image_paths: Sequence[str], output_dir: str,

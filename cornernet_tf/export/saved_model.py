@@ -29,7 +29,8 @@ import tensorflow as tf
 
 from cornernet_tf.errors import MachineError
 from cornernet_tf.training.checkpoints import os_error_text
-from cornernet_tf.inference.detector import build_detector, decode_kwargs_from_config
+from cornernet_tf.inference.decode import resolved_params
+from cornernet_tf.inference.detector import build_detector
 from cornernet_tf.keys import (BR_HEATMAP, DETECTION_BOXES, DETECTION_CLASSES, DETECTION_SCORES,
                                NUM_DETECTIONS, TL_HEATMAP)
 
@@ -198,8 +199,7 @@ BEST_F1_KEY = "best_f1_score_threshold"
 
 def serving_description(cfg) -> dict:
     """What the exported graph does, for humans and clients (written as serving.json)."""
-    d = cfg.decode
-    decoded = decode_kwargs_from_config(d)  # k, max_detections as the graph has them
+    d = resolved_params(cfg.decode)  # k, max_detections as the graph has them
     return {
         "signatures": {
             "serving_default": {"inputs": {"images": "uint8 [B, H, W, 3] RGB"}},
@@ -217,10 +217,10 @@ def serving_description(cfg) -> dict:
         "max_image_pixels": cfg.export.max_image_pixels,
         "tflite_input": f"uint8 [1, {cfg.model.input_size[0]}, {cfg.model.input_size[1]}, 3] "
                         "RGB, fitted by the caller as serving_default fits (export/README.md)",
-        "max_detections": decoded["max_detections"],
+        "max_detections": d.max_detections,
         "network_input_size": list(cfg.model.input_size),
         "preprocessing": "resize keeping aspect ratio, zero-pad bottom/right to the input size",
-        "decode": {"k": decoded["k"], "ae_threshold": d.ae_threshold, "nms_kernel": d.nms_kernel,
+        "decode": {"k": d.k, "ae_threshold": d.ae_threshold, "nms_kernel": d.nms_kernel,
                    "num_pairs": d.num_pairs, "soft_nms_sigma": d.soft_nms_sigma,
                    "soft_nms_score_floor": d.score_threshold},
         "score_threshold": cfg.export.score_threshold,

@@ -31,33 +31,51 @@ Where this differs from the reference (princeton-vl/CornerNet):
 
 from __future__ import annotations
 
-from typing import Mapping, NamedTuple, Sequence
+import dataclasses
+from typing import Mapping, NamedTuple, Optional, Sequence
 
 import tensorflow as tf
 
 from cornernet_tf import boxes as box_lib
-from cornernet_tf.config.schema import DEFAULT_DECODE_K
+from cornernet_tf.config.schema import DEFAULT_DECODE_K, DecodeConfig
 from cornernet_tf.keys import (BOXES, BR_EMBEDDING, BR_HEATMAP, BR_OFFSET, CLASSES, HEAD_KEYS,
                                NUM_DETECTIONS, SCORES, TL_EMBEDDING, TL_HEATMAP, TL_OFFSET)
 
 
-def decode(outputs: Mapping[str, tf.Tensor], k: int = 100, ae_threshold: float = 0.5,
-           nms_kernel: int = 3, num_pairs: int = 1000, max_detections: int = 100,
-           soft_nms_sigma: float = 0.5, score_threshold: float = 0.001) -> dict:
+def resolved_params(params: Optional[DecodeConfig] = None) -> DecodeConfig:
+    """The decode parameters as the graph uses them: one `DecodeConfig`, passed whole.
+
+    Its defaults are the reference's (SPEC.md, Decode); `k` and `max_detections` at 0
+    (a config that `resolve.resolve_dataset_dependent` did not see, or `DecodeConfig()`)
+    are the reference's 100 (`DEFAULT_DECODE_K`).
+
+    Raises:
+      TypeError: `params` is not a DecodeConfig.
+    """
+    params = DecodeConfig() if params is None else params
+    if not isinstance(params, DecodeConfig):
+        raise TypeError(f"decode: params must be a cornernet_tf.config.schema.DecodeConfig, "
+                        f"found {type(params).__name__}")
+    return dataclasses.replace(params, k=params.k or DEFAULT_DECODE_K,
+                               max_detections=params.max_detections or DEFAULT_DECODE_K)
+
+
+def decode(outputs: Mapping[str, tf.Tensor], params: Optional[DecodeConfig] = None) -> dict:
     """Detections of one stack's raw heads (SPEC.md, Decode, steps 1-7 and 9).
 
     Args:
       outputs: dict with `tl_heatmap`, `br_heatmap` [B, h, w, C] float32 logits;
         `tl_embedding`, `br_embedding` [B, h, w, 1]; `tl_offset`, `br_offset` [B, h, w, 2]
         (x, y) in output-grid cells. h, w, C must be static; B may be dynamic.
-      k: corners kept per corner type (top-k over all classes and positions).
-      ae_threshold: largest |e_tl - e_br| of a pair.
-      nms_kernel: odd side of the max-pool window of the heatmap NMS.
-      num_pairs: pairs kept (by score) before soft-NMS; at most k * k.
-      max_detections: N, detections kept per image after soft-NMS.
-      soft_nms_sigma: Gaussian soft-NMS sigma in the reference convention: a box is weighted
-        by exp(-IoU^2 / sigma) per higher-scoring box of its class.
-      score_threshold: soft-NMS score floor (boxes whose score is <= it are removed).
+      params: a `DecodeConfig` (None: the reference's), read as `resolved_params` says:
+        k: corners kept per corner type (top-k over all classes and positions).
+        ae_threshold: largest |e_tl - e_br| of a pair.
+        nms_kernel: odd side of the max-pool window of the heatmap NMS.
+        num_pairs: pairs kept (by score) before soft-NMS; at most k * k.
+        max_detections: N, detections kept per image after soft-NMS.
+        soft_nms_sigma: Gaussian soft-NMS sigma in the reference convention: a box is
+          weighted by exp(-IoU^2 / sigma) per higher-scoring box of its class.
+        score_threshold: soft-NMS score floor (boxes whose score is <= it are removed).
 
     Returns:
       dict: `boxes` [B, N, 4] float32 xyxy in output-grid units (divide by the ratio
@@ -69,19 +87,16 @@ def decode(outputs: Mapping[str, tf.Tensor], k: int = 100, ae_threshold: float =
       KeyError: a head is missing from `outputs`.
       ValueError: a head has the wrong rank/shape, or a parameter is out of range.
     """
-    candidates = decode_pairs(outputs, k=k, ae_threshold=ae_threshold, nms_kernel=nms_kernel,
-                              num_pairs=num_pairs)
-    return batched_soft_nms(candidates[BOXES], candidates[SCORES], candidates[CLASSES],
-                            max_detections=max_detections, soft_nms_sigma=soft_nms_sigma,
-                            score_threshold=score_threshold)
+    params = resolved_params(params)
+    candidates = decode_pairs(outputs, params)
+    return batched_soft_nms(candidates[BOXES], candidates[SCORES], candidates[CLASSES], params)
 
 
-def decode_pairs(outputs: Mapping[str, tf.Tensor], k: int = 100, ae_threshold: float = 0.5,
-                 nms_kernel: int = 3, num_pairs: int = 1000) -> dict:
+def decode_pairs(outputs: Mapping[str, tf.Tensor], params: Optional[DecodeConfig] = None) -> dict:
     """Candidate boxes before soft-NMS (SPEC.md, Decode, steps 1-7).
 
     Args:
-      outputs, k, ae_threshold, nms_kernel, num_pairs: as in `decode`.
+      outputs, params: as in `decode` (k, ae_threshold, nms_kernel, num_pairs are used).
 
     Returns:
       dict: `boxes` [B, P, 4] float32 xyxy output-grid units, `scores` [B, P] float32
@@ -91,6 +106,9 @@ def decode_pairs(outputs: Mapping[str, tf.Tensor], k: int = 100, ae_threshold: f
     Raises:
       KeyError, ValueError: as in `decode`.
     """
+    params = resolved_params(params)
+    k, ae_threshold, nms_kernel, num_pairs = (params.k, params.ae_threshold, params.nms_kernel,
+                                              params.num_pairs)
     tl_heatmap, br_heatmap, height, width, num_classes = _check_heads(outputs)
     _check_params(k=k, nms_kernel=nms_kernel, num_pairs=num_pairs,
                   cells=height * width * num_classes)
@@ -159,8 +177,7 @@ def _top_corners(heatmap: tf.Tensor, embedding: tf.Tensor, offset: tf.Tensor, k:
 
 
 def batched_soft_nms(boxes: tf.Tensor, scores: tf.Tensor, classes: tf.Tensor,
-                     max_detections: int = 100, soft_nms_sigma: float = 0.5,
-                     score_threshold: float = 0.001) -> dict:
+                     params: Optional[DecodeConfig] = None) -> dict:
     """Per-class Gaussian soft-NMS of each image, padded to `max_detections`.
 
     The reference's greedy loop (take the best box, weight every other box of its class by
@@ -174,9 +191,8 @@ def batched_soft_nms(boxes: tf.Tensor, scores: tf.Tensor, classes: tf.Tensor,
       boxes: [B, P, 4] float32 xyxy (any frame; IoU is invariant to shift and axis scale).
       scores: [B, P] float32; entries <= score_threshold are absent.
       classes: [B, P] int32 0-based; -1 marks an absent entry.
-      max_detections: N.
-      soft_nms_sigma: reference-convention sigma (> 0).
-      score_threshold: score floor (>= 0).
+      params: as in `decode`; used: max_detections (N), soft_nms_sigma
+        (reference-convention sigma, > 0), score_threshold (score floor, >= 0).
 
     Returns:
       dict: `boxes` [B, N, 4] (-1 padded), `scores` [B, N] (0 padded), `classes` [B, N]
@@ -185,6 +201,9 @@ def batched_soft_nms(boxes: tf.Tensor, scores: tf.Tensor, classes: tf.Tensor,
     Raises:
       ValueError: wrong ranks/shapes or parameters out of range.
     """
+    params = resolved_params(params)
+    max_detections, soft_nms_sigma, score_threshold = (
+        params.max_detections, params.soft_nms_sigma, params.score_threshold)
     boxes = tf.cast(boxes, tf.float32)
     scores = tf.cast(scores, tf.float32)
     classes = tf.cast(classes, tf.int32)
@@ -247,10 +266,8 @@ def _soft_nms_one(boxes, scores, classes, max_detections, soft_nms_sigma, score_
 
 
 def decode_with_flip(outputs: Mapping[str, tf.Tensor],
-                     flipped_outputs: Mapping[str, tf.Tensor], k: int = 100,
-                     ae_threshold: float = 0.5, nms_kernel: int = 3, num_pairs: int = 1000,
-                     max_detections: int = 100, soft_nms_sigma: float = 0.5,
-                     score_threshold: float = 0.001) -> dict:
+                     flipped_outputs: Mapping[str, tf.Tensor],
+                     params: Optional[DecodeConfig] = None) -> dict:
     """Flip test as the reference does it: decode both views, pool the pairs, soft-NMS once.
 
     The reference runs the batch [image, image[:, ::-1]], decodes each to its top
@@ -262,8 +279,7 @@ def decode_with_flip(outputs: Mapping[str, tf.Tensor],
       outputs: heads of the images (see `decode`).
       flipped_outputs: heads of the same network inputs mirrored left-right (the whole
         padded input tensor, `inputs[:, :, ::-1]`), same shapes.
-      k, ae_threshold, nms_kernel, num_pairs, max_detections, soft_nms_sigma,
-        score_threshold: as in `decode`.
+      params: as in `decode`.
 
     Returns:
       the `decode` dict, boxes in the un-flipped images' output grid.
@@ -274,17 +290,15 @@ def decode_with_flip(outputs: Mapping[str, tf.Tensor],
     if outputs[TL_HEATMAP].shape[1:] != flipped_outputs[TL_HEATMAP].shape[1:]:
         raise ValueError(f"decode_with_flip: heatmaps of the two views differ in shape: "
                          f"{outputs[TL_HEATMAP].shape} vs {flipped_outputs[TL_HEATMAP].shape}")
-    kwargs = dict(k=k, ae_threshold=ae_threshold, nms_kernel=nms_kernel, num_pairs=num_pairs)
-    plain = decode_pairs(outputs, **kwargs)
-    mirrored = decode_pairs(flipped_outputs, **kwargs)
+    params = resolved_params(params)
+    plain = decode_pairs(outputs, params)
+    mirrored = decode_pairs(flipped_outputs, params)
     mirrored[BOXES] = box_lib.flip_horizontal(mirrored[BOXES], outputs[TL_HEATMAP].shape[2])
-    return merge_detections([plain, mirrored], max_detections=max_detections,
-                            soft_nms_sigma=soft_nms_sigma, score_threshold=score_threshold)
+    return merge_detections([plain, mirrored], params)
 
 
 def merge_detections(candidate_sets: Sequence[Mapping[str, tf.Tensor]],
-                     max_detections: int = 100, soft_nms_sigma: float = 0.5,
-                     score_threshold: float = 0.001) -> dict:
+                     params: Optional[DecodeConfig] = None) -> dict:
     """Pools candidate sets of several views (flip, scales) and runs soft-NMS once.
 
     For the reference's multi-scale test feed `decode_pairs` results (pre-NMS pairs) of
@@ -297,7 +311,7 @@ def merge_detections(candidate_sets: Sequence[Mapping[str, tf.Tensor]],
       candidate_sets: dicts with `boxes` [B, P_i, 4] float32 xyxy (common frame),
         `scores` [B, P_i] float32 (<= score_threshold: absent), `classes` [B, P_i] int32
         (-1: absent); B equal across sets.
-      max_detections, soft_nms_sigma, score_threshold: as in `decode`.
+      params: as in `decode` (max_detections, soft_nms_sigma, score_threshold are used).
 
     Returns:
       the `decode` dict over the pooled candidates.
@@ -314,9 +328,7 @@ def merge_detections(candidate_sets: Sequence[Mapping[str, tf.Tensor]],
                              f"found keys {sorted(c)}")
     pooled = {key: tf.concat([tf.convert_to_tensor(c[key]) for c in candidate_sets], axis=1)
               for key in (BOXES, SCORES, CLASSES)}
-    return batched_soft_nms(pooled[BOXES], pooled[SCORES], pooled[CLASSES],
-                            max_detections=max_detections, soft_nms_sigma=soft_nms_sigma,
-                            score_threshold=score_threshold)
+    return batched_soft_nms(pooled[BOXES], pooled[SCORES], pooled[CLASSES], params)
 
 
 def _check_heads(outputs: Mapping[str, tf.Tensor]):
@@ -350,16 +362,3 @@ def _check_params(k: int, nms_kernel: int, num_pairs: int, cells: int) -> None:
         raise ValueError(f"decode: nms_kernel must be a positive odd int, found {nms_kernel}")
     if not 1 <= num_pairs <= k * k:
         raise ValueError(f"decode: num_pairs must be in [1, k*k = {k * k}], found {num_pairs}")
-
-
-def decode_kwargs_from_config(decode_cfg) -> dict:
-    """The `decode` keyword arguments of a `cornernet_tf.config.schema.DecodeConfig`.
-
-    `k` and `max_detections` still at 0 (a config that `resolve.resolve_dataset_dependent`
-    did not see) are the reference's 100.
-    """
-    return dict(k=decode_cfg.k or DEFAULT_DECODE_K, ae_threshold=decode_cfg.ae_threshold,
-                nms_kernel=decode_cfg.nms_kernel, num_pairs=decode_cfg.num_pairs,
-                max_detections=decode_cfg.max_detections or DEFAULT_DECODE_K,
-                soft_nms_sigma=decode_cfg.soft_nms_sigma,
-                score_threshold=decode_cfg.score_threshold)

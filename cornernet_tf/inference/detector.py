@@ -30,8 +30,8 @@ from cornernet_tf import boxes as box_lib
 from cornernet_tf import keys
 from cornernet_tf.data import images as image_lib
 from cornernet_tf.inference import preprocess
-from cornernet_tf.inference.decode import (decode, decode_kwargs_from_config, decode_pairs,
-                                           decode_with_flip, merge_detections)
+from cornernet_tf.inference.decode import (decode, decode_pairs, decode_with_flip,
+                                           merge_detections, resolved_params)
 
 # Name scope of the post-network part of the serving graph (decode and box mapping).
 DECODE_SCOPE = "detection_decode"
@@ -48,8 +48,8 @@ class DetectionFunctions:
       model: a CornerNet keras.Model; `model(images, training=False)[-1]` gives the last
         stack's heads.
       input_size: (height, width) of the network input.
-      decode_kwargs: keyword arguments of `decode` (k, ae_threshold, nms_kernel, num_pairs,
-        max_detections, soft_nms_sigma, score_threshold).
+      decode_params: the `DecodeConfig` of `decode` (k and max_detections at 0: the
+        reference's 100, as `decode.resolved_params` says).
       score_threshold: detections scoring below are dropped from the outputs.
       flip_test: also run the mirrored input and pool both views' pairs (decode_with_flip).
       scales: multi-scale test factors of the network input (1.0 alone: single scale).
@@ -59,13 +59,13 @@ class DetectionFunctions:
         export.max_image_pixels.
     """
 
-    def __init__(self, model, input_size, decode_kwargs: dict, score_threshold: float = 0.0,
+    def __init__(self, model, input_size, decode_params, score_threshold: float = 0.0,
                  flip_test: bool = False, scales: Sequence[float] = (1.0,),
                  size_step: Optional[tuple] = None,
                  max_pixels: int = image_lib.DEFAULT_MAX_IMAGE_PIXELS):
         self.model = model
         self.input_size = image_lib.size_pair(input_size, "input_size", "DetectionFunctions")
-        self.decode_kwargs = dict(decode_kwargs)
+        self.decode_params = resolved_params(decode_params)
         self.score_threshold = float(score_threshold)
         self.flip_test = bool(flip_test)
         self.scales = tuple(float(s) for s in scales)
@@ -152,9 +152,9 @@ class DetectionFunctions:
         # conversion keeps these ops in float32 (tflite.py denylists them by name).
         with tf.name_scope(DECODE_SCOPE):
             if flipped_heads is None:
-                det = decode(heads, **self.decode_kwargs)
+                det = decode(heads, self.decode_params)
             else:
-                det = decode_with_flip(heads, flipped_heads, **self.decode_kwargs)
+                det = decode_with_flip(heads, flipped_heads, self.decode_params)
             out_h, out_w = heads[keys.TL_HEATMAP].shape[1:3]
             # output grid -> network input pixels: divide by r = out / in (SPEC.md)
             ratio = (out_h / int(input_hw[0]), out_w / int(input_hw[1]))
@@ -164,8 +164,6 @@ class DetectionFunctions:
         """The reference's multi-scale test: pre-NMS pairs of every scale (and flip) mapped
         to network-input pixels, pooled, one soft-NMS (decode.merge_detections)."""
         in_h, in_w = int(inputs.shape[1]), int(inputs.shape[2])
-        kwargs = self.decode_kwargs
-        pair_kwargs = {k: kwargs[k] for k in ("k", "ae_threshold", "nms_kernel", "num_pairs")}
         sets = []
         for s in self.scales:
             size = [self._scaled_side(in_h, s), self._scaled_side(in_w, s)]
@@ -174,15 +172,13 @@ class DetectionFunctions:
                 heads = self.heads(x[:, :, ::-1] if mirrored else x)
                 out_h, out_w = heads[keys.TL_HEATMAP].shape[1:3]
                 with tf.name_scope(DECODE_SCOPE):
-                    c = decode_pairs(heads, **pair_kwargs)
+                    c = decode_pairs(heads, self.decode_params)
                     boxes = (box_lib.flip_horizontal(c[keys.BOXES], out_w) if mirrored
                              else c[keys.BOXES])
                     to_input = tf.constant([in_w / out_w, in_h / out_h] * 2, tf.float32)
                     sets.append(dict(c, **{keys.BOXES: boxes * to_input}))
         with tf.name_scope(DECODE_SCOPE):
-            det = merge_detections(sets, max_detections=kwargs["max_detections"],
-                                   soft_nms_sigma=kwargs["soft_nms_sigma"],
-                                   score_threshold=kwargs["score_threshold"])
+            det = merge_detections(sets, self.decode_params)
             return self._contract(det, (1.0, 1.0), transforms, sizes)
 
     def _scaled_side(self, n: int, s: float) -> int:
@@ -299,7 +295,7 @@ def build_detector(model, cfg, score_threshold: Optional[float] = None,
     """
     grid_multiple = 2 ** (len(cfg.model.resolved("channels")) - 1)
     return DetectionFunctions(model, cfg.model.input_size,
-                              decode_kwargs_from_config(cfg.decode),
+                              cfg.decode,
                               cfg.export.score_threshold if score_threshold is None
                               else score_threshold, flip_test=flip_test, scales=scales,
                               size_step=(cfg.model.stride, grid_multiple),

@@ -8,7 +8,7 @@ and merges all boxes with the soft-NMS of the graph (`decode.merge_detections`, 
 function the flip and multi-scale tests use):
 
     tiles  = tile_grid(2472, 2299, (128, 128), overlap=0.25)   # [(y0, x0, y1, x1), ...]
-    det    = detect_tiled(detector, image, (128, 128), decode_params)
+    det    = detect_tiled(detector, image, (128, 128), DecodeConfig(max_detections=100))
     det.boxes   # [N, 4] float64 xyxy image pixels; det.scores [N]; det.classes [N] 0-based
 
 Choices (written down because the issue left them open):
@@ -31,6 +31,7 @@ Choices (written down because the issue left them open):
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
@@ -103,7 +104,7 @@ def _inner_edge_cut(boxes: np.ndarray, window: tuple, height: int, width: int) -
 
 
 def detect_tiled(detector: Callable[[np.ndarray], dict], image: np.ndarray,
-                 tile: Sequence[int], decode_params: dict,
+                 tile: Sequence[int], decode_params,
                  overlap: float = 0.25) -> Detections:
     """Detections of a large image from overlapping tiles plus the whole image.
 
@@ -112,9 +113,10 @@ def detect_tiled(detector: Callable[[np.ndarray], dict], image: np.ndarray,
         (`inference.exported.ExportedDetector`: a SavedModel or a .tflite file).
       image: [H, W, 3] uint8 RGB.
       tile: the tile size (h, w): the export's network input size.
-      decode_params: `max_detections` (per window: `merged_max_detections`),
-        `soft_nms_sigma`, `score_threshold` (the soft-NMS floor): the export's
-        (serving.json's) values.
+      decode_params: the export's `DecodeConfig` (`predict.read_tiling_params`, from its
+        serving.json); the merge uses its `max_detections` (per window:
+        `merged_max_detections`), `soft_nms_sigma` and `score_threshold` (the soft-NMS
+        floor).
       overlap: fraction of a tile shared with its neighbour.
 
     Returns:
@@ -122,7 +124,7 @@ def detect_tiled(detector: Callable[[np.ndarray], dict], image: np.ndarray,
     """
     import tensorflow as tf
 
-    from cornernet_tf.inference.decode import merge_detections
+    from cornernet_tf.inference.decode import merge_detections, resolved_params
     from cornernet_tf.keys import BOXES, CLASSES, NUM_DETECTIONS, SCORES
 
     height, width = image.shape[:2]
@@ -143,10 +145,9 @@ def detect_tiled(detector: Callable[[np.ndarray], dict], image: np.ndarray,
         sets.append({BOXES: tf.constant(boxes[None], tf.float32),
                      SCORES: tf.constant(np.asarray(scores, np.float32)[None]),
                      CLASSES: tf.constant(np.asarray(classes, np.int32)[None])})
-    keep = merged_max_detections(int(decode_params["max_detections"]), len(windows))
-    merged = merge_detections(sets, max_detections=keep,
-                              soft_nms_sigma=float(decode_params["soft_nms_sigma"]),
-                              score_threshold=float(decode_params["score_threshold"]))
+    params = resolved_params(decode_params)
+    keep = merged_max_detections(params.max_detections, len(windows))
+    merged = merge_detections(sets, dataclasses.replace(params, max_detections=keep))
     n = int(merged[NUM_DETECTIONS][0])
     return Detections(merged[BOXES][0, :n].numpy().astype(np.float64),
                       merged[SCORES][0, :n].numpy(),

@@ -45,9 +45,9 @@ def test_defaults_equal_spec():
         == (0, 0.5, 3, 1000, 0, 0.5)
     # k and max_detections at 0 follow the busiest image (data/resolve.py), at least SPEC's 100,
     # which is also what a config nothing resolved decodes with
-    from cornernet_tf.inference.decode import decode_kwargs_from_config
-    kwargs = decode_kwargs_from_config(d)
-    assert (kwargs["k"], kwargs["max_detections"]) == (100, 100)
+    from cornernet_tf.inference.decode import resolved_params
+    graph = resolved_params(d)
+    assert (graph.k, graph.max_detections) == (100, 100)
 
 
 def test_squeeze_grid_is_stride_8():

@@ -42,7 +42,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cornernet_tf.config.schema import load_config
+from cornernet_tf.config.schema import DecodeConfig, load_config
 from cornernet_tf.convert import mapping
 from cornernet_tf.convert.job import ConversionError, convert_weights, load_converted_model
 from cornernet_tf.convert.torch_reader import read_state_dict
@@ -130,8 +130,8 @@ def test_decode_candidates_equal_the_authors(converted):
     golden = converted["golden"]
     k, num_pairs = int(golden["K"]), int(golden["num_dets"])
     ours = decode_pairs({key: tf.constant(v) for key, v in converted["heads"].items()},
-                        k=k, ae_threshold=float(golden["ae_threshold"]),
-                        nms_kernel=int(golden["kernel"]), num_pairs=num_pairs)
+                        DecodeConfig(k=k, ae_threshold=float(golden["ae_threshold"]),
+                                     nms_kernel=int(golden["kernel"]), num_pairs=num_pairs))
     valid = ours["classes"][0].numpy() >= 0
     boxes, scores = ours["boxes"][0].numpy()[valid], ours["scores"][0].numpy()[valid]
     classes = ours["classes"][0].numpy()[valid]
@@ -199,11 +199,7 @@ def test_converted_squeeze_exports_with_the_same_detections(tmp_path):
     model = converted["model"]
     rgb = np.ascontiguousarray(converted["golden"]["image_bgr"][..., ::-1])
     det = decode(model(tf.constant(rgb[None].astype(np.float32)), training=False)[-1],
-                 k=cfg.decode.k, ae_threshold=cfg.decode.ae_threshold,
-                 nms_kernel=cfg.decode.nms_kernel, num_pairs=cfg.decode.num_pairs,
-                 max_detections=cfg.decode.max_detections,
-                 soft_nms_sigma=cfg.decode.soft_nms_sigma,
-                 score_threshold=cfg.decode.score_threshold)
+                 cfg.decode)
     n = int(det["num_detections"][0])
     assert n > 5
     h, w = cfg.model.input_size

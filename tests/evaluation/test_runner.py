@@ -13,7 +13,7 @@ import os
 import numpy as np
 import pytest
 
-from cornernet_tf.config.schema import load_config
+from cornernet_tf.config.schema import DecodeConfig, load_config
 from cornernet_tf.data.synthetic import generate_shapes_dataset
 from cornernet_tf.evaluation.runner import run_evaluation
 from cornernet_tf.evaluation.metrics import METRIC_NAMES
@@ -116,8 +116,9 @@ def test_multi_scale_runs_and_a_single_set_merge_equals_decode(setup, tmp_path):
         assert all(d["score"] > 0 for d in json.load(f))
     # One view merged alone is exactly single-scale decode: the merge adds no distortion.
     heads = model(tf.random.uniform([1, 128, 128, 3], 0, 255, seed=4), training=False)[-1]
-    single = decode(heads, k=20, num_pairs=100, max_detections=20)
-    merged = merge_detections([decode_pairs(heads, k=20, num_pairs=100)], max_detections=20)
+    params = DecodeConfig(k=20, num_pairs=100, max_detections=20)
+    single = decode(heads, params)
+    merged = merge_detections([decode_pairs(heads, params)], params)
     for key in ("boxes", "scores", "classes", "num_detections"):
         assert (single[key].numpy() == merged[key].numpy()).all(), key
 

@@ -45,11 +45,7 @@ def reference_detections(model, cfg, image):
     resized = tf.image.resize(tf.constant(image[None], tf.float32), (new_h, new_w))
     padded = np.zeros((1, in_h, in_w, 3), np.float32)
     padded[:, :new_h, :new_w] = resized.numpy()
-    d = cfg.decode
-    det = decode(model(tf.constant(padded), training=False)[-1], k=d.k,
-                 ae_threshold=d.ae_threshold, nms_kernel=d.nms_kernel, num_pairs=d.num_pairs,
-                 max_detections=d.max_detections, soft_nms_sigma=d.soft_nms_sigma,
-                 score_threshold=d.score_threshold)
+    det = decode(model(tf.constant(padded), training=False)[-1], cfg.decode)
     n = int(det["num_detections"][0])
     boxes = det["boxes"][0, :n].numpy().astype(np.float64)  # xyxy, output grid cells
     out_h, out_w = cfg.model.output_size

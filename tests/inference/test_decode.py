@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from cornernet_tf.config.schema import DecodeConfig
 from cornernet_tf.inference.decode import (batched_soft_nms, decode, decode_pairs, decode_with_flip,
                                            merge_detections)
 
@@ -53,6 +54,7 @@ OBJ_A = (0, (2.25, 3.5), (8.75, 10.125), (0.0, 0.2), 4.0)
 OBJ_B = (2, (5.5, 1.0), (12.0, 14.5), (1.0, 1.0), 3.0)
 OBJ_C = (0, (9.5, 9.25), (14.5, 13.75), (3.0, 3.1), 2.0)
 KW = dict(k=10, num_pairs=50, max_detections=8)
+P = DecodeConfig(**KW)
 
 
 def expected_rows(objects):
@@ -75,7 +77,7 @@ def check_image(result, b, objects, n=KW["max_detections"]):
 
 
 def test_decodes_three_objects_exactly():
-    result = as_numpy(decode(make_heads([[OBJ_A, OBJ_B, OBJ_C]]), **KW))
+    result = as_numpy(decode(make_heads([[OBJ_A, OBJ_B, OBJ_C]]), P))
     assert result["boxes"].shape == (1, 8, 4) and result["boxes"].dtype == np.float32
     assert result["scores"].shape == (1, 8) and result["scores"].dtype == np.float32
     assert result["classes"].shape == (1, 8) and result["classes"].dtype == np.int32
@@ -85,10 +87,10 @@ def test_decodes_three_objects_exactly():
 
 def test_batch_of_two_static_and_dynamic_batch_agree():
     heads = make_heads([[OBJ_A, OBJ_B], [OBJ_C]])
-    eager = as_numpy(decode(heads, **KW))  # static batch: unrolled soft-NMS
+    eager = as_numpy(decode(heads, P))  # static batch: unrolled soft-NMS
     spec = {key: tf.TensorSpec([None] + list(v.shape[1:]), tf.float32)
             for key, v in heads.items()}
-    fn = tf.function(lambda x: decode(x, **KW), input_signature=[spec])  # tf.map_fn path
+    fn = tf.function(lambda x: decode(x, P), input_signature=[spec])  # tf.map_fn path
     traced = as_numpy(fn(heads))
     for result in (eager, traced):
         check_image(result, 0, [OBJ_A, OBJ_B])
@@ -115,7 +117,7 @@ def test_rejects_invalid_pairs(objects, expected):
         heads["tl_embedding"][0, int(tl[1]), int(tl[0]), 0] = e_tl
         heads["br_heatmap"][0, int(br[1]), int(br[0]), br_cls] = logit
         heads["br_embedding"][0, int(br[1]), int(br[0]), 0] = e_br
-    result = as_numpy(decode(heads, **KW))
+    result = as_numpy(decode(heads, P))
     assert result["num_detections"][0] == expected
 
 
@@ -126,8 +128,8 @@ def test_heatmap_nms_keeps_only_local_maxima():
     heads = make_heads([[(0, (2.0, 2.0), (9.0, 9.0), (0.0, 0.0), 4.0)]], c=1)
     heads["tl_heatmap"][0, 2, 3, 0] = 3.0
     heads["tl_embedding"][0, 2, 3, 0] = 0.0
-    assert as_numpy(decode(heads, nms_kernel=3, **KW))["num_detections"][0] == 1
-    result = as_numpy(decode(heads, nms_kernel=1, **KW))
+    assert as_numpy(decode(heads, DecodeConfig(nms_kernel=3, **KW)))["num_detections"][0] == 1
+    result = as_numpy(decode(heads, DecodeConfig(nms_kernel=1, **KW)))
     assert result["num_detections"][0] == 2
     # the second box (3, 2, 9, 9) vs the first (2, 2, 9, 9): IoU = 42 / 49; its pair score
     # (sigmoid(3) + sigmoid(4)) / 2 is decayed by exp(-IoU^2 / 0.5)
@@ -138,7 +140,7 @@ def test_heatmap_nms_keeps_only_local_maxima():
 
 def test_nothing_found_keeps_fixed_shapes():
     heads = make_heads([[], []], background=-20.0)
-    result = as_numpy(decode(heads, **KW))
+    result = as_numpy(decode(heads, P))
     np.testing.assert_array_equal(result["num_detections"], [0, 0])
     np.testing.assert_array_equal(result["boxes"], -np.ones((2, 8, 4)))
     np.testing.assert_array_equal(result["scores"], np.zeros((2, 8)))
@@ -146,7 +148,7 @@ def test_nothing_found_keeps_fixed_shapes():
 
 
 def test_decode_pairs_marks_rejected_pairs():
-    pairs = as_numpy(decode_pairs(make_heads([[OBJ_A]]), k=4, num_pairs=16))
+    pairs = as_numpy(decode_pairs(make_heads([[OBJ_A]]), DecodeConfig(k=4, num_pairs=16)))
     assert pairs["boxes"].shape == (1, 16, 4)
     np.testing.assert_allclose(pairs["boxes"][0, 0], [2.25, 3.5, 8.75, 10.125], atol=1e-6)
     assert pairs["classes"][0, 0] == 0
@@ -208,7 +210,7 @@ def test_soft_nms_matches_numpy_reference(seed):
     boxes, scores, classes = random_candidates(np.random.default_rng(seed))
     expected = numpy_soft_nms(boxes, scores, classes)
     result = as_numpy(batched_soft_nms(boxes[None], scores[None], classes[None],
-                                       max_detections=100))
+                                       DecodeConfig(max_detections=100)))
     count = result["num_detections"][0]
     assert count == len(expected)
     got = by_box(result["boxes"][0], result["scores"][0], result["classes"][0], count)
@@ -219,7 +221,7 @@ def test_soft_nms_matches_numpy_reference(seed):
     assert np.all(np.diff(result["scores"][0, :count]) <= 1e-6)  # descending
     # top-N cut: the N best final scores
     top = as_numpy(batched_soft_nms(boxes[None], scores[None], classes[None],
-                                    max_detections=10))
+                                    DecodeConfig(max_detections=10)))
     np.testing.assert_allclose(top["scores"][0], [s for _, s in expected[:10]], rtol=1e-4)
 
 
@@ -231,7 +233,7 @@ def test_soft_nms_convention_closed_form():
     scores = np.array([0.9, 0.8, 0.7, 0.6], np.float32)
     classes = np.array([0, 0, 1, 1], np.int32)
     result = as_numpy(batched_soft_nms(boxes[None], scores[None], classes[None],
-                                       max_detections=4))
+                                       DecodeConfig(max_detections=4)))
     w = math.exp(-0.25 / 0.5)
     np.testing.assert_allclose(result["scores"][0], [0.9, 0.7, 0.8 * w, 0.6 * w], rtol=1e-6)
     np.testing.assert_array_equal(result["classes"][0], [0, 1, 0, 1])
@@ -243,7 +245,7 @@ def test_merge_detections_equals_soft_nms_of_the_union():
              "classes": classes[None, :25]},
             {"boxes": boxes[None, 25:], "scores": scores[None, 25:],
              "classes": classes[None, 25:]}]
-    result = as_numpy(merge_detections(sets, max_detections=100))
+    result = as_numpy(merge_detections(sets, DecodeConfig(max_detections=100)))
     expected = numpy_soft_nms(boxes, scores, classes)
     assert result["num_detections"][0] == len(expected)
     np.testing.assert_allclose(result["scores"][0, :len(expected)],
@@ -261,7 +263,7 @@ def test_flipped_detection_maps_back():
     # the same object in the flipped view: x -> w - x, so x1' = 16 - 9.75, x2' = 16 - 3.25
     flipped = (0, (w - box[2], box[1]), (w - box[0], box[3]), (0.0, 0.0), 3.0)
     result = as_numpy(decode_with_flip(make_heads([[]], c=1, background=-20.0),
-                                       make_heads([[flipped]], c=1), **KW))
+                                       make_heads([[flipped]], c=1), P))
     assert result["num_detections"][0] == 1
     np.testing.assert_allclose(result["boxes"][0, 0], box, atol=1e-6)
     np.testing.assert_allclose(result["scores"][0, 0], sigmoid(3.0), rtol=1e-6)
@@ -275,7 +277,7 @@ def test_flip_merge_pools_both_views_and_soft_nms_decays_the_weaker():
     mirrored = (0, (w - flip_box[2], flip_box[1]), (w - flip_box[0], flip_box[3]),
                 (0.0, 0.0), 2.0)
     result = as_numpy(decode_with_flip(make_heads([[plain]], c=1),
-                                       make_heads([[mirrored]], c=1), **KW))
+                                       make_heads([[mirrored]], c=1), P))
     assert result["num_detections"][0] == 2
     np.testing.assert_allclose(result["boxes"][0, :2], [plain_box, flip_box], atol=1e-6)
     overlap = iou(plain_box, flip_box)  # 6.25 * 8.5 / (6.5 * 8.5) = 0.9615
@@ -292,14 +294,16 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(KeyError, match="tl_offset"):
         decode({k: v for k, v in heads.items() if k != "tl_offset"})
     with pytest.raises(ValueError, match="k must be"):
-        decode(heads, k=100)  # 4 * 4 * 2 = 32 cells
+        decode(heads, DecodeConfig(k=100))  # 4 * 4 * 2 = 32 cells
     with pytest.raises(ValueError, match="num_pairs"):
-        decode(heads, k=4, num_pairs=17)
+        decode(heads, DecodeConfig(k=4, num_pairs=17))
     with pytest.raises(ValueError, match="nms_kernel"):
-        decode(heads, k=4, num_pairs=16, nms_kernel=2)
+        decode(heads, DecodeConfig(k=4, num_pairs=16, nms_kernel=2))
     bad = dict(heads, br_offset=heads["br_offset"][..., :1])
     with pytest.raises(ValueError, match="br_offset"):
-        decode(bad, k=4, num_pairs=16)
+        decode(bad, DecodeConfig(k=4, num_pairs=16))
+    with pytest.raises(TypeError, match="DecodeConfig, found dict"):
+        decode(heads, dict(k=4, num_pairs=16))  # parameters travel as one DecodeConfig
 
 
 def test_tflite_builtins_conversion_matches_tf(tmp_path):
@@ -319,7 +323,7 @@ def test_tflite_builtins_conversion_matches_tf(tmp_path):
     specs = {key: tf.TensorSpec(value.shape, tf.float32, name=key) for key, value in heads.items()}
 
     module = tf.Module()
-    module.run = tf.function(lambda x: decode(x, **kw), input_signature=[specs])
+    module.run = tf.function(lambda x: decode(x, DecodeConfig(**kw)), input_signature=[specs])
     path = str(tmp_path / "decode")
     tf.saved_model.save(module, path, signatures=module.run.get_concrete_function())
     converter = tf.lite.TFLiteConverter.from_saved_model(path)

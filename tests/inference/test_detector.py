@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cornernet_tf.inference.detector import DetectionFunctions, decode_kwargs_from_config
+from cornernet_tf.inference.detector import DetectionFunctions
 from tests.support.export_models import tiny_config
 
 IN = (64, 64)
@@ -43,7 +43,7 @@ class PeakNet:
 
 def functions(net, score_threshold=0.0):
     cfg = tiny_config()
-    return DetectionFunctions(net, IN, decode_kwargs_from_config(cfg.decode), score_threshold)
+    return DetectionFunctions(net, IN, cfg.decode, score_threshold)
 
 
 def sigmoid(x):
@@ -182,7 +182,7 @@ def test_flip_test_pools_the_mirrored_view():
     net = PeakNet()
     net.heads["tl_offset"][..., 0] = 0.25
     cfg = tiny_config()
-    fns = DetectionFunctions(net, IN, decode_kwargs_from_config(cfg.decode), flip_test=True)
+    fns = DetectionFunctions(net, IN, cfg.decode, flip_test=True)
     image = np.random.default_rng(5).integers(0, 256, (1, 64, 64, 3)).astype(np.uint8)
     out = {k: v.numpy() for k, v in fns.serve_images(tf.constant(image)).items()}
     np.testing.assert_array_equal(net.seen[-1].numpy(), net.seen[-2].numpy()[:, :, ::-1])
@@ -200,7 +200,7 @@ def test_flip_test_pools_the_mirrored_view():
 
 def test_images_above_the_pixel_limit_are_refused_with_size_and_limit():
     cfg = tiny_config()
-    fns = DetectionFunctions(PeakNet(), IN, decode_kwargs_from_config(cfg.decode),
+    fns = DetectionFunctions(PeakNet(), IN, cfg.decode,
                              max_pixels=48 * 80)
     serve_images = tf.function(fns.serve_images,
                                input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)])
@@ -226,7 +226,7 @@ def test_images_above_the_pixel_limit_are_refused_with_size_and_limit():
         serve_bytes(tf.constant([png(48, 80), png(80, 48), png(81, 48)]))
     for bad in (0, -1, 2.5, True):
         with pytest.raises(ValueError, match="max_pixels must be a positive int"):
-            DetectionFunctions(PeakNet(), IN, decode_kwargs_from_config(cfg.decode),
+            DetectionFunctions(PeakNet(), IN, cfg.decode,
                                max_pixels=bad)
 
 

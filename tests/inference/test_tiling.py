@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
+from cornernet_tf.config.schema import DecodeConfig
 from cornernet_tf.inference.tiling import detect_tiled, tile_grid
 
-PARAMS = dict(max_detections=100, soft_nms_sigma=0.5, score_threshold=0.001)
+PARAMS = DecodeConfig(max_detections=100, soft_nms_sigma=0.5, score_threshold=0.001)
 
 
 def test_tile_grid_covers_the_image_with_the_last_tiles_at_the_border():
