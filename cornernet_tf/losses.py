@@ -26,6 +26,7 @@ from typing import Mapping, Optional, Sequence, Union
 
 import tensorflow as tf
 
+from cornernet_tf.config.schema import LossConfig
 from cornernet_tf.keys import (BR_EMBEDDING, BR_HEATMAP, BR_INDEX, BR_OFFSET, BR_POSITIVES,
                                HEAD_KEYS, LOSS_KEYS, LOSS_TARGET_KEYS, MASK, NORMALIZER_KEYS,
                                NUM_IMAGES, NUM_OBJECTS, TL_EMBEDDING, TL_HEATMAP, TL_INDEX,
@@ -104,8 +105,8 @@ def _gather_at(feature: tf.Tensor, index: tf.Tensor, mask: tf.Tensor, where: str
 # --------------------------------------------------------------------------------------
 
 
-def focal_loss(logits: tf.Tensor, heatmap: tf.Tensor, alpha: float = 2.0, beta: float = 4.0,
-               num_positives: Optional[Number] = None) -> tf.Tensor:
+def focal_loss(logits: tf.Tensor, heatmap: tf.Tensor, alpha: float = LossConfig.focal_alpha,
+               beta: float = LossConfig.focal_beta, num_positives: Optional[Number] = None) -> tf.Tensor:
     """Corner heatmap focal loss with Gaussian penalty reduction (CornerNet paper, eq. 1).
 
     With p = clip(sigmoid(logits), 1e-4, 1 - 1e-4) and y the ground-truth heatmap:
@@ -318,9 +319,7 @@ def _check_keys(found: Mapping, expected: Sequence[str], where: str) -> None:
 
 
 def cornernet_loss(outputs: Union[Sequence[Mapping[str, tf.Tensor]], Mapping[str, tf.Tensor]],
-                   targets: Mapping[str, tf.Tensor], *, focal_alpha: float = 2.0,
-                   focal_beta: float = 4.0, pull_weight: float = 0.49, push_weight: float = 0.49,
-                   offset_weight: float = 1.0,
+                   targets: Mapping[str, tf.Tensor], params: Optional[LossConfig] = None, *,
                    normalizers: Optional[Mapping[str, Number]] = None) -> dict[str, tf.Tensor]:
     """The full CornerNet objective over all hourglass stacks (intermediate supervision).
 
@@ -329,8 +328,8 @@ def cornernet_loss(outputs: Union[Sequence[Mapping[str, tf.Tensor]], Mapping[str
         L_s = L_det(TL) + L_det(BR) + w_pull * pull + w_push * push
               + w_off * (L_off(TL) + L_off(BR))
 
-    and every returned value is the mean over stacks. Default weights 0.49 = 0.1 x 49 / 10
-    reproduce the reference's effective pull/push weighting with per-image averaging
+    and every returned value is the mean over stacks. The weights are one `LossConfig`
+    (`cfg.loss`), passed whole; its default weights 0.49 = 0.1 x 49 / 10 reproduce the reference's effective pull/push weighting with per-image averaging
     (SPEC.md, Losses). Divisors: focal by the TL / BR positive counts, pull/push by the
     number of images, offsets by the number of objects; all taken from `normalizers`.
 
@@ -340,11 +339,9 @@ def cornernet_loss(outputs: Union[Sequence[Mapping[str, tf.Tensor]], Mapping[str
             float dtype. A single dict is taken as one stack.
         targets: dict with tl_heatmap, br_heatmap [B, h, w, C], tl_index, br_index [B, M]
             int32, tl_offset, br_offset [B, M, 2], mask [B, M].
-        focal_alpha: focal loss alpha.
-        focal_beta: focal loss beta.
-        pull_weight: weight of the pull loss.
-        push_weight: weight of the push loss.
-        offset_weight: weight of the summed TL + BR offset losses.
+        params: a `LossConfig` (None: its defaults, the reference's): focal_alpha and
+            focal_beta of the focal loss; pull_weight, push_weight; offset_weight of the
+            summed TL + BR offset losses.
         normalizers: optional dict with exactly the keys tl_positives, br_positives,
             num_objects, num_images holding GLOBAL values (the all-reduced sums of
             `compute_normalizers` over replicas). Default: this batch's own values.
@@ -356,7 +353,15 @@ def cornernet_loss(outputs: Union[Sequence[Mapping[str, tf.Tensor]], Mapping[str
     Raises:
         KeyError: if a stack, the targets or the normalisers lack a key.
         ValueError: if there is no stack, normalisers have unknown keys, or shapes are wrong.
+        TypeError: `params` is not a LossConfig.
     """
+    params = LossConfig() if params is None else params
+    if not isinstance(params, LossConfig):
+        raise TypeError(f"cornernet_loss: params must be a cornernet_tf.config.schema."
+                        f"LossConfig, found {type(params).__name__}")
+    focal_alpha, focal_beta = float(params.focal_alpha), float(params.focal_beta)
+    pull_weight, push_weight = float(params.pull_weight), float(params.push_weight)
+    offset_weight = float(params.offset_weight)
     stacks = [outputs] if isinstance(outputs, Mapping) else list(outputs)
     if not stacks:
         raise ValueError("cornernet_loss: outputs must hold at least one stack, got an empty list")

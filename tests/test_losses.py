@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from cornernet_tf.config.schema import LossConfig
 from cornernet_tf.keys import LOSS_KEYS, NORMALIZER_KEYS
 from cornernet_tf.losses import (
     compute_normalizers,
@@ -337,7 +338,8 @@ def test_cornernet_loss_two_stacks_is_mean_of_weighted_stack_sums():
         want = (per_stack[0][key] + per_stack[1][key]) / 2
         assert float(got[key]) == pytest.approx(want, rel=1e-4), key
     # Non-default weights.
-    got = cornernet_loss(stacks, targets, pull_weight=0.1, push_weight=0.2, offset_weight=3.0)
+    got = cornernet_loss(stacks, targets, LossConfig(pull_weight=0.1, push_weight=0.2,
+                                                     offset_weight=3.0))
     want = np.mean([np_stack_total(s, targets, 0.1, 0.2, 3.0)["total_loss"] for s in stacks])
     assert float(got["total_loss"]) == pytest.approx(want, rel=1e-4)
 
@@ -460,6 +462,8 @@ def test_bad_inputs_raise_clear_errors():
         cornernet_loss([stack], targets, normalizers=norm)
     with pytest.raises(ValueError, match=r"at least one stack"):
         cornernet_loss([], targets)
+    with pytest.raises(TypeError, match=r"LossConfig, found dict"):  # weights travel whole
+        cornernet_loss([stack], targets, dict(pull_weight=0.1))
 
 
 def test_focal_loss_takes_nothing_from_ignored_cells():

@@ -17,7 +17,7 @@ import tensorflow as tf
 from cornernet_tf import compat
 from cornernet_tf.modeling.backbones.hourglass import HourglassBackbone
 from cornernet_tf.config.presets import BACKBONES, WIDTH_FIELDS, check_grid
-from cornernet_tf.config.schema import ModelConfig
+from cornernet_tf.config.schema import LossConfig, ModelConfig
 from cornernet_tf.modeling.layers.heads import CornerHeads, CornerModule
 from cornernet_tf.keys import (BR_EMBEDDING, BR_HEATMAP, BR_OFFSET, LOSS_KEYS, TL_EMBEDDING,
                                TL_HEATMAP, TL_OFFSET, TOTAL_LOSS)
@@ -159,27 +159,24 @@ class CornerNet(compat.SkipBuiltSymbolicBuild, keras.Model):
     # Training: a custom step whose loss and gradients do not depend on how the global
     # batch is split over replicas (SPEC.md, Losses).
     # ----------------------------------------------------------------------------------
-    def compile(self, optimizer="adam", *, focal_alpha: float = 2.0, focal_beta: float = 4.0,
-                pull_weight: float = 0.49, push_weight: float = 0.49,
-                offset_weight: float = 1.0, **kwargs):
+    def compile(self, optimizer="adam", *, loss_config: Optional[LossConfig] = None, **kwargs):
         """Keras compile with CornerNet's loss weights (no `loss=`: the loss is built in).
 
         Args:
           optimizer: a Keras optimizer (Adam in the reference recipe). Under the
             `mixed_float16` policy Keras wraps it in a LossScaleOptimizer.
-          focal_alpha, focal_beta, pull_weight, push_weight, offset_weight: `cornernet_loss`
-            weights (`cfg.loss`).
+          loss_config: the `LossConfig` of `cornernet_loss` (`cfg.loss`; None: its
+            defaults, the reference's weights).
           **kwargs: other `keras.Model.compile` arguments (e.g. steps_per_execution).
         """
         if "loss" in kwargs:
             raise ValueError("CornerNet.compile: the loss is built in (focal + pull/push + "
                              "offset); pass its weights, not loss=")
+        if loss_config is not None and not isinstance(loss_config, LossConfig):
+            raise TypeError(f"CornerNet.compile: loss_config must be a LossConfig, found "
+                            f"{type(loss_config).__name__}")
         super().compile(optimizer=optimizer, **kwargs)
-        self._loss_weights = (("focal_alpha", float(focal_alpha)),
-                              ("focal_beta", float(focal_beta)),
-                              ("pull_weight", float(pull_weight)),
-                              ("push_weight", float(push_weight)),
-                              ("offset_weight", float(offset_weight)))
+        self.loss_config = loss_config or LossConfig()
 
     @property
     def metrics(self):
@@ -208,8 +205,8 @@ class CornerNet(compat.SkipBuiltSymbolicBuild, keras.Model):
             normalizers = {k: ctx.all_reduce(tf.distribute.ReduceOp.SUM, v)
                            for k, v in normalizers.items()}
         outputs = self.compute_outputs(images, all_stacks=True, training=training)
-        weights = dict(getattr(self, "_loss_weights", ()))
-        terms = cornernet_loss(outputs, targets, normalizers=normalizers, **weights)
+        terms = cornernet_loss(outputs, targets, getattr(self, "loss_config", None),
+                               normalizers=normalizers)
         if ctx is not None and ctx.num_replicas_in_sync > 1:
             totals = ctx.all_reduce(tf.distribute.ReduceOp.SUM,
                                     [tf.stop_gradient(terms[k]) for k in LOSS_KEYS])

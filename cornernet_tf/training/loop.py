@@ -158,12 +158,8 @@ def set_precision(policy: str) -> None:
 
 
 def compile_model(model: keras.Model, cfg: config_lib.Config, optimizer=None) -> None:
-    """`model.compile` with the optimizer and the loss config's weights."""
-    loss = cfg.loss
-    model.compile(optimizer=optimizer or build_optimizer(cfg.train),
-                  focal_alpha=loss.focal_alpha, focal_beta=loss.focal_beta,
-                  pull_weight=loss.pull_weight, push_weight=loss.push_weight,
-                  offset_weight=loss.offset_weight)
+    """`model.compile` with the optimizer and the loss config (its weights)."""
+    model.compile(optimizer=optimizer or build_optimizer(cfg.train), loss_config=cfg.loss)
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:

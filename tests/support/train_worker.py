@@ -45,7 +45,7 @@ def _one_step(cfg, strategy, initial, images, targets, local_normalizers=False):
             from cornernet_tf.keys import LOSS_KEYS
             from cornernet_tf.losses import cornernet_loss
             outputs = model.compute_outputs(images, all_stacks=True, training=training)
-            terms = cornernet_loss(outputs, targets, **dict(model._loss_weights))
+            terms = cornernet_loss(outputs, targets, model.loss_config)
             ctx = tf.distribute.get_replica_context()
             totals = ctx.all_reduce(tf.distribute.ReduceOp.SUM,
                                     [tf.stop_gradient(terms[k]) for k in LOSS_KEYS])
