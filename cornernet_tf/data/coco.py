@@ -25,7 +25,6 @@ import dataclasses
 import json
 import math
 import os
-import sys
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -34,7 +33,8 @@ from absl import logging
 from cornernet_tf import boxes as box_lib
 from cornernet_tf.data import files as file_rule
 from cornernet_tf.data import image_files
-from cornernet_tf.errors import UserError
+# the json reader (`DatasetError` and `json_problem` are this module's public names too)
+from cornernet_tf.data.coco_json import DatasetError, json_problem, read_instances_json
 
 # Problem kinds. Those in `_KEPT_KINDS` keep the object (repaired); all others drop the
 # image or the annotation they name.
@@ -58,10 +58,6 @@ _ANNOTATION_KINDS = frozenset({DUPLICATE_ANNOTATION_ID, UNKNOWN_IMAGE_ID, UNKNOW
                                BAD_BOX, BOX_OUTSIDE_IMAGE})
 
 CHECK_IMAGES = ("none", "header", "decode")
-
-
-class DatasetError(UserError, ValueError):
-    """A dataset has problems and strict mode is on; the message lists them."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -261,15 +257,6 @@ class LabelMap:
         return f"LabelMap({dict(zip(self.category_ids, self.names))})"
 
 
-def json_problem(error: Exception) -> str:
-    """What is wrong with a json file, from json's error or the RecursionError that nesting
-    deeper than Python's recursion limit raises (`[[[...]]]` 200000 levels deep)."""
-    if isinstance(error, RecursionError):
-        return (f"nested deeper than {sys.getrecursionlimit()} levels (a COCO file is a few "
-                f"levels deep)")
-    return str(error)
-
-
 def load_coco(annotation_path: str, image_dir: str, strict: bool = False,
               check_images: str = "header", ground_truth: bool = False):
     """Loads and validates a COCO instances json and its image folder.
@@ -301,20 +288,9 @@ def load_coco(annotation_path: str, image_dir: str, strict: bool = False,
     """
     if check_images not in CHECK_IMAGES:
         raise ValueError(f"check_images: expected one of {CHECK_IMAGES}, found {check_images!r}")
-    if not os.path.isfile(annotation_path):
-        raise FileNotFoundError(f"COCO annotation file not found: {annotation_path!r}")
-    if not os.path.isdir(image_dir):
+    if os.path.isfile(annotation_path) and not os.path.isdir(image_dir):
         raise FileNotFoundError(f"image folder not found: {image_dir!r} (for {annotation_path})")
-    with open(annotation_path, "r", encoding="utf-8") as f:
-        try:
-            data = json.load(f)
-        except (json.JSONDecodeError, RecursionError) as e:
-            raise DatasetError(f"{annotation_path}: not valid json: {json_problem(e)}") from None
-    found = sorted(data) if isinstance(data, dict) else type(data).__name__
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(data, dict) or not isinstance(data.get(key), list):
-            raise DatasetError(f"{annotation_path}: expected a COCO instances json with a "
-                               f"list {key!r}; found {found}")
+    data = read_instances_json(annotation_path)
     report = DatasetReport(source=annotation_path)
     label_map = _label_map(data["categories"], annotation_path)
     images = _read_images(data["images"], os.path.abspath(image_dir), check_images, report)
@@ -351,16 +327,7 @@ def read_categories(annotation_path: str) -> LabelMap:
     Raises:
       FileNotFoundError: no such file. DatasetError: not a COCO json with categories.
     """
-    if not os.path.isfile(annotation_path):
-        raise FileNotFoundError(f"COCO annotation file not found: {annotation_path!r}")
-    with open(annotation_path, "r", encoding="utf-8") as f:
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise DatasetError(f"{annotation_path}: not valid json: {e}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("categories"), list):
-        raise DatasetError(f"{annotation_path}: expected a COCO instances json with a list "
-                           f"'categories'")
+    data = read_instances_json(annotation_path, keys=("categories",))
     return _label_map(data["categories"], annotation_path)
 
 

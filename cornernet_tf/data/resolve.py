@@ -34,20 +34,19 @@ A value the user set is kept. A set `model.num_classes` that disagrees with the 
 `ConfigError` naming both numbers and the file (when all keys are set nothing is read
 here, and training compares `model.num_classes` with the categories when it loads the
 split). A set `decode.k` or `decode.max_detections` below the busiest image's objects is
-kept and said in one line. This module imports TensorFlow only to raise
-`coco.DatasetError` for a file that is not COCO json.
+kept and said in one line. A COCO json is read by the one reader (`data/coco_json.py`),
+without TensorFlow; Pascal VOC and YOLO folders by their loaders.
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
-import json
 import os
 from typing import Any, NamedTuple, Optional
 
 import yaml
 
+from cornernet_tf.data import coco_json
 from cornernet_tf.config.schema import (DEFAULT_DECODE_K, FROM_DATASET, MAX_OBJECTS_CAP, Config,
                                         ConfigError)
 
@@ -211,30 +210,11 @@ def dataset_counts(data_config) -> DatasetCounts:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"COCO annotation file not found: {path!r} "
                                 f"(data.train_annotations)")
-    with open(path, "r", encoding="utf-8") as f:
-        try:
-            data = json.load(f)
-        except (json.JSONDecodeError, RecursionError) as e:
-            from cornernet_tf.data.coco import json_problem  # pylint: disable=import-outside-toplevel
-            raise _dataset_error(f"{path}: not valid json: {json_problem(e)}") from None
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(data, dict) or not isinstance(data.get(key), list):
-            found = sorted(data) if isinstance(data, dict) else type(data).__name__
-            raise _dataset_error(f"{path}: expected a COCO instances json with a list {key!r}; "
-                                 f"found {found}")
-    categories = {c.get("id") for c in data["categories"] if isinstance(c, dict)
-                  and _is_id(c.get("id"))}
-    if not categories:
+    counts = coco_json.instance_counts(coco_json.read_instances_json(path))
+    if not counts.num_categories:
         raise ConfigError(f"{path} has no categories: a detector needs at least one class")
-    images = {i.get("id") for i in data["images"] if isinstance(i, dict) and _is_id(i.get("id"))}
-    per_image = collections.Counter(
-        a.get("image_id") for a in data["annotations"]
-        if isinstance(a, dict) and not a.get("iscrowd") and _is_id(a.get("image_id"))
-        and a.get("image_id") in images and a.get("category_id") in categories)
-    busiest, count = per_image.most_common(1)[0] if per_image else (None, 0)
-    if busiest is None:
-        busiest = next(iter(sorted(images, key=str)), "-")
-    return DatasetCounts(path, len(categories), max(count, 1), busiest)
+    return DatasetCounts(path, counts.num_categories, max(counts.busiest_count, 1),
+                         counts.busiest_image)
 
 
 def _folder_counts(data_config) -> DatasetCounts:
@@ -251,10 +231,3 @@ def _folder_counts(data_config) -> DatasetCounts:
                          records[busiest].image_id if busiest is not None else "-")
 
 
-def _is_id(value: Any) -> bool:
-    return isinstance(value, (int, str)) and not isinstance(value, bool)
-
-
-def _dataset_error(message: str) -> Exception:
-    from cornernet_tf.data.coco import DatasetError  # imports TensorFlow: on errors only
-    return DatasetError(message)

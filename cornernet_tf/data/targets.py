@@ -74,11 +74,7 @@ def gaussian_radius(height, width, min_overlap: float = 0.3):
     if h < 0 or w < 0 or not (math.isfinite(h) and math.isfinite(w)):
         raise ValueError(f"gaussian_radius: expected finite non-negative height and width, "
                          f"found height={height!r}, width={width!r}")
-    b = h + w
-    r1 = (b - math.sqrt(b * b - 4.0 * w * h * (1.0 - t) / (1.0 + t))) / 2.0
-    r2 = (2.0 * b - math.sqrt(4.0 * b * b - 16.0 * (1.0 - t) * w * h)) / 8.0
-    r3 = (-2.0 * t * b + math.sqrt(4.0 * t * t * b * b + 16.0 * t * (1.0 - t) * w * h)) / (8.0 * t)
-    return min(r1, r2, r3)
+    return _radius(h, w, t, math.sqrt, max, min)
 
 
 def gaussian_radius_tf(height: tf.Tensor, width: tf.Tensor, min_overlap: float = 0.3) -> tf.Tensor:
@@ -98,12 +94,18 @@ def gaussian_radius_tf(height: tf.Tensor, width: tf.Tensor, min_overlap: float =
     if not h.dtype.is_floating:
         h = tf.cast(h, tf.float64)
     w = tf.cast(width, h.dtype)
+    return _radius(h, w, t, tf.sqrt, tf.maximum, tf.minimum)
+
+
+def _radius(h, w, t: float, sqrt, maximum, minimum):
+    """The formula, once, for python floats (math) and tensors (tf): the smallest root of
+    the paper's three cases, with the corrected quadratic roots (SPEC.md, Ground truth)."""
     b = h + w
-    r1 = (b - tf.sqrt(b * b - 4.0 * w * h * (1.0 - t) / (1.0 + t))) / 2.0
-    # Both discriminants below are >= 0 mathematically; the max guards rounding.
-    r2 = (2.0 * b - tf.sqrt(tf.maximum(4.0 * b * b - 16.0 * (1.0 - t) * w * h, 0.0))) / 8.0
-    r3 = (-2.0 * t * b + tf.sqrt(4.0 * t * t * b * b + 16.0 * t * (1.0 - t) * w * h)) / (8.0 * t)
-    return tf.minimum(tf.minimum(r1, r2), r3)
+    r1 = (b - sqrt(b * b - 4.0 * w * h * (1.0 - t) / (1.0 + t))) / 2.0
+    # r2's discriminant equals 4 (h - w)^2 + 16 t w h >= 0; the max guards rounding.
+    r2 = (2.0 * b - sqrt(maximum(4.0 * b * b - 16.0 * (1.0 - t) * w * h, 0.0))) / 8.0
+    r3 = (-2.0 * t * b + sqrt(4.0 * t * t * b * b + 16.0 * t * (1.0 - t) * w * h)) / (8.0 * t)
+    return minimum(minimum(r1, r2), r3)
 
 
 def encode_targets(boxes: tf.Tensor, classes: tf.Tensor, num_classes: int, input_size: SizeLike,
