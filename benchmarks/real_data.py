@@ -1,0 +1,157 @@
+"""The own-data path on real aerial photos made outside the project (docs/real_data.md).
+
+    python -m benchmarks.real_data prepare SOURCE OUT
+    python -m benchmarks.real_data score OUT/voc/heldout fitted=PRED_DIR tiled=PRED_DIR
+
+`SOURCE` is a folder holding DeepForest's sample annotations and images as published
+(github.com/weecology/DeepForest, `src/deepforest/data`, MIT licence): `OSBS_029.xml` +
+`OSBS_029.png`, `SOAP_061.xml` + `SOAP_061.png` and `2019_YELL_2_541000_4977000_image_crop`
+`.xml` + `.png`. Nothing is downloaded here.
+
+`prepare` writes two Pascal VOC folders (XML beside the images) into `OUT/voc/`:
+
+- `train/`: OSBS_029 and SOAP_061 copied as they are, and the west part of the Yellowstone
+  photo (x < `--cut`) as `YELL_west.png` / `.xml`;
+- `heldout/`: its east part (x >= `--cut`) as `YELL_east.png` / `.xml`.
+
+A box goes to the part that holds its centre and is clipped to it, so no tree is in both.
+
+`score` scores `--mode=predict` output folders (one JSON per image) against a VOC folder
+with COCOeval at `--max_dets` detections per image (1024: the most a tiled image keeps),
+classes matched by name, and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import shutil
+import xml.etree.ElementTree as ElementTree
+
+YELL = "2019_YELL_2_541000_4977000_image_crop"
+COPIED = ("OSBS_029", "SOAP_061")
+
+
+def _boxes(xml_path: str) -> list[tuple[str, list[int]]]:
+    root = ElementTree.parse(xml_path).getroot()
+    return [(o.findtext("name").strip(),
+             [int(float(o.findtext(f"bndbox/{k}"))) for k in ("xmin", "ymin", "xmax", "ymax")])
+            for o in root.iter("object")]
+
+
+def write_voc(path: str, image_name: str, width: int, height: int,
+              objects: list[tuple[str, list[int]]]) -> None:
+    """A Pascal VOC XML file: `objects` as (name, [xmin, ymin, xmax, ymax]) in VOC's
+    1-based pixel indices."""
+    root = ElementTree.Element("annotation")
+    ElementTree.SubElement(root, "filename").text = image_name
+    size = ElementTree.SubElement(root, "size")
+    for key, value in (("width", width), ("height", height), ("depth", 3)):
+        ElementTree.SubElement(size, key).text = str(value)
+    for name, box in objects:
+        obj = ElementTree.SubElement(root, "object")
+        ElementTree.SubElement(obj, "name").text = name
+        ElementTree.SubElement(obj, "difficult").text = "0"
+        bndbox = ElementTree.SubElement(obj, "bndbox")
+        for key, value in zip(("xmin", "ymin", "xmax", "ymax"), box):
+            ElementTree.SubElement(bndbox, key).text = str(value)
+    ElementTree.indent(root)
+    ElementTree.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
+
+
+def split_part(objects: list, x0: int, x1: int) -> list:
+    """The objects whose box centre has x0 <= x < x1, clipped to [x0, x1) and shifted by
+    -x0 (VOC indices: columns x0 + 1 .. x1 of the image become 1 .. x1 - x0)."""
+    kept = []
+    for name, (xmin, ymin, xmax, ymax) in objects:
+        centre = (xmin - 1 + xmax) / 2.0  # VOC pixel indices are 1-based
+        if x0 <= centre < x1:
+            kept.append((name, [max(xmin, x0 + 1) - x0, ymin, min(xmax, x1) - x0, ymax]))
+    return kept
+
+
+def prepare(source: str, out: str, cut: int) -> None:
+    from PIL import Image
+    train, heldout = (os.path.join(out, "voc", s) for s in ("train", "heldout"))
+    for folder in (train, heldout):
+        if os.path.exists(folder):
+            raise SystemExit(f"{folder} exists: remove it or choose another OUT")
+        os.makedirs(folder)
+    for stem in COPIED:
+        for ext in (".xml", ".png"):
+            shutil.copyfile(os.path.join(source, stem + ext), os.path.join(train, stem + ext))
+        print(f"train/{stem}: {len(_boxes(os.path.join(source, stem + '.xml')))} objects")
+    image = Image.open(os.path.join(source, YELL + ".png")).convert("RGB")
+    objects = _boxes(os.path.join(source, YELL + ".xml"))
+    width, height = image.size
+    for folder, name, x0, x1 in ((train, "YELL_west", 0, cut), (heldout, "YELL_east", cut, width)):
+        part = split_part(objects, x0, x1)
+        image.crop((x0, 0, x1, height)).save(os.path.join(folder, name + ".png"))
+        write_voc(os.path.join(folder, name + ".xml"), name + ".png", x1 - x0, height, part)
+        print(f"{os.path.basename(folder)}/{name}: {x1 - x0}x{height} pixels (columns {x0}.."
+              f"{x1 - 1} of {YELL}.png), {len(part)} objects")
+
+
+def score(heldout: str, predictions: dict, max_dets: int) -> list[dict]:
+    """COCO AP of each predict output folder against the VOC folder `heldout`."""
+    from cornernet_tf.data.voc import load_voc
+    from cornernet_tf.evaluation.metrics import coco_evaluate
+    records, label_map, report = load_voc(heldout, ground_truth=True)
+    by_stem = {os.path.splitext(os.path.basename(r.path))[0]: r.image_id for r in records}
+    by_name = {name: label_map.to_category_id(c) for c, name in enumerate(label_map.names)}
+    rows = []
+    for label, folder in predictions.items():
+        results, other_classes, images = [], 0, 0
+        for path in sorted(glob.glob(os.path.join(folder, "*.json"))):
+            stem = os.path.splitext(os.path.basename(path))[0]
+            if stem not in by_stem:
+                continue
+            images += 1
+            with open(path, encoding="utf-8") as f:
+                detections = json.load(f)["detections"]
+            for d in detections:
+                if d["name"] not in by_name:  # a class the held-out split does not have
+                    other_classes += 1
+                    continue
+                x1, y1, x2, y2 = d["box_xyxy"]
+                results.append({"image_id": by_stem[stem], "category_id": by_name[d["name"]],
+                                "bbox": [x1, y1, x2 - x1, y2 - y1], "score": d["score"]})
+        if images != len(records):
+            raise SystemExit(f"{folder}: predictions for {images} of the {len(records)} "
+                             f"images of {heldout}")
+        m = coco_evaluate(report.ground_truth, results, max_dets=max_dets)
+        rows.append(dict(label=label, ap=m["AP"], ap50=m["AP50"], ar=m["AR100"],
+                         detections=len(results), other_classes=other_classes))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    p = commands.add_parser("prepare", help="the train and held-out VOC folders")
+    p.add_argument("source", help="folder with DeepForest's sample files (module docstring)")
+    p.add_argument("out")
+    p.add_argument("--cut", type=int, default=625, help="column splitting the Yellowstone photo")
+    s = commands.add_parser("score", help="COCO AP of predict outputs on a VOC folder")
+    s.add_argument("heldout", help="VOC folder (XML and images) of the ground truth")
+    s.add_argument("predictions", nargs="+", help="LABEL=FOLDER of predict's JSON outputs")
+    s.add_argument("--max_dets", type=int, default=1024)
+    args = parser.parse_args()
+    if args.command == "prepare":
+        prepare(args.source, args.out, args.cut)
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    pairs = dict(p.split("=", 1) for p in args.predictions)
+    print(f"scored at COCOeval maxDets={args.max_dets}")
+    print("| predictions | AP | AP50 | AR | detections scored |")
+    print("|---|---|---|---|---|")
+    for r in score(args.heldout, pairs, args.max_dets):
+        print(f"| {r['label']} | {r['ap']:.3f} | {r['ap50']:.3f} | {r['ar']:.3f} | "
+              f"{r['detections']}" + (f" ({r['other_classes']} of other classes left out)"
+                                      if r["other_classes"] else "") + " |")
+
+
+if __name__ == "__main__":
+    main()
