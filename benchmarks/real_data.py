@@ -1,6 +1,7 @@
 """The own-data path on real aerial photos made outside the project (docs/real_data.md).
 
     python -m benchmarks.real_data prepare SOURCE OUT
+    python -m benchmarks.real_data yolo OUT --names Tree,Dead,Alive
     python -m benchmarks.real_data score OUT/voc/heldout fitted=PRED_DIR tiled=PRED_DIR
 
 `SOURCE` is a folder holding DeepForest's sample annotations and images as published
@@ -15,6 +16,10 @@
 - `heldout/`: its east part (x >= `--cut`) as `YELL_east.png` / `.xml`.
 
 A box goes to the part that holds its centre and is clipped to it, so no tree is in both.
+
+`yolo` writes the same two splits as a YOLO folder (ultralytics layout: `OUT/yolo/data.yaml`
+with the class names in the order given, `images/{train,heldout}`, `labels/{train,heldout}`
+of `class cx cy w h` lines, normalised), to read the same boxes through the YOLO reader.
 
 `score` scores `--mode=predict` output folders (one JSON per image) against a VOC folder
 with COCOeval at `--max_dets` detections per image (1024: the most a tiled image keeps),
@@ -94,6 +99,34 @@ def prepare(source: str, out: str, cut: int) -> None:
               f"{x1 - 1} of {YELL}.png), {len(part)} objects")
 
 
+def yolo(out: str, names: list[str]) -> None:
+    from PIL import Image
+    root = os.path.join(out, "yolo")
+    if os.path.exists(root):
+        raise SystemExit(f"{root} exists: remove it or choose another OUT")
+    for split in ("train", "heldout"):
+        voc = os.path.join(out, "voc", split)
+        images, labels = os.path.join(root, "images", split), os.path.join(root, "labels", split)
+        os.makedirs(images)
+        os.makedirs(labels)
+        for xml in sorted(glob.glob(os.path.join(voc, "*.xml"))):
+            stem = os.path.splitext(os.path.basename(xml))[0]
+            shutil.copyfile(os.path.join(voc, stem + ".png"), os.path.join(images, stem + ".png"))
+            width, height = Image.open(os.path.join(voc, stem + ".png")).size
+            lines = []
+            for name, (xmin, ymin, xmax, ymax) in _boxes(xml):
+                x1, y1 = xmin - 1, ymin - 1  # VOC's 1-based indices to pixel edges
+                lines.append(f"{names.index(name)} {(x1 + xmax) / 2 / width:.6f} "
+                             f"{(y1 + ymax) / 2 / height:.6f} {(xmax - x1) / width:.6f} "
+                             f"{(ymax - y1) / height:.6f}\n")
+            with open(os.path.join(labels, stem + ".txt"), "w", encoding="utf-8") as f:
+                f.writelines(lines)
+            print(f"yolo/labels/{split}/{stem}.txt: {len(lines)} objects")
+    with open(os.path.join(root, "data.yaml"), "w", encoding="utf-8") as f:
+        f.write("path: .\ntrain: images/train\nval: images/heldout\nnames:\n"
+                + "".join(f"  {k}: {n}\n" for k, n in enumerate(names)))
+
+
 def score(heldout: str, predictions: dict, max_dets: int) -> list[dict]:
     """COCO AP of each predict output folder against the VOC folder `heldout`."""
     from cornernet_tf.data.voc import load_voc
@@ -105,12 +138,15 @@ def score(heldout: str, predictions: dict, max_dets: int) -> list[dict]:
     for label, folder in predictions.items():
         results, other_classes, images = [], 0, 0
         for path in sorted(glob.glob(os.path.join(folder, "*.json"))):
-            stem = os.path.splitext(os.path.basename(path))[0]
+            with open(path, encoding="utf-8") as f:
+                predicted = json.load(f)
+            if not isinstance(predicted, dict) or "detections" not in predicted:
+                continue  # predict's manifest
+            stem = os.path.splitext(os.path.basename(predicted["image"]))[0]
             if stem not in by_stem:
                 continue
             images += 1
-            with open(path, encoding="utf-8") as f:
-                detections = json.load(f)["detections"]
+            detections = predicted["detections"]
             for d in detections:
                 if d["name"] not in by_name:  # a class the held-out split does not have
                     other_classes += 1
@@ -134,6 +170,9 @@ def main() -> None:
     p.add_argument("source", help="folder with DeepForest's sample files (module docstring)")
     p.add_argument("out")
     p.add_argument("--cut", type=int, default=625, help="column splitting the Yellowstone photo")
+    y = commands.add_parser("yolo", help="the same splits as a YOLO folder")
+    y.add_argument("out", help="the OUT of prepare")
+    y.add_argument("--names", default="Tree,Dead,Alive", help="class names, in YOLO's order")
     s = commands.add_parser("score", help="COCO AP of predict outputs on a VOC folder")
     s.add_argument("heldout", help="VOC folder (XML and images) of the ground truth")
     s.add_argument("predictions", nargs="+", help="LABEL=FOLDER of predict's JSON outputs")
@@ -142,12 +181,18 @@ def main() -> None:
     if args.command == "prepare":
         prepare(args.source, args.out, args.cut)
         return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    pairs = dict(p.split("=", 1) for p in args.predictions)
+    if args.command == "yolo":
+        yolo(args.out, args.names.split(","))
+        return
+    from cornernet_tf import console
+    console.set_quiet(True)
+    with console.native_stderr_filtered():
+        rows = score(args.heldout, dict(p.split("=", 1) for p in args.predictions),
+                     args.max_dets)
     print(f"scored at COCOeval maxDets={args.max_dets}")
     print("| predictions | AP | AP50 | AR | detections scored |")
     print("|---|---|---|---|---|")
-    for r in score(args.heldout, pairs, args.max_dets):
+    for r in rows:
         print(f"| {r['label']} | {r['ap']:.3f} | {r['ap50']:.3f} | {r['ar']:.3f} | "
               f"{r['detections']}" + (f" ({r['other_classes']} of other classes left out)"
                                       if r["other_classes"] else "") + " |")
