@@ -13,12 +13,15 @@
 
 - `train/`: OSBS_029 and SOAP_061 copied as they are, and the west part of the Yellowstone
   photo (x < `--cut`) as `YELL_west.png` / `.xml`;
-- `heldout/`: its east part (x >= `--cut`) as `YELL_east.png` / `.xml`.
+- `heldout/`: its east part (x >= `--cut`) as `YELL_east.png` / `.xml`;
+- `heldout_crops/`: that east part cut into `--crop` x `--crop` crops (the network input
+  size: the held-out trees at the scale the model trains on), `YELL_east_<row>_<col>`.
 
-A box goes to the part that holds its centre and is clipped to it, so no tree is in both.
+A box goes to the part (crop) that holds its centre and is clipped to it, so no tree is in
+two.
 
-`yolo` writes the same two splits as a YOLO folder (ultralytics layout: `OUT/yolo/data.yaml`
-with the class names in the order given, `images/{train,heldout}`, `labels/{train,heldout}`
+`yolo` writes the same three splits as a YOLO folder (ultralytics layout: `OUT/yolo/data.yaml`
+with the class names in the order given, `images/<split>`, `labels/<split>`
 of `class cx cy w h` lines, normalised), to read the same boxes through the YOLO reader.
 
 `score` scores `--mode=predict` output folders (one JSON per image) against a VOC folder
@@ -66,21 +69,23 @@ def write_voc(path: str, image_name: str, width: int, height: int,
     ElementTree.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
 
 
-def split_part(objects: list, x0: int, x1: int) -> list:
-    """The objects whose box centre has x0 <= x < x1, clipped to [x0, x1) and shifted by
-    -x0 (VOC indices: columns x0 + 1 .. x1 of the image become 1 .. x1 - x0)."""
+def split_part(objects: list, x0: int, x1: int, y0: int = 0, y1: int = 1 << 30) -> list:
+    """The objects whose box centre lies in columns [x0, x1) and rows [y0, y1), clipped to
+    them and shifted by (-x0, -y0) (VOC indices: column x0 + 1 becomes 1)."""
     kept = []
     for name, (xmin, ymin, xmax, ymax) in objects:
-        centre = (xmin - 1 + xmax) / 2.0  # VOC pixel indices are 1-based
-        if x0 <= centre < x1:
-            kept.append((name, [max(xmin, x0 + 1) - x0, ymin, min(xmax, x1) - x0, ymax]))
+        cx, cy = (xmin - 1 + xmax) / 2.0, (ymin - 1 + ymax) / 2.0  # VOC indices are 1-based
+        if x0 <= cx < x1 and y0 <= cy < y1:
+            kept.append((name, [max(xmin, x0 + 1) - x0, max(ymin, y0 + 1) - y0,
+                                min(xmax, x1) - x0, min(ymax, y1) - y0]))
     return kept
 
 
-def prepare(source: str, out: str, cut: int) -> None:
+def prepare(source: str, out: str, cut: int, crop: int) -> None:
     from PIL import Image
-    train, heldout = (os.path.join(out, "voc", s) for s in ("train", "heldout"))
-    for folder in (train, heldout):
+    train, heldout, crops = (os.path.join(out, "voc", s)
+                             for s in ("train", "heldout", "heldout_crops"))
+    for folder in (train, heldout, crops):
         if os.path.exists(folder):
             raise SystemExit(f"{folder} exists: remove it or choose another OUT")
         os.makedirs(folder)
@@ -97,6 +102,17 @@ def prepare(source: str, out: str, cut: int) -> None:
         write_voc(os.path.join(folder, name + ".xml"), name + ".png", x1 - x0, height, part)
         print(f"{os.path.basename(folder)}/{name}: {x1 - x0}x{height} pixels (columns {x0}.."
               f"{x1 - 1} of {YELL}.png), {len(part)} objects")
+    east, count, kept = split_part(objects, cut, width), 0, 0
+    for row in range(height // crop):
+        for col in range((width - cut) // crop):
+            x0, y0 = col * crop, row * crop
+            part = split_part(east, x0, x0 + crop, y0, y0 + crop)
+            name = f"YELL_east_{row}_{col}"
+            image.crop((cut + x0, y0, cut + x0 + crop, y0 + crop)).save(
+                os.path.join(crops, name + ".png"))
+            write_voc(os.path.join(crops, name + ".xml"), name + ".png", crop, crop, part)
+            count, kept = count + 1, kept + len(part)
+    print(f"heldout_crops: {count} crops of {crop}x{crop} pixels of YELL_east, {kept} objects")
 
 
 def yolo(out: str, names: list[str]) -> None:
@@ -104,7 +120,7 @@ def yolo(out: str, names: list[str]) -> None:
     root = os.path.join(out, "yolo")
     if os.path.exists(root):
         raise SystemExit(f"{root} exists: remove it or choose another OUT")
-    for split in ("train", "heldout"):
+    for split in ("train", "heldout", "heldout_crops"):
         voc = os.path.join(out, "voc", split)
         images, labels = os.path.join(root, "images", split), os.path.join(root, "labels", split)
         os.makedirs(images)
@@ -123,7 +139,7 @@ def yolo(out: str, names: list[str]) -> None:
                 f.writelines(lines)
             print(f"yolo/labels/{split}/{stem}.txt: {len(lines)} objects")
     with open(os.path.join(root, "data.yaml"), "w", encoding="utf-8") as f:
-        f.write("path: .\ntrain: images/train\nval: images/heldout\nnames:\n"
+        f.write("path: .\ntrain: images/train\nval: images/heldout_crops\nnames:\n"
                 + "".join(f"  {k}: {n}\n" for k, n in enumerate(names)))
 
 
@@ -170,6 +186,7 @@ def main() -> None:
     p.add_argument("source", help="folder with DeepForest's sample files (module docstring)")
     p.add_argument("out")
     p.add_argument("--cut", type=int, default=625, help="column splitting the Yellowstone photo")
+    p.add_argument("--crop", type=int, default=128, help="side of the held-out crops")
     y = commands.add_parser("yolo", help="the same splits as a YOLO folder")
     y.add_argument("out", help="the OUT of prepare")
     y.add_argument("--names", default="Tree,Dead,Alive", help="class names, in YOLO's order")
@@ -179,7 +196,7 @@ def main() -> None:
     s.add_argument("--max_dets", type=int, default=1024)
     args = parser.parse_args()
     if args.command == "prepare":
-        prepare(args.source, args.out, args.cut)
+        prepare(args.source, args.out, args.cut, args.crop)
         return
     if args.command == "yolo":
         yolo(args.out, args.names.split(","))
