@@ -279,7 +279,8 @@ def _run_mode(argv: list[str]) -> None:
             overrides.append("train.init_from=" + json.dumps(FLAGS.init_from))
         path = config_path()
         if path != FLAGS.config:
-            print(f"config: {path} (the run's own; --config overrides it)", flush=True)
+            whose = "export's" if _is_export(os.path.dirname(path)) else "run's"
+            print(f"config: {path} (the {whose} own; --config overrides it)", flush=True)
         cfg = config_lib.load_config(path, overrides)
         if FLAGS.mode != "config":  # every other mode runs TensorFlow
             console.import_tensorflow()
