@@ -79,8 +79,8 @@ def native_stderr_filtered() -> Iterator[None]:
     saved = os.dup(2)
     read_fd, write_fd = os.pipe()
     try:
-        # -I: no site, no PYTHONPATH, not this folder on sys.path (it only needs the stdlib);
-        # its own session: a Ctrl-C meant for us does not stop it before we have said so
+        # -I (isolated): no PYTHONPATH, no user site, not this folder on sys.path (it needs
+        # the stdlib only); its own session: a Ctrl-C meant for us does not stop it first
         reader = subprocess.Popen([sys.executable, "-I", os.path.abspath(__file__)],
                                   stdin=read_fd, stdout=saved, close_fds=True,
                                   start_new_session=True)
