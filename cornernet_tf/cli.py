@@ -258,10 +258,16 @@ def resolve_model_dir(config_path: str, model_dir: str | None) -> str:
 def _main(argv: list[str]) -> None:
     from absl import logging
     logging.set_verbosity(logging.WARNING)  # TF's Python INFO chatter; our summaries print
-    # TensorFlow's C++ noise (console.py) stays out of the console unless --verbose
+    # TensorFlow's C++ noise (console.py) stays out of the console unless --verbose: the
+    # whole mode runs with fd 2 filtered (the first graph run, the TFLite converter, ...)
     console.set_quiet(not FLAGS.verbose)
     if FLAGS.verbose and _USER_TF_LOG_LEVEL is None and "tensorflow" not in sys.modules:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+    with console.native_stderr_filtered():
+        _run_mode(argv)
+
+
+def _run_mode(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     try:
@@ -273,7 +279,8 @@ def _main(argv: list[str]) -> None:
             overrides.append("train.init_from=" + json.dumps(FLAGS.init_from))
         path = config_path()
         if path != FLAGS.config:
-            print(f"config: {path} (the run's own; --config overrides it)", flush=True)
+            whose = "export's" if _is_export(os.path.dirname(path)) else "run's"
+            print(f"config: {path} (the {whose} own; --config overrides it)", flush=True)
         cfg = config_lib.load_config(path, overrides)
         if FLAGS.mode != "config":  # every other mode runs TensorFlow
             console.import_tensorflow()

@@ -124,6 +124,6 @@ def test_voc_train_yolo_val_by_name_run_config_and_no_validation(tmp_path, monke
     capsys.readouterr()
     run_cli("--mode=evaluate", "--model=export/quickstart/1")
     out = capsys.readouterr().out
-    assert "config: export/quickstart/1/config.yaml (the run's own" in out
+    assert "config: export/quickstart/1/config.yaml (the export's own" in out
     metrics = json.load(open("export/quickstart/eval/saved_model_1/metrics.json"))
     assert sorted(metrics["per_class_AP"]) == ["cat", "dog"] and metrics["images"] == 2

@@ -152,7 +152,9 @@ def load_split(data_config, split: str, check_images: Optional[str] = None,
               f"data.max_objects={data_config.max_objects} objects (most: {int(counts.max())} "
               f"in image id {worst.image_id}); their "
               f"{int((counts[over] - data_config.max_objects).sum())} of {int(counts.sum())} "
-              f"objects beyond it train the corner heatmaps but not the embeddings and offsets",
+              + ("objects beyond it train the corner heatmaps but not the embeddings and offsets"
+                 if split == "train" else "objects beyond it are scored by the evaluation all "
+                 "the same (the cap is for training targets)"),
               flush=True)
     return records, label_map, report
 

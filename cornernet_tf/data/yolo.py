@@ -32,6 +32,10 @@ from cornernet_tf.data import coco, image_files, records as records_lib
 
 NAMES_FILES = ("classes.txt", "data.yaml", "dataset.yaml")
 MAX_LABEL_BYTES = 10 * 1024 * 1024  # ~30 bytes a line: far beyond any real label file
+# Normalised coordinates are written rounded (ultralytics: 6 digits), so a box touching the
+# border can overshoot it by up to ~1e-6 of the side: that much is the border, not a box
+# to clip and report. A real overshoot (a pixel or more) is still reported.
+BORDER_ROUNDING = 1e-5
 
 
 def find_names_file(label_dir: str) -> Optional[str]:
@@ -155,6 +159,16 @@ def _relative_files(folder: str, extensions: tuple) -> list:
     return sorted(found)
 
 
+def _snap_to_border(value: float, side: int) -> float:
+    """A coordinate beyond the image border by no more than BORDER_ROUNDING of its side,
+    on the border."""
+    if -BORDER_ROUNDING * side <= value < 0:
+        return 0.0
+    if side < value <= side * (1 + BORDER_ROUNDING):
+        return float(side)
+    return value
+
+
 def _read_labels(path: str, num_classes: int, size: tuple, image_id: int,
                  report: coco.DatasetReport) -> list:
     """[(box xyxy in pixels, class)] of a label file; bad lines reported and dropped."""
@@ -191,8 +205,10 @@ def _read_labels(path: str, num_classes: int, size: tuple, image_id: int,
                        at=at)
             continue
         x1, y1 = (cx - w / 2) * width, (cy - h / 2) * height
-        kind, box = records_lib.box_problem(x1, y1, x1 + w * width, y1 + h * height, width,
-                                            height)
+        x2, y2 = x1 + w * width, y1 + h * height
+        x1, x2 = (_snap_to_border(v, width) for v in (x1, x2))
+        y1, y2 = (_snap_to_border(v, height) for v in (y1, y2))
+        kind, box = records_lib.box_problem(x1, y1, x2, y2, width, height)
         if kind in (coco.BAD_BOX, coco.BOX_OUTSIDE_IMAGE):
             report.add(kind, f"{box} (line {line.strip()!r}); object dropped", image_id,
                        file=path, at=at)

@@ -260,6 +260,7 @@ def plot_precision_recall(curves: dict, path: str) -> str:
     cols = min(len(names), 5)
     rows = max(1, math.ceil(len(names) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 2.7 * rows), squeeze=False)
+    legend = False  # on the first panel with curves (a class without ground truth has none)
     for k, ax in enumerate(axes.flat):
         if k >= len(names):
             ax.axis("off")
@@ -270,12 +271,13 @@ def plot_precision_recall(curves: dict, path: str) -> str:
             if (p > -1).any():
                 ax.plot(curves["recall"], np.maximum(p, 0), style, label=f"IoU {iou}")
                 titles.append(f"{curves['ap'][iou][k]:.2f}")
-        ax.set_title(f"{names[k]}  AP50/75 " + "/".join(titles) if titles else names[k],
-                     fontsize=8)
+        ax.set_title(f"{names[k]}  AP50/75 " + "/".join(titles) if titles
+                     else f"{names[k]} (no ground truth)", fontsize=8)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.02)
         ax.tick_params(labelsize=7)
-        if k == 0:
+        if titles and not legend:
+            legend = True
             ax.legend(fontsize=7, loc="lower left")
             ax.set_xlabel("recall", fontsize=7)
             ax.set_ylabel("precision", fontsize=7)

@@ -103,7 +103,8 @@ def summarize(records: Sequence, names: Sequence[str], source: str, input_size: 
         over = counts > max_objects
         lines.append(f"data.max_objects={max_objects}: " + (
             f"{int(over.sum())} images have more; {int((counts[over] - max_objects).sum())} "
-            f"objects beyond it are not trained" if over.any() else "every object is kept"))
+            f"objects beyond it (in training: corner heatmaps only, no embedding or offset "
+            f"targets)" if over.any() else "every object is kept"))
         lines.append("busiest images: " + "; ".join(
             f"{n} objects in image id {i} ({os.path.basename(p)})" for n, i, p in busiest))
     if len(native):

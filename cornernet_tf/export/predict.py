@@ -92,8 +92,9 @@ def default_score_threshold(model_path: str) -> tuple[float, str]:
     """Predict's score threshold without `--score_threshold`, and where it comes from.
 
     The best-F1 threshold of the run's evaluation when the export carries one (serving.json's
-    `best_f1_score_threshold`, written by export from `<model_dir>/eval/metrics.json`),
-    else `FALLBACK_SCORE_THRESHOLD`.
+    `best_f1_score_threshold`, written by export from `<model_dir>/eval/metrics.json`) and
+    that F1 is above 0, else `FALLBACK_SCORE_THRESHOLD` (at F1 0, no detection matched: the
+    "best" threshold is any score, and often hides every detection).
 
     Returns:
       (threshold, a few words naming its source).
@@ -104,10 +105,13 @@ def default_score_threshold(model_path: str) -> tuple[float, str]:
     try:
         with open(path, encoding="utf-8") as f:
             best = json.load(f)[BEST_F1_KEY]
-        threshold = float(best["threshold"])
-        if 0.0 < threshold <= 1.0:
-            return threshold, (f"the best F1 ({float(best['f1']):.3f}) of the evaluation in "
-                               f"{best.get('source', 'the run')}")
+        threshold, f1 = float(best["threshold"]), float(best["f1"])
+        source = best.get("source", "the run")
+        if 0.0 < threshold <= 1.0 and f1 > 0.0:
+            return threshold, f"the best F1 ({f1:.3f}) of the evaluation in {source}"
+        if f1 == 0.0:
+            return FALLBACK_SCORE_THRESHOLD, (f"the default: the evaluation in {source} "
+                                              f"matched no detection (F1 0)")
     except (OSError, ValueError, KeyError, TypeError):
         pass
     return FALLBACK_SCORE_THRESHOLD, "the default: the export carries no evaluation"

@@ -149,7 +149,13 @@ def test_objects_beyond_max_objects_are_printed_and_stay_in_the_heatmaps(tmp_pat
     pipeline.load_split(cfg.data, "train")
     out = capsys.readouterr().out
     assert "2 of 2 images have more than data.max_objects=4 objects" in out
-    assert "4 of 12 objects beyond it" in out
+    assert "4 of 12 objects beyond it train the corner heatmaps" in out
+    # the validation split: the cap is training's, its ground truth keeps all 12 objects
+    _, _, report = pipeline.load_split(cfg.data, "val", ground_truth=True)
+    out = capsys.readouterr().out
+    assert ("4 of 12 objects beyond it are scored by the evaluation all the same (the cap is "
+            "for training targets)") in out
+    assert len(report.ground_truth["annotations"]) == 12
     ds = pipeline.build_dataset(cfg.data, cfg.model, "train", training=True, batch_size=2)
     _, targets = next(iter(ds))
     assert targets["mask"].shape == (2, MAX_OBJECTS)

@@ -25,6 +25,25 @@ def test_boxes_from_normalised_lines_and_negatives(tmp_path):
     assert report.ground_truth["annotations"][0]["bbox"] == [10.0, 5.0, 20.0, 10.0]
 
 
+def test_a_box_on_the_border_rounded_to_six_decimals_is_no_clipping(tmp_path):
+    """Normalised coordinates are written rounded (ultralytics: 6 digits): a box touching
+    the border overshoots it by the rounding error only. Found on DeepForest's tree crowns
+    (docs/real_data.md), where each crop's border trees were reported as clipped."""
+    labels, images = write_yolo(str(tmp_path), "train", ["tree"], {
+        # 128x128: cx 0.132812 * 128 = 16.999936, w 0.265625 * 128 = 34 -> x1 = -0.000064;
+        # cy 0.101562 * 128 = 12.999936, h 0.203125 * 128 = 26 -> y1 = -0.000064
+        "a": (128, 128, "0 0.132812 0.101562 0.265625 0.203125\n"
+                        # cx 0.890625 * 128 = 114, w 0.21875 * 128 = 28 -> x2 = 128 exactly;
+                        # cy 0.9296875 * 128 = 119, h 0.140625 * 128 = 18 -> y2 = 128
+                        "0 0.890625 0.9296875 0.21875 0.140625\n"
+                        # a real overshoot: x1 = 0.5 * 128 - 0.5 * 130 = -1 pixel
+                        "0 0.5 0.5 1.015625 0.5\n")})
+    records, _, report = yolo.load_yolo(labels, images)
+    np.testing.assert_allclose(records[0].boxes, [[0, 0, 34, 26], [100, 110, 128, 128],
+                                                  [0, 32, 128, 96]], atol=1e-3)
+    assert [(p.kind, p.at) for p in report.problems] == [(coco.BOX_CLIPPED, "line 3")]
+
+
 def test_names_from_classes_txt_or_data_yaml_list(tmp_path):
     labels, images = write_yolo(str(tmp_path / "t"), "train", ["b", "a"],
                                 {"x": (8, 8, "1 .5 .5 .5 .5\n")}, names_file="classes.txt")

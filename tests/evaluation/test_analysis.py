@@ -122,6 +122,33 @@ def test_pictures_are_written_with_both_colours(scene, tmp_path):
         assert im.size == (2 * 256, 256)
 
 
+def test_pr_curves_of_a_split_lacking_the_first_class_warn_nothing(tmp_path):
+    """A validation split without the model's first class (DeepForest's held-out trees:
+    no "Alive", docs/real_data.md): its panel says so, the legend goes to the next one,
+    and matplotlib has no "No artists with labels" warning to print."""
+    import warnings
+    import matplotlib.pyplot as plt
+    recall = np.linspace(0, 1, 101)
+    curves = {"recall": recall, "names": ["Alive", "Tree"],
+              "precision": {iou: np.stack([np.full(101, -1.0), 1 - recall / 2])
+                            for iou in analysis.PR_IOUS},
+              "ap": {iou: np.array([-1.0, 0.75]) for iou in analysis.PR_IOUS}}
+    titles = []
+    real_savefig = plt.Figure.savefig
+
+    def savefig(fig, *args, **kwargs):
+        titles.extend((ax.get_title(), ax.get_legend() is not None) for ax in fig.axes)
+        return real_savefig(fig, *args, **kwargs)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(plt.Figure, "savefig", savefig)
+            analysis.plot_precision_recall(curves, str(tmp_path / "pr.png"))
+    assert titles == [("Alive (no ground truth)", False),
+                      ("Tree  AP50/75 0.75/0.75", True)]
+
+
 def test_best_f1_threshold_by_hand(scene):
     gt, dets = scene
     # By descending score (4 ground-truth boxes): d6 TP (D), d1 TP (A), d2 FP (class a on

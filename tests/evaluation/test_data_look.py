@@ -40,7 +40,8 @@ def test_sides_and_summary_numbers(tmp_path):
     # below one output cell (4 px): native 2; fitted 0.64. Above the 64 px input: native 100.
     assert numbers["below_one_cell"] == (1, 1) and numbers["above_input"] == (1, 0)
     assert "ann: 2 images, 4 objects, 1 ignore regions, 0 images without objects" in text
-    assert "data.max_objects=2: 1 images have more; 1 objects beyond it are not trained" in text
+    assert ("data.max_objects=2: 1 images have more; 1 objects beyond it (in training: corner "
+            "heatmaps only, no embedding or offset targets)") in text
     assert "busiest images: 3 objects in image id 1 (a.png)" in text
 
 

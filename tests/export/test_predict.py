@@ -269,6 +269,12 @@ def test_score_threshold_defaults_to_the_runs_best_f1_and_a_line_per_image(expor
     # no evaluation carried: 0.3; an explicit value wins
     plain = _copy_with_best_f1(path, tmp_path / "plain", None)
     assert predict_lib.default_score_threshold(plain)[0] == predict_lib.FALLBACK_SCORE_THRESHOLD
+    # an evaluation that matched nothing (DeepForest's held-out photo fitted whole,
+    # docs/real_data.md: F1 0 at "threshold" 0.473) says nothing about scores: 0.3
+    nothing = _copy_with_best_f1(path, tmp_path / "nothing", dict(best, threshold=0.473, f1=0.0))
+    assert predict_lib.default_score_threshold(nothing) == (
+        0.3, "the default: the evaluation in runs/x/eval/metrics.json matched no detection "
+             "(F1 0)")
     predict_lib.predict(plain, [images], str(tmp_path / "out2"), score_threshold=0.0)
     assert "score threshold 0 (--score_threshold)" in capsys.readouterr().out
 
