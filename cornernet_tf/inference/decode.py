@@ -60,7 +60,8 @@ def resolved_params(params: Optional[DecodeConfig] = None) -> DecodeConfig:
                                max_detections=params.max_detections or DEFAULT_DECODE_K)
 
 
-def decode(outputs: Mapping[str, tf.Tensor], params: Optional[DecodeConfig] = None) -> dict:
+def decode(outputs: Mapping[str, tf.Tensor], params: Optional[DecodeConfig] = None,
+           **overrides) -> dict:
     """Detections of one stack's raw heads (SPEC.md, Decode, steps 1-7 and 9).
 
     Args:
@@ -76,6 +77,8 @@ def decode(outputs: Mapping[str, tf.Tensor], params: Optional[DecodeConfig] = No
         soft_nms_sigma: Gaussian soft-NMS sigma in the reference convention: a box is
           weighted by exp(-IoU^2 / sigma) per higher-scoring box of its class.
         score_threshold: soft-NMS score floor (boxes whose score is <= it are removed).
+      **overrides: fields of `params` to change, e.g. `decode(heads, k=100, num_pairs=1000)`
+        (DESIGN.md's public call); the defaults stay `DecodeConfig`'s.
 
     Returns:
       dict: `boxes` [B, N, 4] float32 xyxy in output-grid units (divide by the ratio
@@ -86,7 +89,15 @@ def decode(outputs: Mapping[str, tf.Tensor], params: Optional[DecodeConfig] = No
     Raises:
       KeyError: a head is missing from `outputs`.
       ValueError: a head has the wrong rank/shape, or a parameter is out of range.
+      TypeError: `params` is not a DecodeConfig, or an override is not one of its fields.
     """
+    if overrides:
+        fields = {f.name for f in dataclasses.fields(DecodeConfig)}
+        unknown = sorted(set(overrides) - fields)
+        if unknown:
+            raise TypeError(f"decode: unknown parameters {unknown}; expected DecodeConfig's "
+                            f"fields {sorted(fields)}")
+        params = dataclasses.replace(params or DecodeConfig(), **overrides)
     params = resolved_params(params)
     candidates = decode_pairs(outputs, params)
     return batched_soft_nms(candidates[BOXES], candidates[SCORES], candidates[CLASSES], params)

@@ -304,6 +304,20 @@ def test_bad_inputs_raise_clear_errors():
         decode(bad, DecodeConfig(k=4, num_pairs=16))
     with pytest.raises(TypeError, match="DecodeConfig, found dict"):
         decode(heads, dict(k=4, num_pairs=16))  # parameters travel as one DecodeConfig
+    with pytest.raises(TypeError, match=r"unknown parameters \['top_k'\]"):
+        decode(heads, top_k=4)
+
+
+def test_keyword_overrides_equal_the_dataclass():
+    """DESIGN.md's call `decode(outputs, k=..., ...)` is the same decode as a DecodeConfig."""
+    heads = make_heads([[OBJ_A, OBJ_B, OBJ_C]])
+    by_keywords = as_numpy(decode(heads, **KW))
+    by_config = as_numpy(decode(heads, P))
+    for key in by_config:
+        np.testing.assert_array_equal(by_keywords[key], by_config[key])
+    base = DecodeConfig(k=10, num_pairs=50, max_detections=20)
+    fewer = as_numpy(decode(heads, base, max_detections=8))  # an override on given params
+    np.testing.assert_array_equal(fewer["boxes"], by_config["boxes"])
 
 
 def test_tflite_builtins_conversion_matches_tf(tmp_path):
