@@ -341,6 +341,10 @@ def fit(model: CornerNet, dataset: tf.data.Dataset, t: config_lib.TrainConfig,
         callbacks: TrainingCallbacks, strategy: Optional[tf.distribute.Strategy] = None) -> dict:
     """Trains from the model's optimizer step to `train.steps`; the run's results.
 
+    With `train.time_budget` the run ends at the step count the budget chose (at most
+    train.steps; `training/budget.py`), with a checkpoint there and, where validation is
+    on, a validation of that step.
+
     Returns:
       dict: "checkpoint" (the last one written; a temporary path on non-chief workers),
       "steps" (the step reached), "history" (one dict of logged values per logging
@@ -348,7 +352,8 @@ def fit(model: CornerNet, dataset: tf.data.Dataset, t: config_lib.TrainConfig,
       "stopped_on_nan", "last_good" (the newest checkpoint known good: after a NaN or a
       loss spike, the one kept in `checkpoints/before_spike/`), "evaluations" (one dict
       per validation during training, see `callbacks.ValidationCallback`) and "best" (the
-      best validation's step, AP and checkpoint, or None).
+      best validation's step, AP and checkpoint, or None), "budget" (with a time budget,
+      `budget.TimeBudget.summary()`: minutes, the steps chosen, s/step...; else None).
 
     Raises:
       CheckpointWriteError: a checkpoint could not be written (training stopped; the
@@ -370,7 +375,8 @@ def fit(model: CornerNet, dataset: tf.data.Dataset, t: config_lib.TrainConfig,
                 stopped_on_nan=callbacks.checkpoints.stopped_on_nan,
                 last_good=callbacks.checkpoints.last_good,
                 evaluations=validation.evaluations if validation else [],
-                best=validation.best if validation else None)
+                best=validation.best if validation else None,
+                budget=callbacks.budget.summary() if callbacks.budget else None)
 
 
 def _fit(model: CornerNet, dataset: tf.data.Dataset, t: config_lib.TrainConfig, step: int,
