@@ -32,8 +32,15 @@ each view of each validation image at the cost of a training image: forward and 
 about three forwards). After the first validation of the session the count is chosen once
 more with its measured time (which includes building the evaluation graph, so it
 over-states the later ones) and the step time measured since the window began; a change is
-said in one line. The count is not revised after that: a machine that slows down later
-ends late, and the last line says by how much.
+said in one line.
+
+**A machine that slows down.** On a shared machine the step time can grow after the
+decision. At the end of every logging interval (`train.log_every` steps) the run's end is
+forecast again with the step time of that interval; when it would end after the budget
+(margin included), the count is shortened to what fits at that rate, and the schedule's
+end moves there (a cosine then falls faster from where it is; it still reaches 0 at the new
+end). The count is never lengthened again after the first validation, so a passing burst
+of load costs steps but not the deadline. The last line says the time the session took.
 
 **Resuming.** The choice is written to `<model_dir>/budget.json` (whole, through a
 temporary file) when it is made, that is after the run folder was checked and its config
@@ -245,6 +252,7 @@ class TimeBudget(keras.callbacks.Callback):
         self.reused = False
         self._first = 0
         self._window: Optional[tuple[float, float]] = None  # (clock, excluded seconds)
+        self._last_check: Optional[tuple[float, float, int]] = None  # (clock, excluded, step)
         self._revise_after: Optional[int] = None  # validations done at the decision
 
     # ------------------------------------------------------------------ numbers
@@ -348,7 +356,42 @@ class TimeBudget(keras.callbacks.Callback):
         else:
             self.say(f"{head}{steps} steps fit ({detail}); the learning-rate schedule now "
                      f"ends at step {steps}")
+        self._last_check = (now, self._excluded(), step)
         self._write_record(step, first, last, eval_seconds, checkpoint_seconds, elapsed)
+
+    def _recheck(self, step: int) -> None:
+        """Shortens the count when the last interval's step time would end after the budget."""
+        start_clock, start_excluded, start_step = self._last_check
+        now, excluded = self.now(), self._excluded()
+        recent = max(now - start_clock - (excluded - start_excluded), 0.0) / (step - start_step)
+        self._last_check = (now, excluded, step)
+        elapsed = now - self.started
+        eval_seconds, _ = self._eval_seconds()
+        checkpoint_seconds = self._checkpoint_seconds()
+        margin = MARGIN_FRACTION * self.budget_seconds
+        kwargs = dict(eval_every=self.eval_every, eval_seconds=eval_seconds,
+                      checkpoint_every=self.checkpoint_every,
+                      checkpoint_seconds=checkpoint_seconds)
+        late = elapsed + forecast_seconds(step, self.chosen, recent, **kwargs) + margin > \
+            self.budget_seconds
+        own = (steps_within_budget(self.budget_seconds, elapsed, recent, step, self.chosen,
+                                   reserve_seconds=margin, **kwargs) if late else self.chosen)
+        # Every worker calls it at this same step, late or not: one collective for all.
+        steps = agree(self.model.distribute_strategy, own)
+        if steps >= self.chosen:
+            return
+        head = (f"time budget {self.minutes:g} min: steps slowed to {recent:.3g} s/step "
+                f"(steps {start_step + 1}-{step}, {elapsed:.0f} s spent); ")
+        self.seconds_per_step = recent
+        self._apply(steps)
+        if steps <= step:
+            self.say(head + f"no further step fits: training stops at step {step}; the "
+                            f"learning-rate schedule has not fully decayed")
+        else:
+            self.say(head + f"{steps} steps fit now; the learning-rate schedule now ends at "
+                            f"step {steps}")
+        self._write_record(step, start_step + 1, step, eval_seconds, checkpoint_seconds,
+                           elapsed)
 
     def _write_record(self, step, first, last, eval_seconds, checkpoint_seconds,
                       elapsed) -> None:
@@ -402,6 +445,14 @@ class TimeBudget(keras.callbacks.Callback):
         if self._revise_after == 0 and self.validation.clock.count and step < self.chosen:
             self._revise_after = None
             self._decide(step, revision=True)
+
+    def on_epoch_end(self, epoch, logs=None):
+        # One epoch of fit is one logging interval (the same step on every worker).
+        if self.reused or self.chosen is None or self._last_check is None:
+            return
+        step = self._step()
+        if self._last_check[2] < step < self.chosen:
+            self._recheck(step)
 
     def on_train_end(self, logs=None):
         step = self._step()
