@@ -12,6 +12,7 @@ import math
 import os
 import subprocess
 import sys
+import types
 
 import keras
 import pytest
@@ -22,7 +23,9 @@ from cornernet_tf.config import schema as config_lib
 from cornernet_tf.demo import format_summary
 from cornernet_tf.training import budget
 from cornernet_tf.training import checkpoints as ckpt_lib
+from cornernet_tf.training.callbacks import StopAtStep
 from cornernet_tf.training.loop import CornerNetSchedule
+from cornernet_tf.training.progress import ValidationClock
 from cornernet_tf.data.synthetic import generate_shapes_dataset
 from tests.support.training import tiny_overrides
 
@@ -319,3 +322,110 @@ def test_demo_summary_says_the_steps_the_budget_chose_and_nothing_without_one():
                     "measured); training took 9.5 min"]
     assert "time budget" not in demo_summary()
     assert "time budget" not in demo_summary(time_budget=None)
+
+
+# --------------------------------------------------------------------------------------
+# The callback's decisions, driven step by step with a fake clock
+# --------------------------------------------------------------------------------------
+
+class Driver:
+    """Plays `fit` for a TimeBudget: steps of a given duration, interval ends, validations.
+
+    The model is a stand-in with what the callback reads (the optimizer's step and
+    schedule, the strategy, stop_training); the clock is `self.t`.
+    """
+
+    def __init__(self, tmp_path, start, validation=None, **kwargs):
+        self.t = start
+        self.optimizer = types.SimpleNamespace(
+            iterations=tf.Variable(0, dtype=tf.int64), variables=[],
+            _learning_rate=CornerNetSchedule(1e-3, 1000, "cosine"))
+        self.model = types.SimpleNamespace(optimizer=self.optimizer, weights=[],
+                                           distribute_strategy=tf.distribute.get_strategy(),
+                                           stop_training=False)
+        self.said = []
+        self.stop = StopAtStep(1000)
+        self.validation = validation
+        self.callback = budget.TimeBudget(
+            10, 1000, 0.0, str(tmp_path), [self.stop, validation], checkpoints=types.
+            SimpleNamespace(save_seconds=[2.0]), validation=validation,
+            progress=types.SimpleNamespace(first_step_seconds=20.0), batch_size=16,
+            checkpoint_every=1000, say=self.said.append, clock=lambda: self.t, skip=2,
+            measure=4, **kwargs)
+        self.callback.set_model(self.model)
+        self.callback.on_train_begin()
+
+    def steps(self, count, seconds, log_every=10, validation_seconds=15.0):
+        for _ in range(count):
+            self.t += seconds
+            self.optimizer.iterations.assign_add(1)
+            step = int(self.optimizer.iterations.numpy())
+            if self.validation is not None and step % self.validation.every == 0:
+                self.t += validation_seconds  # the validation callback runs before it
+                self.validation.clock.add(validation_seconds)
+            self.callback.on_train_batch_end(0)
+            if step % log_every == 0:
+                self.callback.on_epoch_end(0)
+
+    @property
+    def end(self):
+        return self.optimizer._learning_rate.total_steps
+
+
+def test_decision_revision_after_the_first_validation_and_a_slowdown(tmp_path):
+    validation = types.SimpleNamespace(
+        every=100, clock=ValidationClock(100, 1000), split=(list(range(200)), None, None),
+        max_images=0, cfg=types.SimpleNamespace(evaluate=types.SimpleNamespace(
+            flip_test=True, scales=(1.0,))), evaluate_at_end=False, total_steps=1000)
+    run = Driver(tmp_path, start=10.5, validation=validation, eval_every=100)
+    # 1.6 s/step. Window: end of step 2 (t 13.7) to end of step 6 (t 20.1): 1.6 s/step,
+    # 20.1 s spent. A validation is estimated at the first step's 20 s (graph building)
+    # plus 200 images x 2 views (flip) x 1.6 / 16 s = 60 s; a checkpoint at the 2 s
+    # timed. 600 - 20.1 - 12 (margin) = 567.9 s: N = 247 costs 241 x 1.6 + 3 validations
+    # (100, 200, 247) + the last checkpoint = 385.6 + 180 + 2 = 567.6; N = 248, 569.2.
+    run.steps(6, 1.6)
+    assert run.callback.chosen == 247 and run.end == 247 and run.stop.total_steps == 247
+    assert validation.total_steps == 247 and validation.evaluate_at_end
+    assert run.said[-1].startswith("time budget 10 min: 247 steps fit (1.6 s/step measured "
+                                   "over steps 3-6, 20 s spent so far, 182 s kept for 3 "
+                                   "validation(s) (estimated 60 s each)")
+    # Steady steps: the interval checks keep 247 (the forecast ends at 599.7 s).
+    run.steps(93, 1.6)
+    assert run.end == 247 and len(run.said) == 1
+    # The first validation (step 100) takes 15 s: chosen again at t = 185.5 with 1.6
+    # s/step: 600 - 185.5 - 12 = 402.5 s; N = 322 costs 222 x 1.6 + 3 validations (200,
+    # 300, 322) x 15 + 2 = 402.2; N = 323, 403.8.
+    run.steps(1, 1.6)
+    assert run.end == 322 and run.stop.total_steps == 322
+    assert run.said[-1].startswith("time budget 10 min: after the first validation "
+                                   "(15.0 s), 322 steps fit")
+    # From step 151 the machine is twice as slow. At the check of step 160 (t = 297.5;
+    # the last check at 150, t 265.5): 3.2 s/step. 600 - 297.5 - 12 = 290.5 s: N = 240
+    # costs 80 x 3.2 + 2 validations (200, 240) x 15 + 2 = 288; N = 241, 291.2.
+    run.steps(50, 1.6)
+    assert run.end == 322
+    run.steps(10, 3.2)
+    assert run.end == 240 and run.stop.total_steps == 240 and validation.total_steps == 240
+    assert run.said[-1].startswith("time budget 10 min: steps slowed to 3.2 s/step (steps "
+                                   "151-160, ")  # then the 297.5 s spent, rounded
+    assert run.said[-1].endswith("240 steps fit now; the learning-rate schedule now ends at "
+                                 "step 240")
+    record = json.load(open(tmp_path / budget.RECORD_NAME, encoding="utf-8"))
+    assert record["steps"] == 240 and record["time_budget"] == 10.0
+    # At that rate the run ends on time: step 240 at 297.5 + 80 x 3.2 + 15 (step 200's
+    # validation) = 568.5 s, then the last validation and checkpoint, 585.5 s.
+    run.steps(80, 3.2)
+    assert run.end == 240 and run.t == pytest.approx(568.5)
+    assert lr_at(run.optimizer._learning_rate, 240) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_a_resumed_run_takes_the_recorded_count_and_never_measures(tmp_path):
+    run = Driver(tmp_path, start=0.0,
+                 record=dict(time_budget=10.0, steps=300, decided_at_step=25))
+    assert run.end == 300 and run.stop.total_steps == 300 and run.callback.reused
+    assert "resuming with the 300 steps chosen at step 25" in run.said[0]
+    run.steps(40, 50.0)  # far too slow for 300 steps: the schedule is kept all the same
+    assert run.end == 300 and len(run.said) == 1
+    other = Driver(tmp_path, start=0.0, record=dict(time_budget=20.0, steps=300))
+    assert other.end == 1000 and not other.callback.reused
+    assert "the budget changed, so the step count is chosen again" in other.said[0]
