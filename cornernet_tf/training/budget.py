@@ -348,11 +348,13 @@ class TimeBudget(keras.callbacks.Callback):
         elif steps >= self.max_steps:
             self.say(f"{head}train.steps={self.max_steps} fits ({detail}); the budget does "
                      f"not shorten the run" + ("" if not revision else
-                                               f" (it ended at step {previous} before)"))
+                                               f" (it was to end at step {previous})"))
         elif steps <= step:
-            self.say(f"{head}no further step fits ({detail}): training stops at step "
-                     f"{step}; the learning-rate schedule has not decayed (give a larger "
-                     f"budget)")
+            self.say(f"{head}{elapsed:.0f} s of {self.budget_seconds:.0f} already spent at "
+                     f"step {step} ({self.seconds_per_step:.3g} s/step measured over steps "
+                     f"{first}-{last}): no further step fits; training stops at step {step} "
+                     f"with its checkpoint" + (" and a validation" if self.eval_every else "")
+                     + "; the learning-rate schedule has not decayed (give a larger budget)")
         else:
             self.say(f"{head}{steps} steps fit ({detail}); the learning-rate schedule now "
                      f"ends at step {steps}")

@@ -419,6 +419,25 @@ def test_decision_revision_after_the_first_validation_and_a_slowdown(tmp_path):
     assert lr_at(run.optimizer._learning_rate, 240) == pytest.approx(0.0, abs=1e-12)
 
 
+def test_budget_spent_before_the_decision_stops_at_once(tmp_path):
+    # Training began at 580 s (a slow start), 1 s/step: at the end of step 6, 586 s.
+    # One more step and the last checkpoint (2 s) end at 589 s, past 600 - 12 (margin):
+    # the run stops at step 6.
+    run = Driver(tmp_path, start=580.0)
+    run.steps(6, 1.0)
+    assert run.callback.chosen == 6 and run.model.stop_training and run.stop.total_steps == 6
+    assert run.said[-1] == ("time budget 10 min: 586 s of 600 already spent at step 6 (1 "
+                            "s/step measured over steps 3-6): no further step fits; training "
+                            "stops at step 6 with its checkpoint; the learning-rate schedule "
+                            "has not decayed (give a larger budget)")
+    # and with a budget where train.steps fits, the line says the run is not shortened
+    roomy = Driver(tmp_path, start=0.0)
+    roomy.callback.max_steps = 100
+    roomy.steps(6, 1.0)
+    assert roomy.callback.chosen == 100 and "train.steps=100 fits" in roomy.said[-1]
+    assert roomy.said[-1].endswith("the budget does not shorten the run")
+
+
 def test_a_resumed_run_takes_the_recorded_count_and_never_measures(tmp_path):
     run = Driver(tmp_path, start=0.0,
                  record=dict(time_budget=10.0, steps=300, decided_at_step=25))
