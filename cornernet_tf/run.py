@@ -127,7 +127,7 @@ def train(cfg: Config, model_dir: str, verbose: int = 1) -> dict:
         write_run_files(cfg, write_dir, label_map)
         step = int(model.optimizer.iterations.numpy())
         end = budget.planned_steps(t.time_budget, t.steps,
-                                   budget.read_record(model_dir) if latest else None)
+                                   budget.read_record(model_dir, say=None) if latest else None)
         if step >= end:
             print(f"already trained: step {step} >= " + (
                 f"train.steps {t.steps}" if end == t.steps else

@@ -156,8 +156,9 @@ def agree(strategy: Optional[tf.distribute.Strategy], steps: int) -> int:
     return int(round(float(total))) // strategy.num_replicas_in_sync
 
 
-def read_record(model_dir: str) -> Optional[dict]:
-    """The run folder's budget.json, or None (absent, or unreadable: said in one line)."""
+def read_record(model_dir: str, say: Optional[Callable[[str], None]] = print) -> Optional[dict]:
+    """The run folder's budget.json, or None (absent, or unreadable: said in one line,
+    unless `say` is None)."""
     path = os.path.join(model_dir, RECORD_NAME)
     if not os.path.isfile(path):
         return None
@@ -167,8 +168,9 @@ def read_record(model_dir: str) -> Optional[dict]:
         int(record["steps"]), float(record["time_budget"])
         return record
     except (OSError, ValueError, KeyError, TypeError) as e:
-        print(f"warning: {path} is unreadable ({type(e).__name__}); a time budget chooses "
-              f"its step count again", flush=True)
+        if say is not None:
+            say(f"warning: {path} is unreadable ({type(e).__name__}); a time budget chooses "
+                f"its step count again")
         return None
 
 

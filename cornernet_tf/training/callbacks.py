@@ -475,7 +475,7 @@ def build_callbacks(cfg, model: keras.Model, model_dir: str, write_dir: str,
     callbacks += [keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch"),
                   HeatmapImages(sample_images, log_dir,
                                 every_epochs=max(1, t.checkpoint_every // log_every))]
-    record = budget_lib.read_record(model_dir) if latest else None
+    record = budget_lib.read_record(model_dir, say=_say) if latest else None
     budget = None
     if t.time_budget > 0:
         # Last: at its end of training the last checkpoint and validation are done.

@@ -78,6 +78,17 @@ def test_planned_steps_reuses_the_record_of_the_same_budget_only():
     assert budget.planned_steps(10.0, 2500, None) == 2500
 
 
+def test_an_unreadable_record_is_said_and_ignored(tmp_path):
+    said = []
+    assert budget.read_record(str(tmp_path), say=said.append) is None and not said  # absent
+    (tmp_path / budget.RECORD_NAME).write_text('{"steps": "many"', encoding="utf-8")
+    assert budget.read_record(str(tmp_path), say=said.append) is None
+    assert len(said) == 1 and "budget.json is unreadable" in said[0]
+    (tmp_path / budget.RECORD_NAME).write_text('{"steps": 50, "time_budget": 2.5}',
+                                               encoding="utf-8")
+    assert budget.read_record(str(tmp_path)) == dict(steps=50, time_budget=2.5)
+
+
 # --------------------------------------------------------------------------------------
 # The schedule's movable end
 # --------------------------------------------------------------------------------------
