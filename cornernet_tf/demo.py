@@ -74,6 +74,7 @@ def run_demo(cfg: config_lib.Config, model_dir: str, export_dir: str = "export",
                         checked=v["parity"].get("checked", True))
                 for m, v in exported["tflite"].items()},
         predictions=predict_dir, predicted_files=len(written),
+        time_budget=trained.get("budget"),
         stage_seconds={k: round(v, 1) for k, v in stages.seconds.items()},
         total_seconds=round(time.time() - start, 1))
     with open(os.path.join(model_dir, "summary.json"), "w", encoding="utf-8") as f:
@@ -90,6 +91,7 @@ def format_summary(s: dict) -> str:
              f"(APs {m['APs']:.3f}  APm {m['APm']:.3f}  APl {m['APl']:.3f})",
              f"checkpoint     {s['checkpoint']}  (step {s['steps']}, "
              f"{s['train_images_per_second']:.0f} img/s)",
+             *_budget_lines(s.get("time_budget")),
              f"metrics        {s['metrics_file']}",
              f"SavedModel     {s['saved_model']}"]
     for mode, t in s["tflite"].items():
@@ -118,6 +120,20 @@ def format_summary(s: dict) -> str:
               "  convert: python main.py --mode=export --set export.tflite=fp16 "
               f"--model_dir={s['model_dir']}"]
     return "\n".join(lines)
+
+
+def _budget_lines(budget: Optional[dict]) -> list[str]:
+    """The summary's time-budget line (none without `train.time_budget`)."""
+    if not budget:
+        return []
+    head = f"time budget    {budget['minutes']:g} min: "
+    if budget.get("steps") is None:
+        return [head + f"not applied (the run ended before its step time was measured); "
+                       f"train.steps={budget['train_steps']}"]
+    how = ("taken from budget.json (resumed)" if budget.get("reused") else
+           f"{budget['seconds_per_step']:.3g} s/step measured")
+    return [head + f"{budget['steps']} of train.steps={budget['train_steps']} chosen ({how}); "
+                   f"training took {budget['seconds'] / 60:.1f} min"]
 
 
 def run_ablation(cfg: config_lib.Config, model_dir: str) -> dict:

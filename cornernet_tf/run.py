@@ -101,12 +101,13 @@ def train(cfg: Config, model_dir: str, verbose: int = 1) -> dict:
     from cornernet_tf.data import pipeline
     from cornernet_tf.data.pipeline import build_dataset
     from cornernet_tf.modeling.model import build_model
-    from cornernet_tf.training import loop
+    from cornernet_tf.training import budget, loop
     from cornernet_tf.training.callbacks import build_callbacks
     from cornernet_tf.training.checkpoints import CHECKPOINT_SUBDIR, write_run_files
     from cornernet_tf.training.run_folder import check_resume
 
     t = cfg.train
+    started = budget.clock()  # train.time_budget counts from here
     # The session first: its lock and signal handling cover the loading of the data too.
     with loop.session(t, model_dir) as (strategy, scratch):
         cfg = resolve_dataset_dependent(cfg)
@@ -125,11 +126,16 @@ def train(cfg: Config, model_dir: str, verbose: int = 1) -> dict:
                                                  label_map.names)
         write_run_files(cfg, write_dir, label_map)
         step = int(model.optimizer.iterations.numpy())
-        if step >= t.steps:
-            print(f"already trained: step {step} >= train.steps {t.steps}", flush=True)
+        end = budget.planned_steps(t.time_budget, t.steps,
+                                   budget.read_record(model_dir, say=None) if latest else None)
+        if step >= end:
+            print(f"already trained: step {step} >= " + (
+                f"train.steps {t.steps}" if end == t.steps else
+                f"{end}, the step count train.time_budget={t.time_budget:g} chose "
+                f"({budget.RECORD_NAME})"), flush=True)
             return dict(checkpoint=latest, steps=step, history=[], stopped_on_nan=False,
                         last_good=latest, images_per_second=float("nan"), model=model,
-                        evaluations=[], best=None)
+                        evaluations=[], best=None, budget=None)
         val_split = None
         no_validation = pipeline.validation_split(cfg.data) if t.eval_every > 0 else None
         if no_validation:
@@ -140,8 +146,12 @@ def train(cfg: Config, model_dir: str, verbose: int = 1) -> dict:
             val_split = splits.get("val", ground_truth=True, label_map=label_map)
         callbacks = build_callbacks(cfg, model, model_dir, write_dir, manager, latest,
                                     next(iter(dataset))[0][:2], val_split,
-                                    live=None if verbose else False)
-        print(f"training {t.steps} steps, global batch {t.batch_size} on "
+                                    live=None if verbose else False, started=started)
+        within = (f" at most (train.time_budget={t.time_budget:g} min chooses the count after "
+                  f"{budget.SKIP_STEPS + budget.MEASURE_STEPS} steps)"
+                  if callbacks.budget is not None and budget.planned_steps(
+                      t.time_budget, t.steps, callbacks.budget.record) == t.steps else "")
+        print(f"training {t.steps} steps{within}, global batch {t.batch_size} on "
               f"{strategy.num_replicas_in_sync} replica(s) ({type(strategy).__name__}); "
               f"checkpoints every {t.checkpoint_every} steps in {manager.directory}; "
               f"TensorBoard logs in {os.path.join(write_dir, 'logs')}", flush=True)

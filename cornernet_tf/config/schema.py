@@ -159,6 +159,10 @@ class TrainConfig:
     checkpoint_every: int = 5000  # steps between checkpoints
     log_every: int = 100  # steps between progress/TensorBoard updates (an epoch of fit)
     eval_every: int = 0  # steps between COCO evaluations during training; 0 = off
+    # minutes for the whole training (data loading and graph building included); after
+    # the first steps the run fits its step count (at most train.steps) and its schedule
+    # into it (training/budget.py); 0 = off
+    time_budget: float = 0.0
     seed: int = 0
     # Fine-tuning (README, "Fine-tune on your classes"). init_from: a run folder (PATH or
     # PATH:best), a checkpoint, or an authors' .pkl/.pth to start a new run from.
@@ -583,7 +587,7 @@ RANGES: dict[str, Range] = {
     "train.decay_factor": Range(0, 1, low_open=True),  # > 1 would raise the rate: a typo
     "train.warmup_steps": _NON_NEGATIVE, "train.checkpoint_every": _AT_LEAST_1,
     "train.log_every": _AT_LEAST_1, "train.eval_every": _NON_NEGATIVE, "train.seed": _SEED,
-    "train.freeze_steps": _NON_NEGATIVE,
+    "train.freeze_steps": _NON_NEGATIVE, "train.time_budget": _NON_NEGATIVE,
     "decode.k": Range(1, special=FROM_DATASET, special_meaning=(
         "the train split's busiest image, from 100 to 1024")),
     "decode.ae_threshold": _NON_NEGATIVE,

@@ -26,6 +26,7 @@ from absl import logging
 
 from cornernet_tf.evaluation import visualize
 from cornernet_tf.keys import BR_HEATMAP, TL_HEATMAP, TOTAL_LOSS
+from cornernet_tf.training import budget as budget_lib
 from cornernet_tf.training.progress import ProgressDisplay, ValidationClock
 from cornernet_tf.training.checkpoints import (BEFORE_SPIKE_SUBDIR, BEST_RECORD, BEST_SUBDIR,
                                                CHECKPOINT_SUBDIR, CheckpointWriteError,
@@ -82,6 +83,8 @@ class CheckpointCallback(keras.callbacks.Callback):
         checkpoint the run resumed from) or the manager's newest; None when there is none.
       last_good: the newest checkpoint known good (the pinned copy once pinned), or None.
       stopped_on_nan: True once training was stopped on a NaN/inf (read by `training.loop.fit`).
+      save_seconds: the wall time of each save of this session (the time budget reserves
+        the slowest for each save still to come).
     """
 
     def __init__(self, manager: tf.train.CheckpointManager, every: int,
@@ -94,6 +97,7 @@ class CheckpointCallback(keras.callbacks.Callback):
         self.last_good: Optional[str] = self.last_saved  # resumed from: taken as good
         self.stopped_on_nan = False
         self.write_failed = False
+        self.save_seconds: list[float] = []
         self._losses: collections.deque = collections.deque(maxlen=SPIKE_WINDOW)
         self._unconfirmed: list[tuple[int, str]] = []  # (step, path) saved, not yet good
         self._spiking = False
@@ -123,12 +127,14 @@ class CheckpointCallback(keras.callbacks.Callback):
         if self.manager.latest_checkpoint and \
                 self.manager.latest_checkpoint.endswith(f"-{step}"):
             return self.manager.latest_checkpoint
+        start = time.perf_counter()
         try:
             self.last_saved = write_checkpoint(self.manager, step)
         except CheckpointWriteError:
             self.write_failed = True
             self.model.stop_training = True
             raise
+        self.save_seconds.append(time.perf_counter() - start)
         self._unconfirmed.append((step, self.last_saved))
         return self.last_saved
 
@@ -258,6 +264,8 @@ class ValidationCallback(keras.callbacks.Callback):
       evaluations: one dict per evaluation: step, AP, AP50, AP75, per_class_AP, seconds,
         images, best (whether it became the best).
       best: {"step", "AP", "AP50", "per_class_AP", "checkpoint"} or None.
+      evaluate_at_end: also evaluate at the end of training when its step is not a
+        multiple of `every` (set by the time budget: a budgeted run ends with its AP).
     """
 
     TAGS = ("AP", "AP50", "AP75")
@@ -286,6 +294,7 @@ class ValidationCallback(keras.callbacks.Callback):
         self.clock = clock or ValidationClock(every, total_steps)
         self._writer = None
         self._last_step = -1
+        self.evaluate_at_end = False
 
     @property
     def seconds(self) -> float:
@@ -305,6 +314,15 @@ class ValidationCallback(keras.callbacks.Callback):
             return
         self._last_step = step
         self.evaluate(step)
+
+    def on_train_end(self, logs=None):
+        if not self.evaluate_at_end or self.checkpoints is not None and (
+                self.checkpoints.stopped_on_nan or self.checkpoints.write_failed):
+            return
+        step = int(self.model.optimizer.iterations.numpy())
+        if step != self._last_step:
+            self._last_step = step
+            self.evaluate(step)
 
     def remaining_seconds(self, step: int) -> float:
         """The evaluations after `step` times the mean time of those done (0: none yet)."""
@@ -397,17 +415,20 @@ class HeatmapImages(keras.callbacks.Callback):
 
 class TrainingCallbacks(NamedTuple):
     """The callbacks of one training run: `all` in `fit`'s order, and the ones the loop
-    reads after it (the display's history, the checkpoint state, the validations)."""
+    reads after it (the display's history, the checkpoint state, the validations, the
+    time budget's choice)."""
     all: list
     progress: ProgressDisplay
     checkpoints: CheckpointCallback
     validation: Optional[ValidationCallback]
+    budget: Optional[budget_lib.TimeBudget] = None
 
 
 def build_callbacks(cfg, model: keras.Model, model_dir: str, write_dir: str,
                     manager: tf.train.CheckpointManager, latest: Optional[str],
                     sample_images: tf.Tensor, val_split: Optional[tuple] = None,
-                    live: Optional[bool] = None) -> TrainingCallbacks:
+                    live: Optional[bool] = None,
+                    started: Optional[float] = None) -> TrainingCallbacks:
     """The fit callbacks of a run, each given its collaborators.
 
     Args:
@@ -422,6 +443,8 @@ def build_callbacks(cfg, model: keras.Model, model_dir: str, write_dir: str,
         to the model's classes by name; None: no validation during training (the caller
         says why), whatever train.eval_every.
       live: the progress display's live line (None: when stdout is a terminal).
+      started: `budget.clock()` when the run started (the time budget counts from there;
+        None: now).
 
     Returns:
       TrainingCallbacks.
@@ -452,4 +475,20 @@ def build_callbacks(cfg, model: keras.Model, model_dir: str, write_dir: str,
     callbacks += [keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch"),
                   HeatmapImages(sample_images, log_dir,
                                 every_epochs=max(1, t.checkpoint_every // log_every))]
-    return TrainingCallbacks(callbacks, progress, checkpoints, validation)
+    record = budget_lib.read_record(model_dir, say=_say) if latest else None
+    budget = None
+    if t.time_budget > 0:
+        # Last: at its end of training the last checkpoint and validation are done.
+        budget = budget_lib.TimeBudget(
+            t.time_budget, t.steps, budget_lib.clock() if started is None else started,
+            write_dir, [callbacks[0], progress, validation, clock], checkpoints,
+            validation=validation, progress=progress, eval_every=t.eval_every,
+            checkpoint_every=t.checkpoint_every, batch_size=t.batch_size, record=record,
+            say=progress.message, skip=budget_lib.SKIP_STEPS,
+            measure=budget_lib.MEASURE_STEPS)
+        callbacks.append(budget)
+    elif record is not None:
+        print(f"train.time_budget is 0: the {record['steps']} steps an earlier budget of "
+              f"{float(record['time_budget']):g} min chose ({budget_lib.RECORD_NAME}) no longer "
+              f"apply; training runs to train.steps={t.steps}", flush=True)
+    return TrainingCallbacks(callbacks, progress, checkpoints, validation, budget)

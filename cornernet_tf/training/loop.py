@@ -90,6 +90,12 @@ def get_strategy(name: str) -> tf.distribute.Strategy:
 class CornerNetSchedule(keras.optimizers.schedules.LearningRateSchedule):
     """Linear warm-up, then a step decay (the reference: x0.1 at 90%), cosine, or constant.
 
+    The training length is a non-trainable `tf.Variable` read inside `__call__`, so the
+    compiled train step follows `set_total_steps` (the time budget, `training/budget.py`,
+    moves the schedule's end to the step count it chose) instead of a traced constant.
+    Everything that depends on it (the step decay's step, the cosine's end, the warm-up cap)
+    moves with it.
+
     Args:
       learning_rate: the peak rate (reference 2.5e-4).
       total_steps: training length in optimizer steps.
@@ -104,27 +110,40 @@ class CornerNetSchedule(keras.optimizers.schedules.LearningRateSchedule):
         if schedule not in SCHEDULES:
             raise ValueError(f"train.schedule: expected one of {SCHEDULES}, found {schedule!r}")
         self.learning_rate = float(learning_rate)
-        self.total_steps = int(total_steps)
         self.schedule = schedule
         self.decay_at = float(decay_at)
         self.decay_factor = float(decay_factor)
         self.warmup_steps = int(warmup_steps)
+        # Not a model or optimizer variable: it is in no checkpoint (the budget keeps its
+        # choice in the run folder's budget.json) and takes no gradient.
+        self._total_steps = tf.Variable(int(total_steps), dtype=tf.int64, trainable=False,
+                                        name="schedule_total_steps")
+
+    @property
+    def total_steps(self) -> int:
+        """The training length the schedule currently ends at."""
+        return int(self._total_steps.numpy())
+
+    def set_total_steps(self, total_steps: int) -> None:
+        """Moves the schedule's end to `total_steps` (read by the next train step)."""
+        self._total_steps.assign(int(total_steps))
 
     def __call__(self, step):
-        step = tf.cast(step, tf.float32)
-        lr = tf.constant(self.learning_rate, tf.float32)
-        total = float(self.total_steps)
-        warmup = float(min(self.warmup_steps, self.total_steps // 2))
+        # float64: floor(0.9 * 1000) must be 900, as in Python, not 899 from float32.
+        step = tf.cast(step, tf.float64)
+        lr = tf.constant(self.learning_rate, tf.float64)
+        total = tf.cast(self._total_steps, tf.float64)
+        warmup = tf.minimum(tf.constant(self.warmup_steps, tf.float64), tf.floor(total / 2.0))
         if self.schedule == "step":
-            rate = tf.where(step >= math.floor(self.decay_at * total), lr * self.decay_factor, lr)
+            rate = tf.where(step >= tf.floor(self.decay_at * total), lr * self.decay_factor, lr)
         elif self.schedule == "cosine":
-            progress = tf.clip_by_value((step - warmup) / max(total - warmup, 1.0), 0.0, 1.0)
+            progress = tf.clip_by_value((step - warmup) / tf.maximum(total - warmup, 1.0),
+                                        0.0, 1.0)
             rate = lr * 0.5 * (1.0 + tf.cos(math.pi * progress))
         else:
             rate = lr
-        if warmup > 0:
-            rate = tf.where(step < warmup, lr * (step + 1.0) / warmup, rate)
-        return rate
+        rate = tf.where(step < warmup, lr * (step + 1.0) / tf.maximum(warmup, 1.0), rate)
+        return tf.cast(rate, tf.float32)
 
     def get_config(self):
         return dict(learning_rate=self.learning_rate, total_steps=self.total_steps,
@@ -318,6 +337,10 @@ def fit(model: CornerNet, dataset: tf.data.Dataset, t: config_lib.TrainConfig,
         callbacks: TrainingCallbacks, strategy: Optional[tf.distribute.Strategy] = None) -> dict:
     """Trains from the model's optimizer step to `train.steps`; the run's results.
 
+    With `train.time_budget` the run ends at the step count the budget chose (at most
+    train.steps; `training/budget.py`), with a checkpoint there and, where validation is
+    on, a validation of that step.
+
     Returns:
       dict: "checkpoint" (the last one written; a temporary path on non-chief workers),
       "steps" (the step reached), "history" (one dict of logged values per logging
@@ -325,7 +348,8 @@ def fit(model: CornerNet, dataset: tf.data.Dataset, t: config_lib.TrainConfig,
       "stopped_on_nan", "last_good" (the newest checkpoint known good: after a NaN or a
       loss spike, the one kept in `checkpoints/before_spike/`), "evaluations" (one dict
       per validation during training, see `callbacks.ValidationCallback`) and "best" (the
-      best validation's step, AP and checkpoint, or None).
+      best validation's step, AP and checkpoint, or None), "budget" (with a time budget,
+      `budget.TimeBudget.summary()`: minutes, the steps chosen, s/step...; else None).
 
     Raises:
       CheckpointWriteError: a checkpoint could not be written (training stopped; the
@@ -347,7 +371,8 @@ def fit(model: CornerNet, dataset: tf.data.Dataset, t: config_lib.TrainConfig,
                 stopped_on_nan=callbacks.checkpoints.stopped_on_nan,
                 last_good=callbacks.checkpoints.last_good,
                 evaluations=validation.evaluations if validation else [],
-                best=validation.best if validation else None)
+                best=validation.best if validation else None,
+                budget=callbacks.budget.summary() if callbacks.budget else None)
 
 
 def _fit(model: CornerNet, dataset: tf.data.Dataset, t: config_lib.TrainConfig, step: int,

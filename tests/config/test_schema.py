@@ -189,6 +189,7 @@ OUT_OF_RANGE = [
     ("train.eval_every", "-100", NON_NEGATIVE + " -100"),
     ("train.seed", "-3", SEED + " -3"),
     ("train.freeze_steps", "-1", NON_NEGATIVE + " -1"),
+    ("train.time_budget", "-0.5", NON_NEGATIVE + " -0.5"),
     ("decode.k", "-1", "expected a positive value (value >= 1), or 0 (the train split's "
                        "busiest image, from 100 to 1024), found -1"),
     ("decode.ae_threshold", "-1", NON_NEGATIVE + " -1.0"),
