@@ -60,7 +60,6 @@ budget.json into its scratch folder; on resume every worker reads the chief's.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from typing import Callable, Optional
