@@ -129,21 +129,26 @@ class CornerNetSchedule(keras.optimizers.schedules.LearningRateSchedule):
         self._total_steps.assign(int(total_steps))
 
     def __call__(self, step):
-        # float64: floor(0.9 * 1000) must be 900, as in Python, not 899 from float32.
-        step = tf.cast(step, tf.float64)
-        lr = tf.constant(self.learning_rate, tf.float64)
-        total = tf.cast(self._total_steps, tf.float64)
-        warmup = tf.minimum(tf.constant(self.warmup_steps, tf.float64), tf.floor(total / 2.0))
+        # float32 as before the length became a variable (a run's rates are bit for bit
+        # those of the fixed-length schedule); the decay step floor(decay_at * total) in
+        # float64, as Python computes it (float32 would give 899 for 0.9 * 1000).
+        step = tf.cast(step, tf.float32)
+        lr = tf.constant(self.learning_rate, tf.float32)
+        steps = tf.cast(self._total_steps, tf.int64)
+        total = tf.cast(steps, tf.float32)
+        warmup = tf.cast(tf.minimum(tf.constant(self.warmup_steps, tf.int64), steps // 2),
+                         tf.float32)
         if self.schedule == "step":
-            rate = tf.where(step >= tf.floor(self.decay_at * total), lr * self.decay_factor, lr)
+            decay_step = tf.floor(self.decay_at * tf.cast(steps, tf.float64))
+            rate = tf.where(step >= tf.cast(decay_step, tf.float32), lr * self.decay_factor, lr)
         elif self.schedule == "cosine":
             progress = tf.clip_by_value((step - warmup) / tf.maximum(total - warmup, 1.0),
                                         0.0, 1.0)
             rate = lr * 0.5 * (1.0 + tf.cos(math.pi * progress))
         else:
             rate = lr
-        rate = tf.where(step < warmup, lr * (step + 1.0) / tf.maximum(warmup, 1.0), rate)
-        return tf.cast(rate, tf.float32)
+        # warm-up 0: `step < 0` never holds; else the divisor is the warm-up itself
+        return tf.where(step < warmup, lr * (step + 1.0) / tf.maximum(warmup, 1.0), rate)
 
     def get_config(self):
         return dict(learning_rate=self.learning_rate, total_steps=self.total_steps,

@@ -15,6 +15,7 @@ import sys
 import types
 
 import keras
+import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -459,3 +460,31 @@ def test_a_resumed_run_takes_the_recorded_count_and_never_measures(tmp_path):
     other = Driver(tmp_path, start=0.0, record=dict(time_budget=20.0, steps=300))
     assert other.end == 1000 and not other.callback.reused
     assert "the budget changed, so the step count is chosen again" in other.said[0]
+
+
+@pytest.mark.parametrize("schedule,total,warmup", [("cosine", 2500, 100), ("step", 777, 10),
+                                                   ("constant", 300, 100), ("cosine", 40, 100)])
+def test_a_schedule_nobody_moves_gives_the_fixed_length_rates_bit_for_bit(schedule, total,
+                                                                          warmup):
+    """A run without a budget trains with exactly the rates of the fixed-length schedule:
+    the float32 arithmetic written out in numpy (figures in the README came from it)."""
+    f32 = np.float32
+    lr = f32(1e-3)
+    w = f32(min(warmup, total // 2))
+    steps = np.arange(total + 3)
+    s = CornerNetSchedule(1e-3, total_steps=total, schedule=schedule, decay_at=0.9,
+                          decay_factor=0.1, warmup_steps=warmup)
+    got = np.array([s(tf.constant(int(i), tf.int64)).numpy() for i in steps])
+    x = steps.astype(f32)
+    if schedule == "step":
+        rate = np.where(x >= f32(math.floor(0.9 * total)), lr * f32(0.1), lr)
+    elif schedule == "cosine":
+        progress = np.clip((x - w) / max(f32(total) - w, f32(1.0)), f32(0), f32(1))
+        # TensorFlow's scalar float32 cos (numpy's, and TF's vectorised one, differ in the
+        # last bits), on numpy's angles
+        cos = np.array([tf.cos(a).numpy() for a in f32(math.pi) * progress], f32)
+        rate = lr * f32(0.5) * (f32(1) + cos)
+    else:
+        rate = np.full_like(x, lr)
+    expected = np.where(x < w, lr * (x + f32(1)) / w, rate).astype(f32)
+    np.testing.assert_array_equal(got, expected)
