@@ -25,6 +25,8 @@
    `--learning_rate` (default 1e-3, the quickstart's, which is also what `--config=quickstart
    --init_from=...` trains with, since the config states a rate). With `--init_from`,
    BatchNorm is frozen (the default with init_from), everything else is the same.
+   `--source=PATH` takes another source instead (anything `--init_from` takes: a run
+   folder, a checkpoint of one, an authors' file); nothing is trained for it.
 4. Each row writes `<workdir>/<row>/results.json`; the table of every row found is printed
    and written to `<workdir>/transfer.md` (`--table_only` just rebuilds it).
 
@@ -173,6 +175,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--source_steps", type=int, default=SOURCE_STEPS)
+    parser.add_argument("--source", default="", help="init_from of the fine-tuned rows "
+                        "(default: the quickstart trained into <workdir>/source)")
     parser.add_argument("--classes", default="star,ring,diamond,rectangle")
     parser.add_argument("--shared", default="rectangle", help="the class the source knows")
     parser.add_argument("--num_train", type=int, default=1000)
@@ -193,8 +197,8 @@ def main() -> None:
         rows = [r.strip() for r in args.rows.split(",") if r.strip()]
         for row in rows:
             parse_row(row, args.learning_rate)
-        source_dir = os.path.join(args.workdir, "source")
-        if any(not r.startswith("scratch") for r in rows):
+        source_dir = args.source or os.path.join(args.workdir, "source")
+        if any(not r.startswith("scratch") for r in rows) and not args.source:
             cfg = config_lib.load_config("quickstart",
                                          source_overrides(args.workdir, args.source_steps))
             run_lib.train(cfg, source_dir, verbose=0)
