@@ -172,9 +172,7 @@ def render_image(rng: np.random.Generator, image_size: Sequence[int], max_object
       rng: the numpy Generator all randomness comes from.
       image_size: (height, width).
       max_objects: objects drawn are uniform in 0..max_objects.
-      classes: the kinds drawn (class i is classes[i]), each equally likely. The random
-        draws do not depend on which kinds they are: the same seed gives the same layout
-        (positions, sizes, colours) with any 4 kinds.
+      classes: the kinds drawn (class i is classes[i]), each equally likely.
 
     Returns:
       (image, objects): image [H, W, 3] uint8 RGB; objects in drawing order, each a dict
