@@ -23,6 +23,9 @@ DATASETS = ("coco", "synthetic")
 # config `data.format`, implemented by `data.sources.detect_format` / `load_dataset`: how
 # the data.*_annotations paths are read ("auto": from what the path holds).
 FORMATS = ("auto", "coco", "voc", "yolo")
+# config `data.synthetic.classes`, drawn by `data.synthetic.shape_mask`: the kinds of object
+# the shapes generator can draw; the first 4 are the default dataset's classes.
+SHAPE_KINDS = ("rectangle", "ellipse", "triangle", "cross", "star", "ring", "diamond", "arrow")
 # config `data.eval_resize`, implemented by `data.images.fit_to_input` (see its docstring).
 EVAL_RESIZE_MODES = ("resize_pad", "pad127")
 

@@ -28,7 +28,7 @@ import yaml
 
 from cornernet_tf.config.presets import BACKBONES, check_grid, output_grid
 from cornernet_tf.config.choices import ABLATIONS, ORACLES, PRECISIONS, SCHEDULES, STRATEGIES
-from cornernet_tf.config.choices import DATASETS, EVAL_RESIZE_MODES, FORMATS
+from cornernet_tf.config.choices import DATASETS, EVAL_RESIZE_MODES, FORMATS, SHAPE_KINDS
 from cornernet_tf.config.choices import TFLITE_MODES
 from cornernet_tf.config.choices import CORNER_POOL_IMPLS
 from cornernet_tf.errors import UserError
@@ -98,6 +98,8 @@ class SyntheticConfig:
     image_size: tuple[int, int] = (128, 128)  # (height, width) of generated images
     max_objects: int = 10  # per image (0 to this many)
     seed: int = 0
+    # the kinds of object drawn, in category order (config/choices.py SHAPE_KINDS)
+    classes: tuple[str, ...] = SHAPE_KINDS[:4]
 
 
 @dataclass(frozen=True)
@@ -668,6 +670,10 @@ def _validate_data(d: DataConfig) -> None:
     _choice("data.dataset", d.dataset, DATASETS)
     _choice("data.format", d.format, FORMATS)
     _choice("data.eval_resize", d.eval_resize, EVAL_RESIZE_MODES)
+    kinds = d.synthetic.classes
+    if not kinds or any(k not in SHAPE_KINDS for k in kinds) or len(set(kinds)) < len(kinds):
+        raise ConfigError(f"config key 'data.synthetic.classes': expected distinct names from "
+                          f"{', '.join(SHAPE_KINDS)} (at least one), found {list(kinds)}")
     if not d.augment.crop_scales:
         raise ConfigError("config key 'data.augment.crop_scales': at least one scale expected, "
                           "found []")

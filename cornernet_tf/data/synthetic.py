@@ -5,6 +5,10 @@ small CornerNet on 2 CPU cores, yet with what makes detection non-trivial:
 
 - 4 classes: rectangle, ellipse, triangle, cross. Only the rectangle has its box corners on
   the object; for the other three the corners lie outside it, the case corner pooling is for.
+  Four more kinds can be chosen instead or besides (`classes`, config
+  `data.synthetic.classes`): star (5 points), ring (an elliptic annulus), diamond (a rhombus),
+  arrow (horizontal, either way), other objects for a dataset of other classes, e.g. to
+  fine-tune a model trained on the default 4 (benchmarks/transfer.py);
 - sizes from 6 px to 60 % of the image side (log-uniform), aspect ratios 1:2.5 to 2.5:1,
   random colours on gradient + noise backgrounds;
 - occlusion: later shapes are drawn over earlier ones; a box is the full extent of its
@@ -31,9 +35,11 @@ from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
 
+from cornernet_tf.config.choices import SHAPE_KINDS
 from cornernet_tf.config.schema import ConfigError
 
-CLASS_NAMES = ("rectangle", "ellipse", "triangle", "cross")
+CLASS_NAMES = SHAPE_KINDS[:4]  # the default dataset's classes
+KINDS = SHAPE_KINDS  # every kind shape_mask draws
 GENERATOR_VERSION = 1
 MIN_VISIBLE_FRACTION = 0.3  # objects occluded by more than 70 % are not annotated
 MIN_SIZE = 6.0  # smallest nominal object side, pixels
@@ -64,11 +70,15 @@ def shape_mask(kind: str, params: Sequence[float], height: int, width: int) -> n
     """Rasterises one shape by testing pixel centres (x + 0.5, y + 0.5).
 
     Args:
-      kind: one of CLASS_NAMES.
+      kind: one of KINDS.
       params: (cx, cy, w, h, a, b): centre and nominal size in pixels, then two shape
         parameters in [0, 1]: triangle apex position along its edge and 1 for an apex at
         the bottom; cross bar thickness fractions (of w for the vertical bar, of h for the
-        horizontal one). Ignored for rectangle and ellipse.
+        horizontal one); star inner radius 0.35 + 0.2 a (of the outer) and rotation
+        b x 72 degrees; ring inner radius 0.45 + 0.25 a; arrow shaft thickness
+        (0.3 + 0.2 a) h and pointing left when b >= 0.5 (the head is 0.4 w long). Ignored
+        for rectangle, ellipse and diamond. Every kind lies within the w x h rectangle
+        around the centre; the star and the ring are inscribed in its ellipse.
       height, width: image size in pixels.
 
     Returns:
@@ -96,8 +106,23 @@ def shape_mask(kind: str, params: Sequence[float], height: int, width: int) -> n
         bar_w, bar_h = w * (0.25 + 0.2 * a), h * (0.25 + 0.2 * b)
         inside = (np.abs(dx) <= w / 2) & (np.abs(dy) <= h / 2)
         local = inside & ((np.abs(dx) <= bar_w / 2) | (np.abs(dy) <= bar_h / 2))
+    elif kind == "star":
+        local = _inside_polygon(dx, dy, star_vertices(w, h, a, b))
+    elif kind == "ring":
+        r2 = (dx / (w / 2)) ** 2 + (dy / (h / 2)) ** 2
+        local = (r2 <= 1.0) & (r2 >= (0.45 + 0.25 * a) ** 2)
+    elif kind == "diamond":
+        local = np.abs(dx) / (w / 2) + np.abs(dy) / (h / 2) <= 1.0
+    elif kind == "arrow":
+        head, shaft = 0.4 * w, h * (0.3 + 0.2 * a)
+        sx = -1.0 if b >= 0.5 else 1.0  # pointing right (1) or left (-1)
+        ux = sx * dx  # along the arrow: the tail at -w/2, the tip at +w/2
+        base = w / 2 - head
+        in_shaft = (ux >= -w / 2) & (ux <= base) & (np.abs(dy) <= shaft / 2)
+        in_head = _inside_triangle(ux, dy, [(base, -h / 2), (w / 2, 0.0), (base, h / 2)])
+        local = in_shaft | in_head
     else:
-        raise ValueError(f"shape kind: expected one of {CLASS_NAMES}, found {kind!r}")
+        raise ValueError(f"shape kind: expected one of {KINDS}, found {kind!r}")
     mask[y0:y1, x0:x1] = local
     return mask
 
@@ -110,23 +135,48 @@ def _inside_triangle(dx: np.ndarray, dy: np.ndarray, vertices: list) -> np.ndarr
         (signs[0] <= 0) & (signs[1] <= 0) & (signs[2] <= 0))
 
 
+def star_vertices(w: float, h: float, a: float, b: float) -> list:
+    """The 10 vertices (x, y) of shape_mask's star, relative to its centre, in order."""
+    inner, turn = 0.35 + 0.2 * a, b * 2 * np.pi / 5
+    vertices = []
+    for k in range(10):
+        radius, angle = (1.0 if k % 2 == 0 else inner), -np.pi / 2 + turn + k * np.pi / 5
+        vertices.append((radius * w / 2 * np.cos(angle), radius * h / 2 * np.sin(angle)))
+    return vertices
+
+
+def _inside_polygon(dx: np.ndarray, dy: np.ndarray, vertices: list) -> np.ndarray:
+    """Even-odd rule for a simple polygon (convex or not): a ray towards +x from each point
+    crosses its edges an odd number of times when the point is inside."""
+    dx, dy = np.broadcast_arrays(dx, dy)
+    inside = np.zeros(dx.shape, bool)
+    for (ax, ay), (bx, by) in zip(vertices, vertices[1:] + vertices[:1]):
+        if ay == by:
+            continue  # a horizontal edge is never crossed by a horizontal ray
+        spans = (ay > dy) != (by > dy)
+        inside ^= spans & (dx < ax + (dy - ay) * (bx - ax) / (by - ay))
+    return inside
+
+
 def mask_box(mask: np.ndarray) -> list:
     """Tight [x1, y1, x2, y2] of a non-empty pixel mask (pixel i covers [i, i + 1))."""
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     return [float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1)]
 
 
-def render_image(rng: np.random.Generator, image_size: Sequence[int], max_objects: int):
+def render_image(rng: np.random.Generator, image_size: Sequence[int], max_objects: int,
+                 classes: Sequence[str] = CLASS_NAMES):
     """Draws one image.
 
     Args:
       rng: the numpy Generator all randomness comes from.
       image_size: (height, width).
       max_objects: objects drawn are uniform in 0..max_objects.
+      classes: the kinds drawn (class i is classes[i]), each equally likely.
 
     Returns:
       (image, objects): image [H, W, 3] uint8 RGB; objects in drawing order, each a dict
-      {class (0-based), box [x1, y1, x2, y2], area (object pixels in the image), visible
+      {class (0-based index into `classes`), box [x1, y1, x2, y2], area (object pixels in the image), visible
       (fraction of those pixels not covered by later shapes), color (RGB), mask [H, W]}.
       Objects with no pixel in the image are not included.
     """
@@ -135,12 +185,12 @@ def render_image(rng: np.random.Generator, image_size: Sequence[int], max_object
     owner = np.full((height, width), -1, np.int32)
     objects = []
     for _ in range(int(rng.integers(0, max_objects + 1))):
-        cls = int(rng.integers(len(CLASS_NAMES)))
+        cls = int(rng.integers(len(classes)))
         size = np.exp(rng.uniform(np.log(MIN_SIZE), np.log(MAX_SIZE_FRACTION * min(height, width))))
         aspect = np.exp(rng.uniform(-np.log(MAX_ASPECT), np.log(MAX_ASPECT)))
         params = (rng.uniform(0, width), rng.uniform(0, height), size * np.sqrt(aspect),
                   size / np.sqrt(aspect), rng.uniform(), rng.uniform())
-        mask = shape_mask(CLASS_NAMES[cls], params, height, width)
+        mask = shape_mask(classes[cls], params, height, width)
         if not mask.any():
             continue
         color = _contrasting_color(rng, image, mask)
@@ -183,7 +233,8 @@ def _contrasting_color(rng: np.random.Generator, image: np.ndarray, mask: np.nda
 
 
 def _write_split(rng: np.random.Generator, split: str, image_dir: str, annotation_path: str,
-                 num_images: int, image_size: Sequence[int], max_objects: int) -> None:
+                 num_images: int, image_size: Sequence[int], max_objects: int,
+                 classes: Sequence[str]) -> None:
     from PIL import Image  # pylint: disable=import-outside-toplevel
     os.makedirs(image_dir, exist_ok=True)
     for name in os.listdir(image_dir):  # stale images of an earlier generation
@@ -191,7 +242,7 @@ def _write_split(rng: np.random.Generator, split: str, image_dir: str, annotatio
             os.remove(os.path.join(image_dir, name))
     images, annotations = [], []
     for image_id in range(1, num_images + 1):
-        image, objects = render_image(rng, image_size, max_objects)
+        image, objects = render_image(rng, image_size, max_objects, classes)
         file_name = f"{split}_{image_id:06d}.png"
         Image.fromarray(image).save(os.path.join(image_dir, file_name), format="PNG",
                                     compress_level=1)
@@ -207,7 +258,7 @@ def _write_split(rng: np.random.Generator, split: str, image_dir: str, annotatio
     data = {"info": {"description": "cornernet_tf synthetic shapes", "version": GENERATOR_VERSION},
             "images": images, "annotations": annotations,
             "categories": [{"id": i + 1, "name": n, "supercategory": "shape"}
-                           for i, n in enumerate(CLASS_NAMES)]}
+                           for i, n in enumerate(classes)]}
     os.makedirs(os.path.dirname(annotation_path), exist_ok=True)
     _write_json(annotation_path, data)
 
@@ -221,7 +272,7 @@ def _write_json(path: str, data: dict) -> None:
 
 def generate_shapes_dataset(output_dir: str, num_train: int, num_val: int,
                             image_size: Sequence[int], max_objects: int,
-                            seed: int) -> SyntheticPaths:
+                            seed: int, classes: Sequence[str] = CLASS_NAMES) -> SyntheticPaths:
     """Writes (or reuses) the shapes dataset in COCO format under `output_dir`.
 
     Args:
@@ -231,15 +282,27 @@ def generate_shapes_dataset(output_dir: str, num_train: int, num_val: int,
       max_objects: objects drawn per image are uniform in 0..max_objects (fewer are
         annotated when occluded).
       seed: the train split draws from numpy Generator([seed, 0]), val from [seed, 1].
+      classes: the kinds drawn, in category order (ids 1, 2, ...): distinct names of KINDS.
+        The manifest lists them when they are not the default CLASS_NAMES (the default's
+        manifest is the one written before kinds could be chosen, so its caches stay valid).
 
     Returns:
       SyntheticPaths of the two annotation files and image folders.
+
+    Raises:
+      ValueError: `classes` empty, repeated, or not kinds of KINDS.
     """
+    classes = tuple(classes)
+    if not classes or len(set(classes)) < len(classes) or any(k not in KINDS for k in classes):
+        raise ValueError(f"classes: expected distinct names from {', '.join(KINDS)}, "
+                         f"found {list(classes)}")
     paths = synthetic_paths(output_dir)
     manifest = {"generator": "cornernet_tf.data.synthetic", "version": GENERATOR_VERSION,
                 "num_train": int(num_train), "num_val": int(num_val),
                 "image_size": [int(image_size[0]), int(image_size[1])],
                 "max_objects": int(max_objects), "seed": int(seed)}
+    if classes != CLASS_NAMES:
+        manifest["classes"] = list(classes)
     manifest_path = os.path.join(output_dir, "manifest.json")
     if _cached(manifest_path, manifest, paths):
         print(f"synthetic shapes: reusing {output_dir} (manifest matches)", flush=True)
@@ -249,7 +312,8 @@ def generate_shapes_dataset(output_dir: str, num_train: int, num_val: int,
     for index, (split, count) in enumerate((("train", num_train), ("val", num_val))):
         rng = np.random.default_rng([int(seed), index])
         _write_split(rng, split, getattr(paths, f"{split}_images"),
-                     getattr(paths, f"{split}_annotations"), count, image_size, max_objects)
+                     getattr(paths, f"{split}_annotations"), count, image_size, max_objects,
+                     classes)
     _write_json(manifest_path, manifest)
     print(f"synthetic shapes: wrote {num_train} train + {num_val} val images to {output_dir}",
           flush=True)
@@ -322,7 +386,7 @@ def ensure_synthetic(data_config) -> Optional[SyntheticPaths]:
     if not generated_splits:
         return None
     return generate_shapes_dataset(s.output_dir, s.num_train, s.num_val, s.image_size,
-                                   s.max_objects, s.seed)
+                                   s.max_objects, s.seed, s.classes)
 
 
 def describe(annotation_path: str) -> str:

@@ -29,6 +29,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 from absl import logging
+from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 from cornernet_tf.config import Config
 from cornernet_tf.errors import MachineError
@@ -132,7 +133,8 @@ CHECKPOINT_SUBDIR = "checkpoints"
 
 MODEL_KEY = "model"  # checkpoint key of the name-keyed model variables
 LEGACY_KEY = "model_variables"  # the ordered-list layout written up to commit ac9b80c
-_VALUE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
+_VARIABLE_VALUE = "VARIABLE_VALUE"  # a variable's attribute in the object graph
+OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"  # the object graph, stored in the checkpoint
 
 
 def training_checkpoint(model: keras.Model, optimizer=None,
@@ -208,12 +210,24 @@ def read_model_arrays(path: str) -> "collections.OrderedDict[str, np.ndarray]":
     if is_legacy(path):
         raise ValueError(f"{path} has the ordered-list layout; restore it into a model")
     reader = tf.train.load_checkpoint(path)
-    prefix = MODEL_KEY + "/"
-    out = collections.OrderedDict()
-    for key in sorted(reader.get_variable_to_shape_map()):
-        if key.startswith(prefix) and key.endswith(_VALUE_SUFFIX):
-            out[key[len(prefix):-len(_VALUE_SUFFIX)]] = reader.get_tensor(key)
-    return out
+    # A checkpoint stores each variable once, under its shortest path from the root: in a
+    # training checkpoint that is the optimizer's list of the variables it trains
+    # (`optimizer/_trainable_variables/<i>`), not `model/<name>`. The object graph keeps
+    # every path, so the names are read from it: the model's subtree, key by key.
+    graph = trackable_object_graph_pb2.TrackableObjectGraph()
+    graph.ParseFromString(reader.get_tensor(OBJECT_GRAPH_KEY))
+    found = {}
+    stack = [(child.node_id, child.local_name) for child in graph.nodes[0].children
+             if child.local_name == MODEL_KEY]
+    while stack:
+        node_id, name = stack.pop()
+        node = graph.nodes[node_id]
+        for attribute in node.attributes:
+            if attribute.name == _VARIABLE_VALUE:
+                found[name[len(MODEL_KEY) + 1:]] = attribute.checkpoint_key
+        stack.extend((child.node_id, f"{name}/{child.local_name}") for child in node.children)
+    return collections.OrderedDict((name, reader.get_tensor(found[name]))
+                                   for name in sorted(found))
 
 
 def checkpoint_manager(model: keras.Model, model_dir: str, optimizer=None,
