@@ -181,11 +181,12 @@ def planned_steps(time_budget: float, max_steps: int, record: Optional[dict]) ->
 
 
 def schedule_of(optimizer) -> Optional[object]:
-    """The optimizer's learning-rate schedule if it can move its end (`set_total_steps`);
+    """The optimizer's learning-rate schedule if it can move its end (built `movable`:
+    with a time budget; `set_total_steps`);
     through a LossScaleOptimizer's inner optimizer too."""
     while optimizer is not None:
         schedule = getattr(optimizer, "_learning_rate", None)
-        if hasattr(schedule, "set_total_steps"):
+        if getattr(schedule, "movable", False):
             return schedule
         optimizer = getattr(optimizer, "inner_optimizer", None)
     return None

@@ -106,7 +106,8 @@ class CornerNetSchedule(keras.optimizers.schedules.LearningRateSchedule):
     """
 
     def __init__(self, learning_rate: float, total_steps: int, schedule: str = "step",
-                 decay_at: float = 0.9, decay_factor: float = 0.1, warmup_steps: int = 0):
+                 decay_at: float = 0.9, decay_factor: float = 0.1, warmup_steps: int = 0,
+                 movable: bool = True):
         if schedule not in SCHEDULES:
             raise ValueError(f"train.schedule: expected one of {SCHEDULES}, found {schedule!r}")
         self.learning_rate = float(learning_rate)
@@ -115,20 +116,34 @@ class CornerNetSchedule(keras.optimizers.schedules.LearningRateSchedule):
         self.decay_factor = float(decay_factor)
         self.warmup_steps = int(warmup_steps)
         # Not a model or optimizer variable: it is in no checkpoint (the budget keeps its
-        # choice in the run folder's budget.json) and takes no gradient.
-        self._total_steps = tf.Variable(int(total_steps), dtype=tf.int64, trainable=False,
-                                        name="schedule_total_steps")
+        # choice in the run folder's budget.json) and takes no gradient. A schedule nobody
+        # moves (no time budget) keeps python constants: its compiled train step is the
+        # graph of the fixed-length schedule (a variable read there changed a quickstart
+        # run's weights: constants fold differently in the compiled step).
+        self.movable = bool(movable)
+        self._total_steps = (tf.Variable(int(total_steps), dtype=tf.int64, trainable=False,
+                                         name="schedule_total_steps") if self.movable
+                             else int(total_steps))
 
     @property
     def total_steps(self) -> int:
         """The training length the schedule currently ends at."""
-        return int(self._total_steps.numpy())
+        return int(self._total_steps.numpy()) if self.movable else self._total_steps
 
     def set_total_steps(self, total_steps: int) -> None:
-        """Moves the schedule's end to `total_steps` (read by the next train step)."""
+        """Moves the schedule's end to `total_steps` (read by the next train step).
+
+        Raises:
+          ValueError: the schedule was built with movable=False.
+        """
+        if not self.movable:
+            raise ValueError("CornerNetSchedule: built with movable=False (no time budget); "
+                             "its end cannot move")
         self._total_steps.assign(int(total_steps))
 
     def __call__(self, step):
+        if not self.movable:
+            return self._fixed(step)
         # float32 as before the length became a variable (a run's rates are bit for bit
         # those of the fixed-length schedule); the decay step floor(decay_at * total) in
         # float64, as Python computes it (float32 would give 899 for 0.9 * 1000).
@@ -150,10 +165,28 @@ class CornerNetSchedule(keras.optimizers.schedules.LearningRateSchedule):
         # warm-up 0: `step < 0` never holds; else the divisor is the warm-up itself
         return tf.where(step < warmup, lr * (step + 1.0) / tf.maximum(warmup, 1.0), rate)
 
+    def _fixed(self, step):
+        """The fixed-length schedule, with python constants."""
+        step = tf.cast(step, tf.float32)
+        lr = tf.constant(self.learning_rate, tf.float32)
+        total = float(self._total_steps)
+        warmup = float(min(self.warmup_steps, self._total_steps // 2))
+        if self.schedule == "step":
+            rate = tf.where(step >= math.floor(self.decay_at * total), lr * self.decay_factor, lr)
+        elif self.schedule == "cosine":
+            progress = tf.clip_by_value((step - warmup) / max(total - warmup, 1.0), 0.0, 1.0)
+            rate = lr * 0.5 * (1.0 + tf.cos(math.pi * progress))
+        else:
+            rate = lr
+        if warmup > 0:
+            rate = tf.where(step < warmup, lr * (step + 1.0) / warmup, rate)
+        return rate
+
     def get_config(self):
         return dict(learning_rate=self.learning_rate, total_steps=self.total_steps,
                     schedule=self.schedule, decay_at=self.decay_at,
-                    decay_factor=self.decay_factor, warmup_steps=self.warmup_steps)
+                    decay_factor=self.decay_factor, warmup_steps=self.warmup_steps,
+                    movable=self.movable)
 
 
 def build_optimizer(train_cfg: config_lib.TrainConfig) -> keras.optimizers.Optimizer:
@@ -164,7 +197,8 @@ def build_optimizer(train_cfg: config_lib.TrainConfig) -> keras.optimizers.Optim
     """
     schedule = CornerNetSchedule(train_cfg.learning_rate, train_cfg.steps, train_cfg.schedule,
                                  train_cfg.decay_at, train_cfg.decay_factor,
-                                 train_cfg.warmup_steps)
+                                 train_cfg.warmup_steps,
+                                 movable=train_cfg.time_budget > 0)
     return keras.optimizers.Adam(learning_rate=schedule)
 
 

@@ -462,10 +462,11 @@ def test_a_resumed_run_takes_the_recorded_count_and_never_measures(tmp_path):
     assert "the budget changed, so the step count is chosen again" in other.said[0]
 
 
+@pytest.mark.parametrize("movable", [True, False])
 @pytest.mark.parametrize("schedule,total,warmup", [("cosine", 2500, 100), ("step", 777, 10),
                                                    ("constant", 300, 100), ("cosine", 40, 100)])
 def test_a_schedule_nobody_moves_gives_the_fixed_length_rates_bit_for_bit(schedule, total,
-                                                                          warmup):
+                                                                          warmup, movable):
     """A run without a budget trains with exactly the rates of the fixed-length schedule:
     the float32 arithmetic written out in numpy (figures in the README came from it)."""
     f32 = np.float32
@@ -473,7 +474,7 @@ def test_a_schedule_nobody_moves_gives_the_fixed_length_rates_bit_for_bit(schedu
     w = f32(min(warmup, total // 2))
     steps = np.arange(total + 3)
     s = CornerNetSchedule(1e-3, total_steps=total, schedule=schedule, decay_at=0.9,
-                          decay_factor=0.1, warmup_steps=warmup)
+                          decay_factor=0.1, warmup_steps=warmup, movable=movable)
     got = np.array([s(tf.constant(int(i), tf.int64)).numpy() for i in steps])
     x = steps.astype(f32)
     if schedule == "step":
@@ -488,3 +489,14 @@ def test_a_schedule_nobody_moves_gives_the_fixed_length_rates_bit_for_bit(schedu
         rate = np.full_like(x, lr)
     expected = np.where(x < w, lr * (x + f32(1)) / w, rate).astype(f32)
     np.testing.assert_array_equal(got, expected)
+
+
+def test_without_a_budget_the_schedule_is_fixed():
+    from cornernet_tf.config.schema import TrainConfig
+    from cornernet_tf.training.loop import build_optimizer
+    fixed = budget.schedule_of(build_optimizer(TrainConfig(steps=100, time_budget=0)))
+    assert fixed is None or not fixed.movable
+    with pytest.raises(ValueError, match="movable=False"):
+        CornerNetSchedule(1e-3, 100, movable=False).set_total_steps(50)
+    moving = budget.schedule_of(build_optimizer(TrainConfig(steps=100, time_budget=5)))
+    assert moving.movable and moving.total_steps == 100
