@@ -122,14 +122,19 @@ def test_annotations_follow_visibility(tmp_path):
     assert [(a["image_id"], a["category_id"], a["bbox"]) for a in anns] == expected
 
 
+def _tiny_dataset_overrides(root: str) -> list:
+    """A 2 + 1 image shapes dataset of 32x32 under `root`, the data paths pointing at it."""
+    return [f"data.synthetic.output_dir={root}", "data.synthetic.num_train=2",
+            "data.synthetic.num_val=1", "data.synthetic.image_size=[32,32]",
+            f"data.train_annotations={root}/annotations/instances_train.json",
+            f"data.train_images={root}/train",
+            f"data.val_annotations={root}/annotations/instances_val.json",
+            f"data.val_images={root}/val"]
+
+
 def test_ensure_synthetic_checks_paths(tmp_path):
     root = str(tmp_path / "shapes")
-    overrides = [f"data.synthetic.output_dir={root}", "data.synthetic.num_train=2",
-                 "data.synthetic.num_val=1", "data.synthetic.image_size=[32,32]",
-                 f"data.train_annotations={root}/annotations/instances_train.json",
-                 f"data.train_images={root}/train",
-                 f"data.val_annotations={root}/annotations/instances_val.json",
-                 f"data.val_images={root}/val"]
+    overrides = _tiny_dataset_overrides(root)
     cfg = load_config("configs/quickstart.yaml", overrides)
     paths = synthetic.ensure_synthetic(cfg.data)
     assert os.path.isfile(paths.val_annotations) and paths.train_images == f"{root}/train"
@@ -326,12 +331,7 @@ def test_other_classes_are_not_the_cached_default(tmp_path):
 
 def test_config_key_classes(tmp_path):
     root = str(tmp_path / "shapes")
-    overrides = [f"data.synthetic.output_dir={root}", "data.synthetic.num_train=2",
-                 "data.synthetic.num_val=1", "data.synthetic.image_size=[32,32]",
-                 f"data.train_annotations={root}/annotations/instances_train.json",
-                 f"data.train_images={root}/train",
-                 f"data.val_annotations={root}/annotations/instances_val.json",
-                 f"data.val_images={root}/val"]
+    overrides = _tiny_dataset_overrides(root)
     assert load_config().data.synthetic.classes == ("rectangle", "ellipse", "triangle", "cross")
     cfg = load_config("configs/quickstart.yaml",
                       overrides + ["data.synthetic.classes=[arrow, rectangle]"])
